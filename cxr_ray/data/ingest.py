@@ -1,0 +1,335 @@
+"""Ray Data ingest: a Kaggle-layout folder (local or s3://) -> one Parquet image table.
+
+Every file found is accounted for exactly once: as an image row, as a
+byte-identical duplicate of a kept row, or in quarantine with a reason. The
+output is built in a staging folder and published only when complete, so a
+failed or repeated run never leaves a mix of old and new files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from cxr_ray import storage
+from cxr_ray.config import IngestConfig
+from cxr_ray.data import layout, schema
+from cxr_ray.data.decode import DecodeError, decode_to_gray
+from cxr_ray.storage import S3Settings, StorageError
+
+# Which copy of a duplicated image to keep: one that sits in test must stay
+# there (the published test set is fixed), so train copies are the ones dropped.
+_SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}
+
+
+class IngestError(RuntimeError):
+    """Ingest cannot start; the message names the path or setting at fault. Nothing was written."""
+
+
+def _uri(src_uri: str, fs_path: str) -> str:
+    return f"s3://{fs_path}" if storage.is_s3(src_uri) else fs_path
+
+
+def scan_source(src_uri: str, s3: S3Settings) -> list[layout.SourceFile]:
+    """List every file under SRC and classify it by its place in the tree."""
+    info = storage.file_info(src_uri, s3)
+    if info.type == pafs.FileType.NotFound:
+        raise IngestError(f"{src_uri}: source folder does not exist")
+    if info.type != pafs.FileType.Directory:
+        raise IngestError(f"{src_uri}: source is a file, not a folder")
+    _, root = storage.resolve(src_uri, s3)
+    files = []
+    for fi in storage.list_files(src_uri, s3):
+        rel = layout.relative(root, fi.path)
+        # Unknown extensions still get a decode attempt: the quarantine reason
+        # then says what the bytes really are, which beats guessing from a name.
+        split, cls, problem = layout.classify_path(rel)
+        files.append(layout.SourceFile(fi.path, rel, int(fi.size or 0), split, cls, problem))
+    return files
+
+
+def _check_destination(cfg: IngestConfig) -> None:
+    try:
+        present = storage.exists(cfg.dest, cfg.s3)
+    except StorageError as exc:
+        raise IngestError(str(exc)) from None
+    if present and not cfg.overwrite:
+        raise IngestError(f"{cfg.dest}: already exists; pass --overwrite to replace it")
+    if storage.is_s3(cfg.dest):
+        bucket = cfg.dest[len("s3://") :].split("/")[0]
+        try:
+            if not storage.exists(f"s3://{bucket}", cfg.s3):
+                raise IngestError(f"s3://{bucket}: destination bucket does not exist ({cfg.s3.redacted()})")
+        except StorageError as exc:
+            raise IngestError(str(exc)) from None
+
+
+def decode_batch(batch: pa.Table, resolution: int, s3: dict[str, Any], src_uri: str) -> pa.Table:
+    """Ray Data UDF: read, hash and decode one batch of planned files.
+
+    Failures become rows with ok=False and a reason instead of exceptions, so
+    one bad file never fails the job.
+    """
+    settings = S3Settings(**s3)
+    is_s3 = storage.is_s3(src_uri)
+    fs = storage.make_s3_filesystem(settings) if is_s3 else None
+    paths = batch.column("path").to_pylist()
+
+    def read(path: str) -> bytes | Exception:
+        try:
+            if fs is None:
+                with open(path, "rb") as f:
+                    return f.read()
+            with fs.open_input_stream(path) as f:
+                return f.read()
+        except OSError as exc:
+            return exc
+
+    # S3 reads are latency-bound: overlap them; local reads are cheap enough serially.
+    if is_s3:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            blobs = list(pool.map(read, paths))
+    else:
+        blobs = [read(p) for p in paths]
+
+    images: list[bytes] = []
+    shas: list[str] = []
+    ok: list[bool] = []
+    reasons: list[str] = []
+    for blob in blobs:
+        if isinstance(blob, Exception):
+            images.append(b"")
+            shas.append("")
+            ok.append(False)
+            reasons.append(f"unreadable: {str(blob).splitlines()[0] if str(blob) else type(blob).__name__}")
+            continue
+        shas.append(hashlib.sha256(blob).hexdigest())
+        try:
+            images.append(decode_to_gray(blob, resolution).tobytes())
+            ok.append(True)
+            reasons.append("")
+        except DecodeError as exc:
+            images.append(b"")
+            ok.append(False)
+            reasons.append(str(exc))
+    n = len(paths)
+    return pa.table(
+        {
+            "image": pa.array(images, pa.binary()),
+            "height": pa.array([resolution] * n, pa.int32()),
+            "width": pa.array([resolution] * n, pa.int32()),
+            "label": batch.column("label").cast(pa.int64()),
+            "class_name": batch.column("class_name"),
+            "patient_id": batch.column("patient_id"),
+            "split": batch.column("split"),
+            "source": pa.array(["real"] * n, pa.string()),
+            "sha256": pa.array(shas, pa.string()),
+            "path": pa.array([_uri(src_uri, p) for p in paths], pa.string()),
+            "generator_run": pa.nulls(n, pa.string()),
+            "seed": pa.nulls(n, pa.int64()),
+            "ok": pa.array(ok, pa.bool_()),
+            "reason": pa.array(reasons, pa.string()),
+            "size": batch.column("size").cast(pa.int64()),
+        }
+    )
+
+
+def find_duplicates(meta: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Byte-identical decoded files: keep one per hash (test first, then by path), report the rest."""
+    by_hash: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in meta:
+        if row["ok"]:
+            by_hash[row["sha256"]].append(row)
+    dups = []
+    for sha, rows in by_hash.items():
+        if len(rows) < 2:
+            continue
+        rows.sort(key=lambda r: (_SPLIT_PRIORITY[r["split"]], r["path"]))
+        keep = rows[0]["path"]
+        dups.extend({"path": r["path"], "duplicate_of": keep, "sha256": sha} for r in rows[1:])
+    return sorted(dups, key=lambda d: d["path"])
+
+
+def _write_table(table: pa.Table, uri: str, s3: S3Settings) -> None:
+    fs, path = storage.resolve(uri, s3)
+    pq.write_table(table, path, filesystem=fs)
+
+
+def _num_blocks(n_files: int, batch_size: int) -> int:
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, min(n_files, max(math.ceil(n_files / batch_size), cpus)))
+
+
+def run_ingest(cfg: IngestConfig, *, log=print) -> dict[str, Any]:
+    """Ingest SRC into DEST; returns the summary that is also written as summary.json."""
+    import ray
+
+    t0 = time.perf_counter()
+    try:
+        files = scan_source(cfg.src, cfg.s3)
+    except StorageError as exc:
+        raise IngestError(str(exc)) from None
+    try:
+        layout.check_layout(cfg.src, files)
+    except layout.LayoutError as exc:
+        raise IngestError(str(exc)) from None
+    _check_destination(cfg)
+
+    misplaced = [
+        {"path": _uri(cfg.src, f.path), "reason": f.problem, "size": f.size} for f in files if f.problem is not None
+    ]
+    planned = layout.plan_splits(files, cfg.val_fraction, cfg.seed)
+    log(f"ingest: {len(files)} files found under {cfg.src}; decoding {len(planned)} at {cfg.resolution}px")
+
+    quarantine = list(misplaced)
+    dups: list[dict[str, str]] = []
+    t_decode = time.perf_counter()
+    images_ds = None
+    if planned:
+        size_by_path = {f.path: f.size for f in files}
+        items = [
+            {
+                "path": p.path,
+                "size": size_by_path[p.path],
+                "label": p.label,
+                "class_name": p.class_name,
+                "patient_id": p.patient_id,
+                "split": p.split,
+            }
+            for p in planned
+        ]
+        ds = ray.data.from_items(items, override_num_blocks=_num_blocks(len(items), cfg.batch_size))
+        ds = ds.map_batches(
+            decode_batch,
+            batch_size=None,  # one block = one batch: fewest tasks, least overhead
+            batch_format="pyarrow",
+            fn_kwargs={"resolution": cfg.resolution, "s3": cfg.s3.to_dict(), "src_uri": cfg.src},
+        ).materialize()
+        meta = ds.select_columns(["path", "sha256", "ok", "reason", "split", "size"]).to_pandas().to_dict("records")
+        quarantine.extend(
+            {"path": r["path"], "reason": r["reason"], "size": int(r["size"])} for r in meta if not r["ok"]
+        )
+        dups = find_duplicates(meta)
+        drop = pa.array([d["path"] for d in dups], pa.string())
+        images_ds = ds.map_batches(_keep_rows, batch_size=None, batch_format="pyarrow", fn_kwargs={"drop": drop})
+    decode_seconds = time.perf_counter() - t_decode
+
+    staging = storage.staging_uri(cfg.dest)
+    try:
+        if images_ds is not None:
+            fs, images_path = storage.resolve(storage.join(staging, schema.IMAGES_DIR), cfg.s3)
+            images_ds.write_parquet(images_path, filesystem=fs)
+            rows = _count_rows(storage.join(staging, schema.IMAGES_DIR), cfg.s3)
+        else:
+            rows = _empty_counts()
+        _write_table(pa.Table.from_pylist(quarantine, schema.QUARANTINE_SCHEMA), storage.join(staging, schema.QUARANTINE_FILE), cfg.s3)
+        _write_table(pa.Table.from_pylist(dups, schema.DUPLICATE_SCHEMA), storage.join(staging, schema.DUPLICATES_FILE), cfg.s3)
+        elapsed = time.perf_counter() - t0
+        summary = _summary(cfg, files, planned, rows, quarantine, dups, elapsed, decode_seconds)
+        storage.write_json_atomic(storage.join(staging, schema.SUMMARY_FILE), summary, cfg.s3)
+        storage.write_bytes_atomic(storage.join(staging, storage.SUCCESS_MARKER), b"", cfg.s3)
+        storage.publish_dir(staging, cfg.dest, cfg.s3, overwrite=cfg.overwrite)
+    except BaseException:
+        # The staging folder is ours alone: remove it so nothing half-made lingers.
+        try:
+            storage.delete_dir(staging, cfg.s3)
+        except StorageError:
+            pass
+        raise
+    return summary
+
+
+def _keep_rows(batch: pa.Table, drop: pa.Array) -> pa.Table:
+    """Keep decoded, non-duplicate rows, in the shared image schema."""
+    mask = pc.and_(batch.column("ok"), pc.invert(pc.is_in(batch.column("path"), value_set=drop)))
+    return batch.filter(mask).select(schema.IMAGE_SCHEMA.names).cast(schema.IMAGE_SCHEMA)
+
+
+def _empty_counts() -> dict[str, Any]:
+    return {"total": 0, "by_split_class": {}, "patients_by_split": {}}
+
+
+def _count_rows(images_uri: str, s3: S3Settings) -> dict[str, Any]:
+    """Counts read back from what was actually written, not from what was planned."""
+    fs, path = storage.resolve(images_uri, s3)
+    table = pq.read_table(path, filesystem=fs, columns=["split", "class_name", "patient_id"])
+    by = Counter(zip(table.column("split").to_pylist(), table.column("class_name").to_pylist()))
+    patients: dict[str, set[str]] = defaultdict(set)
+    for split, pid in zip(table.column("split").to_pylist(), table.column("patient_id").to_pylist()):
+        patients[split].add(pid)
+    nested: dict[str, dict[str, int]] = defaultdict(dict)
+    for (split, cls), n in sorted(by.items()):
+        nested[split][cls] = n
+    return {
+        "total": table.num_rows,
+        "by_split_class": dict(nested),
+        "patients_by_split": {s: len(p) for s, p in sorted(patients.items())},
+    }
+
+
+def _summary(
+    cfg: IngestConfig,
+    files: list[layout.SourceFile],
+    planned: list[layout.PlannedImage],
+    rows: dict[str, Any],
+    quarantine: list[dict[str, Any]],
+    dups: list[dict[str, str]],
+    elapsed: float,
+    decode_seconds: float,
+) -> dict[str, Any]:
+    reasons = Counter(q["reason"].split(":")[0] for q in quarantine)
+    return {
+        "src": cfg.src,
+        "dest": cfg.dest,
+        "resolution": cfg.resolution,
+        "val_fraction": cfg.val_fraction,
+        "seed": cfg.seed,
+        "files_found": len(files),
+        "rows": rows["total"],
+        "quarantined": len(quarantine),
+        "duplicates": len(dups),
+        "accounted": rows["total"] + len(quarantine) + len(dups) == len(files),
+        "by_split_class": rows["by_split_class"],
+        "patients_by_split": rows["patients_by_split"],
+        "unparsed_patient_ids": sum(1 for p in planned if not p.patient_parsed),
+        "quarantine_reasons": dict(sorted(reasons.items())),
+        "seconds": round(elapsed, 3),
+        "decode_seconds": round(decode_seconds, 3),
+        "images_per_second": round(len(planned) / decode_seconds, 1) if decode_seconds > 0 else None,
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"ingest summary for {summary['dest']} ({summary['resolution']}px)"]
+    for split in ("train", "val", "test"):
+        counts = summary["by_split_class"].get(split, {})
+        if counts:
+            parts = ", ".join(f"{cls} {n}" for cls, n in sorted(counts.items()))
+            lines.append(
+                f"  {split:<5} {sum(counts.values()):>6} images ({parts}); "
+                f"{summary['patients_by_split'].get(split, 0)} patients"
+            )
+    lines.append(
+        f"  files found {summary['files_found']} = rows {summary['rows']} + quarantined "
+        f"{summary['quarantined']} + duplicates {summary['duplicates']}"
+        + ("" if summary["accounted"] else "  (MISMATCH)")
+    )
+    for reason, n in summary["quarantine_reasons"].items():
+        lines.append(f"  quarantined: {n} x {reason}")
+    if summary["images_per_second"]:
+        lines.append(
+            f"  throughput {summary['images_per_second']} images/s decode; {summary['seconds']} s in all"
+        )
+    return "\n".join(lines)
