@@ -76,8 +76,6 @@ def ingest(
     try:
         from cxr_ray.config import IngestConfig
         from cxr_ray.data.ingest import format_summary, run_ingest
-        from cxr_ray.runtime import init_ray
-
         cfg = IngestConfig(
             src=src,
             dest=dest,
@@ -87,8 +85,7 @@ def ingest(
             overwrite=overwrite,
             s3=_s3(s3_endpoint, s3_region),
         )
-        init_ray(address)
-        summary = run_ingest(cfg, log=lambda m: typer.echo(m, err=True))
+        summary = run_ingest(cfg, log=lambda m: typer.echo(m, err=True), address=address)
     except errors as exc:
         _fail(str(exc))
     typer.echo(format_summary(summary))

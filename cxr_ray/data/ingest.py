@@ -25,6 +25,7 @@ from cxr_ray import storage
 from cxr_ray.config import IngestConfig
 from cxr_ray.data import layout, schema
 from cxr_ray.data.decode import DecodeError, decode_to_gray
+from cxr_ray.runtime import init_ray
 from cxr_ray.storage import S3Settings, StorageError
 
 # Which copy of a duplicated image to keep: one that sits in test must stay
@@ -172,9 +173,12 @@ def _num_blocks(n_files: int, batch_size: int) -> int:
     return max(1, min(n_files, max(math.ceil(n_files / batch_size), cpus)))
 
 
-def run_ingest(cfg: IngestConfig, *, log=print) -> dict[str, Any]:
-    """Ingest SRC into DEST; returns the summary that is also written as summary.json."""
-    import ray
+def run_ingest(cfg: IngestConfig, *, log=print, address: str | None = None) -> dict[str, Any]:
+    """Ingest SRC into DEST; returns the summary that is also written as summary.json.
+
+    Every check on SRC and DEST runs before Ray is started or joined, so a
+    wrong path is reported in a moment and nothing is written.
+    """
 
     t0 = time.perf_counter()
     try:
@@ -186,6 +190,7 @@ def run_ingest(cfg: IngestConfig, *, log=print) -> dict[str, Any]:
     except layout.LayoutError as exc:
         raise IngestError(str(exc)) from None
     _check_destination(cfg)
+    ray = init_ray(address)
 
     misplaced = [
         {"path": _uri(cfg.src, f.path), "reason": f.problem, "size": f.size} for f in files if f.problem is not None
@@ -300,6 +305,7 @@ def _summary(
         "rows": rows["total"],
         "quarantined": len(quarantine),
         "duplicates": len(dups),
+        "duplicate_groups": len({d["sha256"] for d in dups}),
         "accounted": rows["total"] + len(quarantine) + len(dups) == len(files),
         "by_split_class": rows["by_split_class"],
         "patients_by_split": rows["patients_by_split"],

@@ -1,0 +1,131 @@
+"""Real parts for tests: a local Ray, a real HTTP S3 endpoint (moto's server), tiny real images."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "cxr_ray" / "sample" / "chest_xray"
+SHARED_DATA = REPO.parent / "shared" / "data" / "chest_xray"
+
+# A local Ray and moto share this machine's two cores: keep Ray's own
+# dashboard and metrics agents out of the tests' way.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session (starting Ray costs seconds)."""
+    import ray
+
+    from cxr_ray.runtime import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1: a real endpoint that Ray workers reach over HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    from cxr_ray.storage import S3Settings
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    settings = S3Settings(
+        endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1", access_key="testing", secret_key="testing"
+    )
+    yield settings
+    server.stop()
+
+
+@pytest.fixture()
+def s3_bucket(s3_server, request):
+    """A fresh bucket per test, named after it."""
+    import boto3
+
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    client = boto3_client(s3_server)
+    client.create_bucket(Bucket=name)
+    yield name
+
+
+def boto3_client(settings):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        aws_access_key_id=settings.access_key,
+        aws_secret_access_key=settings.secret_key,
+    )
+
+
+def upload_tree(settings, local_root: Path, bucket: str, prefix: str) -> None:
+    client = boto3_client(settings)
+    for path in sorted(local_root.rglob("*")):
+        if path.is_file():
+            key = f"{prefix}/{path.relative_to(local_root).as_posix()}"
+            client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+
+
+@pytest.fixture(scope="session")
+def auth_s3_server():
+    """A second moto server that enforces authentication: every key pair is unknown to it."""
+    port = free_port()
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def make_kaggle_tree(root: Path, per_class: int = 6, test_per_class: int = 3) -> dict[str, int]:
+    """Copy a few real X-rays from the embedded sample into a Kaggle layout; returns counts."""
+    counts = {}
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            files = sorted((SAMPLE / split / cls).iterdir())[:n]
+            out = root / split / cls
+            out.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                shutil.copy2(f, out / f.name)
+            counts[f"{split}/{cls}"] = len(files)
+    return counts
+
+
+@pytest.fixture()
+def kaggle_tree(tmp_path) -> Path:
+    root = tmp_path / "chest_xray"
+    make_kaggle_tree(root)
+    return root

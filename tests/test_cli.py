@@ -1,0 +1,54 @@
+"""The command line: fast help without heavy imports, examples everywhere, clean errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cxr_ray.cli.app import app
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_help_imports_no_heavy_modules():
+    code = (
+        "import sys; from cxr_ray.cli.app import app\n"
+        "try:\n    app(['--help'], prog_name='cxr-ray')\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'ray', 'pyarrow', 'torchvision', 'matplotlib') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+    assert "ingest" in out and "study" in out
+
+
+def test_every_command_has_help_and_examples():
+    runner = CliRunner()
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert {"ingest", "study"} <= set(commands)
+    for name in commands:
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "Examples" in result.output, name
+
+
+def test_ingest_error_is_one_clear_line(tmp_path):
+    missing, dest = tmp_path / "nowhere", tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_ray.cli.app", "ingest", str(missing), str(dest)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "RAY_AUTH_MODE": "disabled", "HOME": str(tmp_path)},
+    )
+    assert proc.returncode == 2
+    assert f"error: {missing}: source folder does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not dest.exists()
+
+
+def test_bad_resolution_is_named():
+    result = CliRunner().invoke(app, ["ingest", "a", "b", "--resolution", "100"])
+    assert result.exit_code == 2 and "resolution must be one of" in result.output

@@ -1,0 +1,235 @@
+"""Ray Data ingest against local folders and moto's S3 server, with real X-rays."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import SHARED_DATA, boto3_client, upload_tree
+from cxr_ray import storage
+from cxr_ray.config import IngestConfig
+from cxr_ray.data import schema
+from cxr_ray.data.ingest import IngestError, run_ingest
+from cxr_ray.storage import S3Settings
+
+
+def read_images(uri: str, s3: S3Settings | None = None):
+    fs, path = storage.resolve(uri, s3)
+    return pq.read_table(storage.resolve(storage.join(uri, schema.IMAGES_DIR), s3)[1], filesystem=fs)
+
+
+def add_bad_files(root: Path) -> dict[str, str]:
+    """Every kind of bad input the ingest must quarantine; returns name -> expected reason start."""
+    normal = sorted((root / "train" / "NORMAL").iterdir())
+    real = normal[0].read_bytes()
+    (root / "train" / "NORMAL" / "IM-9990-0001.jpeg").write_bytes(b"")
+    (root / "train" / "NORMAL" / "IM-9991-0001.jpeg").write_bytes(real[: len(real) // 3])
+    (root / "train" / "PNEUMONIA" / "person9992_virus_1.jpeg").write_text("not an x-ray\n")
+    (root / "train" / "COVID").mkdir()
+    (root / "train" / "COVID" / "person9993_virus_1.jpeg").write_bytes(real)
+    (root / "train" / "notes.txt").write_text("loose file")
+    # A byte-identical copy of a kept image.
+    (root / "train" / "NORMAL" / "IM-9994-0001.jpeg").write_bytes(real)
+    # Valid but unusual encodings: 16-bit gray PNG and RGB PNG.
+    gray = np.asarray(Image.open(io.BytesIO(real)).convert("L"), dtype=np.uint16)
+    Image.fromarray(gray * 64 + 7).save(root / "train" / "NORMAL" / "IM-9995-0001.png")
+    Image.open(io.BytesIO(real)).convert("RGB").save(root / "train" / "PNEUMONIA" / "person9996_bacteria_1.png")
+    return {
+        "IM-9990-0001.jpeg": "empty file",
+        "IM-9991-0001.jpeg": "corrupt or truncated",
+        "person9992_virus_1.jpeg": "not an image",
+        "person9993_virus_1.jpeg": "unknown class folder 'COVID'",
+        "notes.txt": "not inside a {split}/{class}/ folder",
+    }
+
+
+def test_ingest_accounts_for_every_file(ray_local, kaggle_tree, tmp_path):
+    expected_reasons = add_bad_files(kaggle_tree)
+    n_files = sum(1 for p in kaggle_tree.rglob("*") if p.is_file())
+    dest = tmp_path / "out"
+    summary = run_ingest(IngestConfig(src=str(kaggle_tree), dest=str(dest), resolution=64, seed=1))
+
+    assert summary["files_found"] == n_files
+    assert summary["rows"] + summary["quarantined"] + summary["duplicates"] == n_files
+    assert summary["accounted"] is True
+    assert summary["duplicates"] == 1 and summary["quarantined"] == len(expected_reasons)
+
+    quarantine = pq.read_table(dest / schema.QUARANTINE_FILE).to_pylist()
+    got = {Path(q["path"]).name: q["reason"] for q in quarantine}
+    assert set(got) == set(expected_reasons)
+    for name, start in expected_reasons.items():
+        assert got[name].startswith(start), (name, got[name])
+
+    dups = pq.read_table(dest / schema.DUPLICATES_FILE).to_pylist()
+    assert len(dups) == 1
+    pair = {Path(dups[0]["path"]).name, Path(dups[0]["duplicate_of"]).name}
+    assert pair == {"IM-9994-0001.jpeg", sorted((kaggle_tree / "train" / "NORMAL").glob("IM-0*"))[0].name}
+
+    table = read_images(str(dest))
+    assert table.schema.equals(schema.IMAGE_SCHEMA, check_metadata=False)
+    assert table.num_rows == summary["rows"] == 12 + 6 + 2
+    rows = table.to_pylist()
+    for r in rows:
+        assert r["height"] == r["width"] == 64 and len(r["image"]) == 64 * 64
+        assert r["source"] == "real" and r["label"] == ("NORMAL", "PNEUMONIA").index(r["class_name"])
+    # Every input path is in exactly one of: rows, quarantine, duplicates.
+    all_paths = [r["path"] for r in rows] + [q["path"] for q in quarantine] + [d["path"] for d in dups]
+    assert len(all_paths) == len(set(all_paths)) == n_files
+    # The 16-bit PNG kept its contrast (min-max scaled, not crushed to black).
+    png16 = next(r for r in rows if r["path"].endswith("IM-9995-0001.png"))
+    pixels = np.frombuffer(png16["image"], np.uint8)
+    assert pixels.max() > 200  # a plain >>8 would cap it near 64
+    original = next(r for r in rows if r["sha256"] == dups[0]["sha256"])
+    assert np.abs(pixels.astype(int) - np.frombuffer(original["image"], np.uint8)).mean() < 12
+
+    written = json.loads((dest / schema.SUMMARY_FILE).read_text())
+    assert written["rows"] == summary["rows"] and (dest / storage.SUCCESS_MARKER).exists()
+
+
+def test_validation_is_carved_by_patient_and_stratified(ray_local, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "cxr_ray" / "sample" / "chest_xray", src)
+    summary = run_ingest(IngestConfig(src=str(src), dest=str(tmp_path / "out"), val_fraction=0.2, seed=3))
+    rows = read_images(str(tmp_path / "out")).select(["split", "patient_id", "class_name"]).to_pylist()
+    splits_of = defaultdict(set)
+    for r in rows:
+        splits_of[r["patient_id"]].add(r["split"])
+    assert all(len(s) == 1 for s in splits_of.values()), "a patient is in two splits"
+    assert set(summary["by_split_class"]["val"]) == {"NORMAL", "PNEUMONIA"}
+    # Same seed, same split; another seed, another split.
+    again = run_ingest(IngestConfig(src=str(src), dest=str(tmp_path / "again"), val_fraction=0.2, seed=3))
+    other = run_ingest(IngestConfig(src=str(src), dest=str(tmp_path / "other"), val_fraction=0.2, seed=4))
+    val = lambda d: {r["path"] for r in read_images(str(tmp_path / d)).to_pylist() if r["split"] == "val"}  # noqa: E731
+    assert val("out") == val("again") != val("other")
+    assert again["by_split_class"] == summary["by_split_class"]
+
+
+def test_local_and_s3_ingest_are_identical(ray_local, s3_server, s3_bucket, kaggle_tree, tmp_path):
+    add_bad_files(kaggle_tree)
+    upload_tree(s3_server, kaggle_tree, s3_bucket, "raw/chest_xray")
+    local = run_ingest(IngestConfig(src=str(kaggle_tree), dest=str(tmp_path / "local"), s3=s3_server))
+    s3_src = f"s3://{s3_bucket}/raw/chest_xray"
+    s3_dest = f"s3://{s3_bucket}/study/real-64"
+    remote = run_ingest(IngestConfig(src=s3_src, dest=s3_dest, s3=s3_server))
+
+    for key in ("files_found", "rows", "quarantined", "duplicates", "by_split_class", "patients_by_split"):
+        assert local[key] == remote[key], key
+    assert storage.is_complete(s3_dest, s3_server)
+
+    def normalised(table, prefix):
+        rows = table.to_pylist()
+        for r in rows:
+            r["path"] = r["path"][len(prefix) :]
+        return sorted(rows, key=lambda r: r["path"])
+
+    local_rows = normalised(read_images(str(tmp_path / "local")), str(kaggle_tree))
+    remote_rows = normalised(read_images(s3_dest, s3_server), s3_src)
+    assert local_rows == remote_rows
+    summary = json.loads(
+        boto3_client(s3_server).get_object(Bucket=s3_bucket, Key="study/real-64/summary.json")["Body"].read()
+    )
+    assert summary["accounted"] is True
+
+
+def test_existing_destination_is_refused_then_replaced_whole(ray_local, kaggle_tree, tmp_path):
+    dest = tmp_path / "out"
+    run_ingest(IngestConfig(src=str(kaggle_tree), dest=str(dest)))
+    first_files = sorted(p.name for p in (dest / schema.IMAGES_DIR).iterdir())
+    with pytest.raises(IngestError, match="already exists; pass --overwrite"):
+        run_ingest(IngestConfig(src=str(kaggle_tree), dest=str(dest)))
+    assert sorted(p.name for p in (dest / schema.IMAGES_DIR).iterdir()) == first_files
+
+    # Overwrite with a different input: only the new files remain.
+    shutil.rmtree(kaggle_tree / "test")
+    summary = run_ingest(IngestConfig(src=str(kaggle_tree), dest=str(dest), resolution=128, overwrite=True))
+    table = read_images(str(dest))
+    assert set(table.column("split").to_pylist()) <= {"train", "val"}
+    assert set(table.column("height").to_pylist()) == {128}
+    assert table.num_rows == summary["rows"]
+    assert not set(first_files) & {p.name for p in (dest / schema.IMAGES_DIR).iterdir()}
+    assert [p.name for p in tmp_path.iterdir() if "staging" in p.name or ".old-" in p.name] == []
+
+
+def test_failed_overwrite_keeps_the_old_output(ray_local, kaggle_tree, tmp_path, monkeypatch):
+    dest = tmp_path / "out"
+    run_ingest(IngestConfig(src=str(kaggle_tree), dest=str(dest)))
+    before = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+
+    def crash(*args, **kwargs):  # fault injection: the job dies while writing its summary
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(storage, "write_json_atomic", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest(IngestConfig(src=str(kaggle_tree), dest=str(dest), resolution=128, overwrite=True))
+    after = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in tmp_path.iterdir() if "staging" in p.name] == []
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda root: root.mkdir(), "no files found"),
+        (lambda root: (root / "train").mkdir(parents=True) or (root / "train" / "a.jpeg").write_bytes(b"x"), "no class folders"),
+        (lambda root: root.mkdir() or (root / "x.jpeg").write_bytes(b"x"), "no split folders"),
+        (lambda root: None, "source folder does not exist"),
+        (lambda root: root.write_bytes(b"x"), "source is a file"),
+    ],
+    ids=["empty", "no-class-folders", "loose-files", "missing", "file"],
+)
+def test_wrong_layout_stops_before_writing(ray_local, tmp_path, build, message):
+    src = tmp_path / "src"
+    build(src)
+    dest = tmp_path / "out"
+    with pytest.raises(IngestError, match=message) as info:
+        run_ingest(IngestConfig(src=str(src), dest=str(dest)))
+    assert str(src) in str(info.value)
+    assert not dest.exists()
+
+
+def test_bad_credentials_and_unreachable_endpoint(ray_local, auth_s3_server, tmp_path):
+    from conftest import free_port
+
+    bad_keys = S3Settings(endpoint_url=auth_s3_server, region="us-east-1", access_key="AKIAWRONG", secret_key="nope")
+    with pytest.raises(IngestError, match="S3 refused the credentials"):
+        run_ingest(IngestConfig(src="s3://bucket/chest_xray", dest=str(tmp_path / "out"), s3=bad_keys))
+    nowhere = S3Settings(endpoint_url=f"http://127.0.0.1:{free_port()}", region="us-east-1", access_key="a", secret_key="b")
+    with pytest.raises(IngestError, match="cannot reach the S3 endpoint"):
+        run_ingest(IngestConfig(src="s3://bucket/chest_xray", dest=str(tmp_path / "out"), s3=nowhere))
+    assert not (tmp_path / "out").exists()
+
+
+def test_s3_destination_bucket_must_exist(ray_local, s3_server, kaggle_tree):
+    with pytest.raises(IngestError, match="bucket does not exist"):
+        run_ingest(IngestConfig(src=str(kaggle_tree), dest="s3://no-such-bucket/out", s3=s3_server))
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
+def test_real_dataset_matches_its_readme(ray_local, tmp_path):
+    """The whole shared dataset: README counts, duplicates, patient-disjoint splits."""
+    summary = run_ingest(IngestConfig(src=str(SHARED_DATA), dest=str(tmp_path / "real")))
+    assert summary["files_found"] == 5840 and summary["quarantined"] == 0 and summary["accounted"]
+    dest = tmp_path / "real"
+    rows = read_images(str(dest)).select(["split", "class_name", "patient_id", "path"]).to_pylist()
+    dups = pq.read_table(dest / schema.DUPLICATES_FILE).to_pylist()
+    # README: 30 groups of byte-identical files (two of them triples), all within one split and patient.
+    assert len({d["duplicate_of"] for d in dups}) == 30 and len(dups) == summary["duplicates"]
+    kaggle = defaultdict(int)
+    for path in [r["path"] for r in rows] + [d["path"] for d in dups]:
+        split, cls = Path(path).parts[-3:-1]
+        kaggle[(split, cls)] += 1
+    assert kaggle == {("train", "NORMAL"): 1341, ("train", "PNEUMONIA"): 3875, ("test", "NORMAL"): 234, ("test", "PNEUMONIA"): 390}
+    splits_of = defaultdict(set)
+    for r in rows:
+        splits_of[r["patient_id"]].add(r["split"])
+    assert all(len(s) == 1 for s in splits_of.values())
+    val_share = sum(1 for r in rows if r["split"] == "val") / sum(1 for r in rows if r["split"] in ("train", "val"))
+    assert 0.07 < val_share < 0.13
