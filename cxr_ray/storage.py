@@ -111,7 +111,7 @@ def describe_error(uri: str, exc: BaseException, s3: S3Settings | None = None) -
     if is_s3(uri):
         where = (s3 or S3Settings.from_env()).redacted()
         low = msg.lower()
-        if "access denied" in low or "invalidaccesskeyid" in low or "signaturedoesnotmatch" in low or "forbidden" in low:
+        if "access denied" in low or "access_denied" in low or "invalidaccesskeyid" in low or "signaturedoesnotmatch" in low or "forbidden" in low:
             return f"{uri}: S3 refused the credentials ({where}). Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY."
         if "nosuchbucket" in low or "bucket does not exist" in low:
             return f"{uri}: the bucket does not exist ({where})."
