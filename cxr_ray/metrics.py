@@ -1,0 +1,278 @@
+"""Binary-classification metrics in plain numpy (no sklearn), with stratified bootstrap CIs.
+
+Conventions: ``y_true`` holds 0/1 (1 = positive: PNEUMONIA for the classifiers,
+fake for the detectors); ``score`` is higher for "more positive"; a sample is
+predicted positive when ``score >= threshold``. Rates whose denominator is 0
+(e.g. sensitivity without positives) are NaN rather than a made-up 0.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+MetricFn = Callable[[np.ndarray, np.ndarray], float]
+
+
+def _as_arrays(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).ravel()
+    s = np.asarray(score, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"y_true has {y.size} values but score has {s.size}")
+    if y.size == 0:
+        raise ValueError("no samples")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"y_true must be 0/1, got values {np.unique(y)[:10].tolist()}")
+    if not np.isfinite(s).all():
+        raise ValueError("score contains NaN or infinite values")
+    return y.astype(np.int64), s
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator) / float(denominator) if denominator else float("nan")
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing the mean of their ranks (as scipy.stats.rankdata's default)."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    # Start index of each run of equal values, and the run each sorted element belongs to.
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], values.size]
+    run_of = np.cumsum(np.r_[True, sorted_values[1:] != sorted_values[:-1]]) - 1
+    mean_rank = (starts + ends + 1) / 2.0  # mean of the 1-based ranks starts+1 .. ends
+    ranks = np.empty(values.size, dtype=np.float64)
+    ranks[order] = mean_rank[run_of]
+    return ranks
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve = P(score_pos > score_neg) + 0.5 P(tie) (Mann–Whitney U); NaN if a class is absent."""
+    y, s = _as_arrays(y_true, score)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    rank_sum = _average_ranks(s)[y == 1].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _counts_by_threshold(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct scores in decreasing order and the (tp, fp) counts when each is the threshold."""
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    # Last index of each run of equal scores: a threshold admits the whole run at once.
+    last_of_run = np.r_[np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), s.size - 1]
+    tps = np.cumsum(y_sorted)[last_of_run]
+    fps = (last_of_run + 1) - tps
+    return s_sorted[last_of_run], tps, fps
+
+
+def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) at every distinct score, plus the (0, 0) point at threshold +inf.
+
+    Thresholds decrease; point i is the rate of ``score >= thresholds[i]``.
+    A rate whose class is absent is NaN.
+    """
+    y, s = _as_arrays(y_true, score)
+    thresholds, tps, fps = _counts_by_threshold(y, s)
+    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+    tps, fps = np.r_[0, tps], np.r_[0, fps]
+    tpr = tps / n_pos if n_pos else np.full(tps.shape, np.nan)
+    fpr = fps / n_neg if n_neg else np.full(fps.shape, np.nan)
+    return fpr.astype(np.float64), tpr.astype(np.float64), np.r_[np.inf, thresholds]
+
+
+def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Sum over distinct thresholds of (recall_n - recall_{n-1}) * precision_n (sklearn's definition,
+    no interpolation); NaN without positives."""
+    y, s = _as_arrays(y_true, score)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return float("nan")
+    _, tps, fps = _counts_by_threshold(y, s)
+    precision = tps / (tps + fps)
+    recall = tps / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, int]:
+    """Counts ``tn``, ``fp``, ``fn``, ``tp`` for 0/1 labels and 0/1 predictions."""
+    y, p = _as_arrays(y_true, y_pred)
+    if not np.isin(p, (0, 1)).all():
+        raise ValueError("y_pred must be 0/1 predictions; use threshold_metrics for scores")
+    p = p.astype(np.int64)
+    return {
+        "tn": int(np.sum((y == 0) & (p == 0))),
+        "fp": int(np.sum((y == 0) & (p == 1))),
+        "fn": int(np.sum((y == 1) & (p == 0))),
+        "tp": int(np.sum((y == 1) & (p == 1))),
+    }
+
+
+def _rates(tn: float, fp: float, fn: float, tp: float) -> dict[str, float]:
+    return {
+        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "precision": _ratio(tp, tp + fp),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def threshold_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
+    """accuracy, sensitivity (recall), specificity, precision, f1 of the predictions ``score >= threshold``."""
+    y, s = _as_arrays(y_true, score)
+    counts = confusion(y, (s >= threshold).astype(np.int64))
+    return _rates(counts["tn"], counts["fp"], counts["fn"], counts["tp"])
+
+
+def choose_threshold(y_true: np.ndarray, score: np.ndarray, rule: str = "youden") -> float:
+    """The operating threshold picked on validation data (never on test data).
+
+    ``rule="youden"``: the score maximising sensitivity + specificity - 1; among
+    equally good thresholds the highest one (fewest positive calls).
+    """
+    if rule != "youden":
+        raise ValueError(f"unknown threshold rule {rule!r}; supported: 'youden'")
+    y, s = _as_arrays(y_true, score)
+    if y.min() == y.max():
+        raise ValueError("choosing a threshold needs both classes in y_true")
+    fpr, tpr, thresholds = roc_curve(y, s)
+    # Drop the +inf point: "predict nothing positive" is not a usable operating threshold.
+    youden = (tpr - fpr)[1:]
+    return float(thresholds[1:][int(np.argmax(youden))])
+
+
+def tpr_at_fpr(y_true: np.ndarray, score: np.ndarray, max_fpr: float = 0.01) -> float:
+    """Highest sensitivity reachable with false-positive rate <= ``max_fpr``.
+
+    Only actual operating points count (no interpolation); NaN if a class is absent.
+    """
+    if not 0.0 <= max_fpr <= 1.0:
+        raise ValueError(f"max_fpr must be in [0, 1], got {max_fpr}")
+    fpr, tpr, _ = roc_curve(y_true, score)
+    if np.isnan(fpr).any() or np.isnan(tpr).any():
+        return float("nan")
+    return float(tpr[fpr <= max_fpr].max())
+
+
+# ---- stratified bootstrap -------------------------------------------------------------------
+
+
+def _stratified_indices(y: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per replicate, indices into the positives and into the negatives, each drawn with replacement
+    within its class, so every replicate keeps the original class counts."""
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    rng = np.random.default_rng(seed)
+    pos_draw = rng.integers(0, pos.size, size=(n_boot, pos.size)) if pos.size else np.empty((n_boot, 0), np.int64)
+    neg_draw = rng.integers(0, neg.size, size=(n_boot, neg.size)) if neg.size else np.empty((n_boot, 0), np.int64)
+    return pos, neg, pos_draw, neg_draw
+
+
+def _draw_counts(draw: np.ndarray, n: int) -> np.ndarray:
+    """(n_boot, n) matrix: how often each original sample appears in each replicate."""
+    n_boot = draw.shape[0]
+    flat = (draw + n * np.arange(n_boot)[:, None]).ravel()
+    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+
+
+def _bootstrap_auc(s_pos: np.ndarray, s_neg: np.ndarray, w_pos: np.ndarray, w_neg: np.ndarray) -> np.ndarray:
+    """Mann–Whitney AUC of every replicate at once, from per-sample multiplicities.
+
+    AUC* = sum_i w_i * (#neg* below x_i + 0.5 #neg* tied with x_i) / (m n): sorting the
+    negatives once, cumulative weights give each positive's count for all replicates.
+    """
+    if s_pos.size == 0 or s_neg.size == 0:
+        return np.full(w_pos.shape[0], np.nan)
+    order = np.argsort(s_neg, kind="mergesort")
+    neg_sorted = s_neg[order]
+    cum = np.concatenate([np.zeros((w_neg.shape[0], 1)), np.cumsum(w_neg[:, order], axis=1)], axis=1)
+    below = np.searchsorted(neg_sorted, s_pos, side="left")
+    up_to = np.searchsorted(neg_sorted, s_pos, side="right")
+    wins = cum[:, below] + 0.5 * (cum[:, up_to] - cum[:, below])
+    return (w_pos * wins).sum(axis=1) / (s_pos.size * s_neg.size)
+
+
+def _percentile_interval(replicates: np.ndarray, alpha: float) -> tuple[float, float]:
+    # NaN replicates (e.g. precision with no positive calls) are left out rather than
+    # poisoning the interval; all-NaN gives (nan, nan).
+    finite = replicates[~np.isnan(replicates)]
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    low, high = np.quantile(finite, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(low), float(high)
+
+
+def _check_bootstrap_args(n_boot: int, alpha: float) -> None:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+
+
+def bootstrap_ci(
+    y_true: np.ndarray,
+    score: np.ndarray,
+    metric_fn: MetricFn,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Percentile (1 - alpha) interval of ``metric_fn(y, score)`` over stratified bootstrap replicates.
+
+    Positives and negatives are resampled separately, so each replicate has the
+    original class counts and class-conditional metrics (AUC, sensitivity) are
+    always defined. ``roc_auc`` is computed for all replicates at once; other
+    metrics are called once per replicate.
+    """
+    _check_bootstrap_args(n_boot, alpha)
+    y, s = _as_arrays(y_true, score)
+    pos, neg, pos_draw, neg_draw = _stratified_indices(y, n_boot, seed)
+    if metric_fn is roc_auc:
+        replicates = _bootstrap_auc(s[pos], s[neg], _draw_counts(pos_draw, pos.size), _draw_counts(neg_draw, neg.size))
+    else:
+        labels = np.r_[np.ones(pos.size, np.int64), np.zeros(neg.size, np.int64)]
+        replicates = np.array(
+            [metric_fn(labels, np.r_[s[pos][p], s[neg][q]]) for p, q in zip(pos_draw, neg_draw)], dtype=np.float64
+        )
+    return _percentile_interval(replicates, alpha)
+
+
+def summarize(
+    y_true: np.ndarray, score: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, float | int]:
+    """Report-ready metrics at ``threshold``: accuracy, auc, sensitivity, specificity, each with
+    ``_ci_low`` / ``_ci_high`` (stratified bootstrap, same replicates as ``bootstrap_ci`` with
+    this seed), plus precision, f1, tn/fp/fn/tp, n, n_pos and the threshold."""
+    _check_bootstrap_args(n_boot, alpha)
+    y, s = _as_arrays(y_true, score)
+    counts = confusion(y, (s >= threshold).astype(np.int64))
+    point = {"auc": roc_auc(y, s), **_rates(counts["tn"], counts["fp"], counts["fn"], counts["tp"])}
+
+    pos, neg, pos_draw, neg_draw = _stratified_indices(y, n_boot, seed)
+    w_pos, w_neg = _draw_counts(pos_draw, pos.size), _draw_counts(neg_draw, neg.size)
+    # All replicates at once: a replicate's confusion counts are weighted sums of per-sample calls.
+    tp = w_pos @ (s[pos] >= threshold).astype(np.float64)
+    tn = w_neg @ (s[neg] < threshold).astype(np.float64)
+    n_pos, n_neg = pos.size, neg.size
+    with np.errstate(invalid="ignore", divide="ignore"):
+        replicates = {
+            "accuracy": (tp + tn) / y.size,
+            "auc": _bootstrap_auc(s[pos], s[neg], w_pos, w_neg),
+            "sensitivity": tp / n_pos if n_pos else np.full(n_boot, np.nan),
+            "specificity": tn / n_neg if n_neg else np.full(n_boot, np.nan),
+        }
+
+    summary: dict[str, float | int] = {}
+    for name in ("accuracy", "auc", "sensitivity", "specificity"):
+        low, high = _percentile_interval(replicates[name], alpha)
+        summary[name] = float(point[name])
+        summary[f"{name}_ci_low"] = low
+        summary[f"{name}_ci_high"] = high
+    summary["precision"] = float(point["precision"])
+    summary["f1"] = float(point["f1"])
+    summary.update(counts)
+    summary.update({"n": int(y.size), "n_pos": int(n_pos), "threshold": float(threshold)})
+    return summary

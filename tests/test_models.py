@@ -1,0 +1,243 @@
+"""Registry, classifier backbones, ImageNet weight loading and the DCGAN."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.nn as nn
+from torchvision import models as tv
+
+from cxr_ray.models import create_model, list_models, register_model
+from cxr_ray.models import registry
+from cxr_ray.models.cnn import CompactCNN
+from cxr_ray.models.dcgan import Discriminator, Generator, build_dcgan, weights_init
+from cxr_ray.models.torchvision_models import PretrainedWeightsUnavailable, adapt_input_conv
+
+BUILTIN = {"cnn", "resnet18", "resnet50", "mobilenet_v2"}
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+
+
+def _forward_backward(model: nn.Module, image_size: int, num_classes: int) -> None:
+    model.train()
+    x = torch.randn(2, 1, image_size, image_size)
+    out = model(x)
+    assert out.shape == (2, num_classes)
+    out.logsumexp(dim=1).sum().backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert params and all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+    assert any(p.grad.abs().sum() > 0 for p in params)
+
+
+def test_builtin_models_are_registered_on_package_import():
+    assert BUILTIN <= set(list_models())
+    assert list_models() == sorted(list_models())
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_every_model_trains_on_gray_64px(name, num_classes):
+    model = create_model(name, num_classes=num_classes, in_channels=1, image_size=64)
+    _forward_backward(model, 64, num_classes)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_128px(name):
+    _forward_backward(create_model(name, image_size=128), 128, 2)
+
+
+def test_cnn_at_224px_and_its_size():
+    model = create_model("cnn", image_size=224).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 224, 224)).shape == (1, 2)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 1_000_000 <= n_params <= 2_000_000
+    # Above 64 px the stem strides, so the final map stays small.
+    assert model.stem[0].stride == (2, 2) and create_model("cnn", image_size=64).stem[0].stride == (1, 1)
+
+
+def test_cnn_accepts_architecture_kwargs():
+    model = create_model("cnn", widths=(8, 16, 32, 64), dropout=0.0)
+    assert isinstance(model, CompactCNN) and model.head.in_features == 64 and model.dropout.p == 0.0
+    with pytest.raises(TypeError):
+        create_model("cnn", no_such_option=1)
+
+
+def test_unknown_model_name_lists_known_names():
+    with pytest.raises(ValueError, match="unknown model 'resnet19'") as info:
+        create_model("resnet19")
+    for name in BUILTIN:
+        assert name in str(info.value)
+
+
+def test_shared_argument_checks():
+    with pytest.raises(ValueError, match="num_classes"):
+        create_model("cnn", num_classes=0)
+    with pytest.raises(ValueError, match="image_size"):
+        create_model("cnn", image_size=16)
+    with pytest.raises(ValueError, match="weights_path is only used with pretrained=True"):
+        create_model("resnet18", weights_path="/some/file.pth")
+
+
+def test_register_model_adds_a_name_and_refuses_a_second_builder(monkeypatch):
+    monkeypatch.setattr(registry, "_BUILDERS", dict(registry._BUILDERS))
+
+    @register_model("tiny_test_model")
+    def build_tiny(*, num_classes, in_channels, image_size, pretrained, weights_path):
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+
+    assert "tiny_test_model" in list_models()
+    assert create_model("tiny_test_model", image_size=32)(torch.randn(2, 1, 32, 32)).shape == (2, 2)
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register_model("tiny_test_model")
+        def another_builder(**kwargs):
+            return nn.Identity()
+
+
+def test_cnn_has_no_pretrained_weights():
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        create_model("cnn", pretrained=True)
+
+
+# ---- ImageNet weights ------------------------------------------------------------------------
+
+
+def test_offline_download_failure_explains_how_to_provide_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    # Make "offline" hold on machines that do have internet, so the test never downloads 45 MB.
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
+        create_model("resnet18", pretrained=True)
+    message = str(info.value)
+    assert "could not be downloaded" in message
+    assert "weights_path=" in message and "--weights-path" in message
+    assert "resnet18-f37072fd.pth" in message
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_pretrained_from_torch_home_cache_sums_rgb_filters(tmp_path, monkeypatch):
+    # A random stand-in for the ImageNet file, placed where torchvision looks before downloading.
+    reference = tv.resnet18()
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(reference.state_dict(), cache / "resnet18-f37072fd.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    model = create_model("resnet18", pretrained=True, num_classes=3)
+    assert model.conv1.in_channels == 1
+    torch.testing.assert_close(model.conv1.weight, reference.conv1.weight.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert model.fc.out_features == 3
+    _forward_backward(model, 64, 3)
+
+
+def test_pretrained_from_weights_path(tmp_path):
+    reference = tv.mobilenet_v2()
+    path = tmp_path / "mobilenet_v2-b0353104.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model("mobilenet_v2", pretrained=True, weights_path=str(path), num_classes=2)
+    torch.testing.assert_close(model.features[0][0].weight, reference.features[0][0].weight.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(model.features[5].conv[1][0].weight, reference.features[5].conv[1][0].weight)
+    assert model.classifier[1].out_features == 2
+
+
+def test_weights_path_problems_are_reported(tmp_path):
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(PretrainedWeightsUnavailable, match="nope.pth"):
+        create_model("resnet18", pretrained=True, weights_path=str(missing))
+
+    wrong_architecture = tmp_path / "wrong.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, wrong_architecture)
+    with pytest.raises(ValueError, match="does not fit ResNet.*Missing key"):
+        create_model("resnet18", pretrained=True, weights_path=str(wrong_architecture))
+
+    pickled_object = tmp_path / "object.pth"
+    torch.save({"model": nn.Linear(2, 2)}, pickled_object)  # needs unpickling a class: refused
+    with pytest.raises(PretrainedWeightsUnavailable, match="not a loadable state_dict"):
+        create_model("resnet18", pretrained=True, weights_path=str(pickled_object))
+
+
+def test_summed_filters_give_gray_input_the_rgb_response():
+    rgb_conv = nn.Conv2d(3, 8, 3, padding=1, bias=True)
+    gray_conv = adapt_input_conv(rgb_conv, 1)
+    gray = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(gray_conv(gray), rgb_conv(gray.expand(-1, 3, -1, -1)))
+    assert adapt_input_conv(rgb_conv, 4).weight.shape == (8, 4, 3, 3)
+
+
+# ---- DCGAN -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("image_size", [64, 128])
+def test_dcgan_shapes(image_size):
+    generator, discriminator = build_dcgan(image_size, nz=100, ngf=16, ndf=16)
+    fake = generator(torch.randn(2, 100, 1, 1))
+    assert fake.shape == (2, 1, image_size, image_size)
+    assert fake.min() >= -1 and fake.max() <= 1
+    assert generator(torch.randn(2, 100)).shape == fake.shape  # flat noise is accepted
+    logits = discriminator(fake)
+    assert logits.shape == (2,)
+    nn.functional.binary_cross_entropy_with_logits(logits, torch.ones(2)).backward()
+    assert all(p.grad is not None for p in generator.parameters())
+
+
+def test_dcgan_default_widths_follow_the_paper_at_64px():
+    generator, discriminator = build_dcgan(64)
+    assert generator.main[0].out_channels == 512 and discriminator.main[-1].in_channels == 512
+    generator128, _ = build_dcgan(128)
+    assert generator128.main[0].out_channels == 1024
+
+
+def test_conditional_dcgan_uses_labels():
+    generator, discriminator = build_dcgan(64, ngf=16, ndf=16, num_classes=2)
+    generator.eval(), discriminator.eval()
+    noise = torch.randn(2, 100, 1, 1)
+    normal = generator(noise, torch.tensor([0, 0]))
+    pneumonia = generator(noise, torch.tensor([1, 1]))
+    assert normal.shape == (2, 1, 64, 64)
+    assert not torch.allclose(normal, pneumonia)
+    assert discriminator.main[0].in_channels == 2  # image + label channel
+    logits = discriminator(normal, torch.tensor([0, 1]))
+    assert logits.shape == (2,)
+    assert not torch.allclose(logits, discriminator(normal, torch.tensor([1, 0])))
+    with pytest.raises(ValueError, match="pass labels"):
+        generator(noise)
+    with pytest.raises(ValueError, match="pass labels"):
+        discriminator(normal)
+    unconditional = Generator(ngf=16)
+    with pytest.raises(ValueError, match="labels must be None"):
+        unconditional(noise, torch.tensor([0, 1]))
+
+
+def test_weights_init_statistics():
+    generator, discriminator = build_dcgan(64)
+    modules = [m for net in (generator, discriminator) for m in net.modules()]
+    conv = torch.cat([m.weight.flatten() for m in modules if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))])
+    bn_weight = torch.cat([m.weight for m in modules if isinstance(m, nn.BatchNorm2d)])
+    bn_bias = torch.cat([m.bias for m in modules if isinstance(m, nn.BatchNorm2d)])
+    assert abs(conv.mean().item()) < 1e-3
+    assert conv.std().item() == pytest.approx(0.02, rel=0.02)
+    assert bn_weight.mean().item() == pytest.approx(1.0, abs=5e-3)
+    assert bn_weight.std().item() == pytest.approx(0.02, rel=0.2)
+    assert torch.count_nonzero(bn_bias) == 0
+    # Applied to a default-initialised conv, it changes the scale (PyTorch's default is not N(0, 0.02)).
+    layer = nn.Conv2d(64, 64, 4)
+    weights_init(layer)
+    assert layer.weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+def test_dcgan_rejects_unsupported_sizes():
+    for build in (lambda: build_dcgan(96), lambda: Generator(image_size=96), lambda: Discriminator(image_size=96)):
+        with pytest.raises(ValueError, match="64 or 128, got 96"):
+            build()
