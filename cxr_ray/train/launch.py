@@ -1,0 +1,135 @@
+"""Building and running a Ray Train V2 TorchTrainer with the project's storage rules.
+
+Every trainer in the project (classifiers, detectors, GANs, Tune trials) goes
+through `run_trainer`, so storage, fault tolerance and checkpoint retention
+behave the same everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from cxr_ray import storage
+from cxr_ray.storage import S3Settings
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """How and where a training run executes."""
+
+    name: str  # stable (no timestamp): the same name resumes the same run
+    storage: str  # runs root: path or s3://
+    num_workers: int = 2
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+    num_to_keep: int = 2
+    score_attribute: str | None = None  # e.g. "val_auc": best-by-score checkpoints are kept
+    score_order: str = "max"
+
+
+def cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def ray_storage(uri: str, s3: S3Settings | None) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for RunConfig: explicit S3 filesystem, never env vars."""
+    fs, path = storage.resolve(uri, s3)
+    if storage.is_s3(uri):
+        return path, fs
+    os.makedirs(path, exist_ok=True)
+    return path, None
+
+
+def run_dir(spec: LaunchSpec) -> str:
+    """Where Ray Train keeps this run's checkpoints and state."""
+    return storage.join(spec.storage, spec.name)
+
+
+def run_trainer(
+    train_fn: Callable[[dict], None],
+    config: dict[str, Any],
+    spec: LaunchSpec,
+    *,
+    s3: S3Settings | None = None,
+    datasets: dict[str, Any] | None = None,
+    datasets_to_split: list[str] | None = None,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """Run `train_fn` on `spec.num_workers` DDP workers; returns Ray Train's Result."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = cluster_has_gpus() if spec.use_gpu is None else spec.use_gpu
+    storage_path, storage_fs = ray_storage(spec.storage, s3)
+    checkpoint_config = ray.train.CheckpointConfig(
+        num_to_keep=spec.num_to_keep,
+        checkpoint_score_attribute=spec.score_attribute,
+        checkpoint_score_order=spec.score_order,
+    )
+    run_config = ray.train.RunConfig(
+        name=spec.name,
+        storage_path=storage_path,
+        storage_filesystem=storage_fs,
+        failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=checkpoint_config,
+        callbacks=callbacks,
+    )
+    resources = {"CPU": spec.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = 1
+    scaling = ray.train.ScalingConfig(
+        num_workers=spec.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+    )
+    dataset_config = None
+    if datasets:
+        # Materialise before the workers take their CPUs: on a small cluster
+        # (2 CPUs here) the train workers would otherwise hold every slot and
+        # Ray Data's read tasks could never run. Tables are decoded pixels,
+        # read once per run; workers keep their shard on the device.
+        datasets = {key: ds.materialize() for key, ds in datasets.items()}
+        dataset_config = ray.train.DataConfig(datasets_to_split=datasets_to_split or list(datasets))
+    trainer = TorchTrainer(
+        train_fn,
+        train_loop_config={**config, "_use_gpu": use_gpu},
+        scaling_config=scaling,
+        run_config=run_config,
+        datasets=datasets,
+        dataset_config=dataset_config,
+    )
+    return trainer.fit()
+
+
+@contextmanager
+def local_checkpoint_dir(checkpoint: Any) -> Iterator[str]:
+    """A Ray Train Checkpoint (local or on S3) as a local folder."""
+    with checkpoint.as_directory() as path:
+        yield path
+
+
+def read_state(checkpoint: Any, file_name: str = "state.pt") -> dict[str, Any]:
+    """Load a plain-data state file from a Ray Train checkpoint (weights_only)."""
+    from cxr_ray.checkpoint import load_state
+
+    with local_checkpoint_dir(checkpoint) as path:
+        return load_state(os.path.join(path, file_name))
+
+
+def report_epoch(metrics: dict[str, Any], state: dict[str, Any] | None, file_name: str = "state.pt") -> None:
+    """Call ray.train.report from every rank; rank 0 attaches the plain-data checkpoint."""
+    import ray.train
+
+    from cxr_ray.checkpoint import save_state
+
+    if state is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_state(state, os.path.join(tmp, file_name))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -1,0 +1,147 @@
+"""Helpers shared by every per-worker training function (classifiers, detectors, GANs).
+
+Data path: a worker reads its Ray Data shard of uint8 pixels once, keeps it
+as one uint8 tensor on its device, and from then on only indexes, converts
+and augments on the device. Pixels are decoded once, at ingest, never per
+epoch, and the host-to-device copy happens once per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from cxr_ray.data.datasets import batch_to_arrays
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) inside a Ray Train worker; (0, 1) elsewhere."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def seed_everything(seed: int, rank: int = 0) -> torch.Generator:
+    """Seed python, numpy and torch; a per-rank generator keeps shards' randomness distinct."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+    gen = torch.Generator()
+    gen.manual_seed(seed * 1000 + rank)
+    return gen
+
+
+def device_for_worker(use_gpu: bool) -> torch.device:
+    if use_gpu and torch.cuda.is_available():
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPUs (no loss scaling needed); full fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def load_shard(name: str, device: torch.device, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's Ray Data shard as (N, 1, H, W) uint8 and (N,) int64 tensors on `device`."""
+    import ray.train
+
+    shard = ray.train.get_dataset_shard(name)
+    images, targets = [], []
+    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        x, y = batch_to_arrays(batch)
+        if len(x):
+            images.append(x)
+            targets.append(y)
+    if not images:
+        return torch.zeros((0, 1, 1, 1), dtype=torch.uint8, device=device), torch.zeros(0, dtype=torch.int64, device=device)
+    x = torch.from_numpy(np.concatenate(images)).unsqueeze(1)
+    y = torch.from_numpy(np.concatenate(targets))
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def agree_on_count(n_local: int, device: torch.device, op: str = "min") -> int:
+    """The same number across workers (DDP needs equal step counts, or it hangs)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return n_local
+    t = torch.tensor([n_local], dtype=torch.int64, device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
+    return int(t.item())
+
+
+def global_class_counts(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class counts over every worker's shard (for loss weights)."""
+    counts = torch.bincount(targets.cpu(), minlength=num_classes).to(torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        on = counts.to(targets.device) if dist.get_backend() == "nccl" else counts
+        dist.all_reduce(on)
+        counts = on.cpu()
+    return counts
+
+
+def to_input(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]: the same mapping as the GAN's tanh output."""
+    out = x.float().div_(127.5).sub_(1.0)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+def augment(x: torch.Tensor, strength: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Random small affine (rotate/scale/shift) plus brightness/contrast jitter, batched on the device.
+
+    Mild by design: X-rays are positioned consistently, and flips would move
+    the heart to the wrong side. `strength` in [0, 1] scales every magnitude.
+    """
+    if strength <= 0:
+        return x
+    n = x.shape[0]
+    dev = x.device
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return (torch.rand(n, generator=gen) * (hi - lo) + lo).to(dev)
+
+    angle = uniform(-10.0, 10.0) * strength * math.pi / 180.0
+    scale = 1.0 + uniform(-0.1, 0.1) * strength
+    tx, ty = uniform(-0.06, 0.06) * strength, uniform(-0.06, 0.06) * strength
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    contrast = (1.0 + uniform(-0.2, 0.2) * strength).view(n, 1, 1, 1).to(x.dtype)
+    brightness = (uniform(-0.1, 0.1) * strength).view(n, 1, 1, 1).to(x.dtype)
+    return (out * contrast + brightness).clamp_(-1.0, 1.0)
+
+
+def batches(n: int, batch_size: int, steps: int, gen: torch.Generator, shuffle: bool = True) -> Iterator[torch.Tensor]:
+    """`steps` index batches over n items (a fresh permutation per epoch), CPU int64."""
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    for i in range(steps):
+        yield order[i * batch_size : (i + 1) * batch_size]
+
+
+def maybe_inject_failure(config: dict[str, Any], epoch: int, rank: int) -> None:
+    """Test hook for fault tolerance: kill this worker process once at a given epoch.
+
+    `config["inject_failure"] = {"epoch": E, "rank": R, "marker": PATH}`: the
+    marker file makes it happen once, so the restarted run proceeds.
+    """
+    spec = config.get("inject_failure")
+    if not spec or epoch != spec["epoch"] or rank != spec.get("rank", 0):
+        return
+    marker = spec["marker"]
+    if os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write(f"failed at epoch {epoch} on rank {rank}\n")
+    os._exit(1)
