@@ -45,11 +45,38 @@ def _fail(message: str) -> None:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
+    from cxr_ray.checkpoint import CheckpointError
     from cxr_ray.config import ConfigError
+    from cxr_ray.data.datasets import DatasetError
     from cxr_ray.data.ingest import IngestError
+    from cxr_ray.models.torchvision_models import PretrainedWeightsUnavailable
     from cxr_ray.storage import StorageError
 
-    return (ConfigError, IngestError, StorageError)
+    return (ConfigError, IngestError, StorageError, DatasetError, CheckpointError, PretrainedWeightsUnavailable)
+
+
+def _load_config(cls, config_file: Optional[str], overrides: dict):
+    """YAML file (optional) + command-line values that were given; unknown keys are errors."""
+    from cxr_ray.config import ConfigError, from_dict
+
+    data: dict = {}
+    if config_file:
+        import yaml
+
+        try:
+            with open(config_file) as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as exc:
+            raise ConfigError(f"{config_file}: cannot read config file ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{config_file}: not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{config_file}: expected a mapping of config keys at the top level")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{config_file}: {exc}" if config_file else str(exc)) from None
 
 
 @app.command(
@@ -89,6 +116,66 @@ def ingest(
     except errors as exc:
         _fail(str(exc))
     typer.echo(format_summary(summary))
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  cxr-ray train --data runs/study/data/real-64 --model cnn --epochs 10\n\n"
+        "  cxr-ray train --task deepfake --model resnet18 --data runs/study/data/real-64 "
+        "--fakes runs/study/fakes/train-64 --storage s3://bucket/runs\n\n"
+        "  cxr-ray train --config configs/cnn.yaml --workers 4 --gpu"
+    )
+)
+def train(
+    data: Optional[str] = typer.Option(None, help="Ingested real image table (path or s3://)."),
+    task: Optional[str] = typer.Option(None, help="pneumonia (NORMAL vs PNEUMONIA) or deepfake (real vs fake)."),
+    model: Optional[str] = typer.Option(None, help="cnn, resnet18, resnet50 or mobilenet_v2."),
+    fakes: Optional[str] = typer.Option(None, help="Generated fake image table (needed for deepfake / source fake)."),
+    source: Optional[str] = typer.Option(None, help="pneumonia only: train on real, fake or both."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (default 10)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size per worker (default 64)."),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default 1e-3)."),
+    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default 1e-4)."),
+    aug_strength: Optional[float] = typer.Option(None, help="On-device augmentation strength in [0, 1]."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--scratch", help="ImageNet weights (torchvision models)."),
+    weights_path: Optional[str] = typer.Option(None, help="Local ImageNet weights file for --pretrained."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers (DDP ranks, default 2)."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="Force GPU or CPU workers (default: GPU if the cluster has one)."),
+    storage: Optional[str] = typer.Option(None, help="Runs root (path or s3://, default runs/train)."),
+    name: Optional[str] = typer.Option(None, help="Run name; the same name resumes the same run."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    max_failures: Optional[int] = typer.Option(None, help="Worker failures to recover from (default 2)."),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML file of ClassifierConfig keys; flags override it."),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
+    address: Optional[str] = RAY_ADDRESS,
+) -> None:
+    """Train a classifier or deepfake detector with Ray Train (DDP), then test it once."""
+    errors = _known_errors()
+    try:
+        from cxr_ray.train.classifier import ClassifierConfig, train_classifier
+
+        cfg = _load_config(
+            ClassifierConfig,
+            config,
+            dict(
+                data=data, task=task, model=model, fakes=fakes, source=source, epochs=epochs,
+                batch_size=batch_size, lr=lr, weight_decay=weight_decay, aug_strength=aug_strength,
+                pretrained=pretrained, weights_path=weights_path, num_workers=workers, use_gpu=gpu,
+                storage=storage, name=name, seed=seed, max_failures=max_failures,
+            ),
+        )
+        out = train_classifier(
+            cfg, s3=_s3(s3_endpoint, s3_region), log=lambda m: typer.echo(m, err=True), address=address
+        )
+    except errors as exc:
+        _fail(str(exc))
+    t = out["test"]
+    typer.echo(
+        f"{out['run']}: test AUC {t['auc']:.3f} [{t['auc_ci_low']:.3f}-{t['auc_ci_high']:.3f}] "
+        f"accuracy {t['accuracy']:.3f} sensitivity {t['sensitivity']:.3f} specificity {t['specificity']:.3f}"
+    )
 
 
 @app.command(

@@ -64,6 +64,12 @@ class ClassifierConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.aug_strength <= 1:
             raise ConfigError(f"aug_strength must be in [0, 1], got {self.aug_strength}")
+        from cxr_ray.models import list_models
+
+        if self.model not in list_models():
+            raise ConfigError(f"model must be one of {', '.join(list_models())}, got {self.model!r}")
+        if not self.data:
+            raise ConfigError("data (the ingested real table) is required")
 
     def identity(self) -> dict[str, Any]:
         """The fields that change what is learnt (hashed into the default run name)."""
@@ -96,7 +102,7 @@ def classifier_worker(config: dict[str, Any]) -> None:
     from cxr_ray.checkpoint import model_state, unwrap_model
     from cxr_ray.models import create_model
     from cxr_ray.train import loop
-    from cxr_ray.train.launch import read_state, report_epoch
+    from cxr_ray.train.launch import report_epoch, resume_state
 
     cfg = from_dict(ClassifierConfig, {k: v for k, v in config.items() if not k.startswith("_")})
     rank, world_size = loop.world()
@@ -119,9 +125,8 @@ def classifier_worker(config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
 
     start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        state = read_state(checkpoint)
+    state = resume_state(config)
+    if state is not None:
         unwrap_model(model).load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
@@ -209,9 +214,14 @@ def _validate(model, x_val, y_val, weights, device, channels_last, M, F, np) -> 
 # ---------------------------------------------------------------- driver side
 
 
-def train_classifier(cfg: ClassifierConfig, s3: S3Settings | None = None, log=print) -> dict[str, Any]:
-    """Train (or resume) the run, then evaluate its best checkpoint on the test split once."""
-    from cxr_ray.data.datasets import read_split
+def train_classifier(
+    cfg: ClassifierConfig, s3: S3Settings | None = None, log=print, address: str | None = None
+) -> dict[str, Any]:
+    """Train (or resume) the run, then evaluate its best checkpoint on the test split once.
+
+    Inputs are checked before Ray starts, so a wrong path fails in a moment.
+    """
+    from cxr_ray.data.datasets import read_split, require_complete
     from cxr_ray.runtime import init_ray
     from cxr_ray.train.launch import LaunchSpec, run_trainer
 
@@ -222,8 +232,10 @@ def train_classifier(cfg: ClassifierConfig, s3: S3Settings | None = None, log=pr
     if storage.exists(done, s3):
         log(f"[train] {name}: finished earlier; test metrics at {done}")
         return storage.read_json(done, s3)
+    for table in data.tables():
+        require_complete(table, s3)
 
-    init_ray()
+    init_ray(address)
     train_ds = read_split(data, ["train"], s3)
     val_ds = read_split(data, ["val"], s3)
     spec = LaunchSpec(
@@ -247,8 +259,11 @@ def train_classifier(cfg: ClassifierConfig, s3: S3Settings | None = None, log=pr
     train_seconds = time.perf_counter() - t0
     if result.error:
         raise result.error
-    best = best_checkpoint(result)
-    return evaluate_on_test(cfg, best, s3=s3, train_seconds=train_seconds, log=log)
+    from cxr_ray.train.launch import read_state
+
+    # The latest checkpoint holds every epoch's record; the best one only those up to it.
+    history = read_state(result.checkpoint)["history"]
+    return evaluate_on_test(cfg, best_checkpoint(result), history, s3=s3, train_seconds=train_seconds, log=log)
 
 
 def best_checkpoint(result: Any) -> Any:
@@ -260,7 +275,12 @@ def best_checkpoint(result: Any) -> Any:
 
 
 def evaluate_on_test(
-    cfg: ClassifierConfig, checkpoint: Any, s3: S3Settings | None = None, train_seconds: float | None = None, log=print
+    cfg: ClassifierConfig,
+    checkpoint: Any,
+    history: list[dict[str, Any]],
+    s3: S3Settings | None = None,
+    train_seconds: float | None = None,
+    log=print,
 ) -> dict[str, Any]:
     """The one evaluation on the test split: metrics with 95% bootstrap intervals, as JSON and Parquet."""
     import pyarrow as pa
@@ -305,7 +325,7 @@ def evaluate_on_test(
     pq.write_table(pa.Table.from_pylist(rows), f"{base}/{TEST_METRICS_TABLE}", filesystem=fs)
     predictions = pa.table({"path": paths, "target": y.astype("int64"), "score": scores.astype("float64")})
     pq.write_table(predictions, f"{base}/{TEST_PREDICTIONS}", filesystem=fs)
-    storage.write_json_atomic(storage.join(run_uri, HISTORY_FILE), state["history"], s3)
+    storage.write_json_atomic(storage.join(run_uri, HISTORY_FILE), history, s3)
     # Written last: its presence means "this run is finished".
     storage.write_json_atomic(storage.join(run_uri, TEST_METRICS_FILE), out, s3)
     t = out["test"]

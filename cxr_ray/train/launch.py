@@ -52,6 +52,33 @@ def run_dir(spec: LaunchSpec) -> str:
     return storage.join(spec.storage, spec.name)
 
 
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+
+
+def unregistered_checkpoint(run_uri: str, s3: S3Settings | None, file_name: str = "state.pt") -> str | None:
+    """The newest checkpoint of a run that died before Ray Train recorded it, if any.
+
+    Ray Train V2 resumes a re-run from its checkpoint-manager snapshot. A run
+    that crashes right after its first report can leave a persisted
+    checkpoint but no snapshot yet; without this, re-running the same command
+    would start over.
+    """
+    import pyarrow.fs as pafs
+
+    if not storage.is_dir(run_uri, s3) or storage.exists(storage.join(run_uri, SNAPSHOT_FILE), s3):
+        return None
+    fs, path = storage.resolve(run_uri, s3)
+    entries = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    candidates = sorted(
+        e.base_name for e in entries if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")
+    )
+    for name in reversed(candidates):  # names carry a sortable timestamp
+        state_uri = storage.join(run_uri, name, file_name)
+        if storage.exists(state_uri, s3):
+            return state_uri
+    return None
+
+
 def run_trainer(
     train_fn: Callable[[dict], None],
     config: dict[str, Any],
@@ -95,9 +122,15 @@ def run_trainer(
         # read once per run; workers keep their shard on the device.
         datasets = {key: ds.materialize() for key, ds in datasets.items()}
         dataset_config = ray.train.DataConfig(datasets_to_split=datasets_to_split or list(datasets))
+    fallback = unregistered_checkpoint(run_dir(spec), s3)
     trainer = TorchTrainer(
         train_fn,
-        train_loop_config={**config, "_use_gpu": use_gpu},
+        train_loop_config={
+            **config,
+            "_use_gpu": use_gpu,
+            "_fallback_resume": fallback,
+            "_s3": s3.to_dict() if s3 else None,
+        },
         scaling_config=scaling,
         run_config=run_config,
         datasets=datasets,
@@ -111,6 +144,21 @@ def local_checkpoint_dir(checkpoint: Any) -> Iterator[str]:
     """A Ray Train Checkpoint (local or on S3) as a local folder."""
     with checkpoint.as_directory() as path:
         yield path
+
+
+def resume_state(config: dict[str, Any], file_name: str = "state.pt") -> dict[str, Any] | None:
+    """Inside a worker: the state to resume from (Ray Train's latest checkpoint, else an unregistered one)."""
+    import ray.train
+
+    from cxr_ray.checkpoint import load_state
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        return read_state(checkpoint, file_name)
+    if config.get("_fallback_resume"):
+        s3 = S3Settings(**config["_s3"]) if config.get("_s3") else None
+        return load_state(config["_fallback_resume"], s3)
+    return None
 
 
 def read_state(checkpoint: Any, file_name: str = "state.pt") -> dict[str, Any]:

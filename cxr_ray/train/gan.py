@@ -1,0 +1,643 @@
+"""DCGAN on Ray Train (DDP): one GAN per class as the study did, or one class-conditional GAN.
+
+The driver (`train_gan`) reads the ingested table's train split only (never
+val or test), keeps one class (or both for the conditional GAN) and hands it
+to a TorchTrainer; every worker holds its shard as one uint8 tensor on its
+device (`loop.load_shard`). Each epoch rank 0 writes a fixed-noise 8x8 sample
+grid and the loss history into the run's storage and attaches a plain-data
+checkpoint (both networks, both Adam states, history); a restarted worker
+group or a re-run with the same name continues from it.
+
+DDP and BatchNorm -- the decisions, and why:
+
+* One DDP forward of D per backward. The textbook GAN step calls D twice
+  (real, then fake) before one backward. Under DDP every forward re-broadcasts
+  rank 0's BN buffers in place; in older torch that broke the backward
+  ("modified by an inplace operation", pytorch#22095), and torch 2.14 hides
+  the error (`_unsafe_preserve_version_counter`) but still overwrites, on the
+  other ranks, the running stats that the first forward just updated, and
+  DDP's reducer is only specified for one forward per backward.
+  `RealFakeDiscriminator` runs real and fake through D inside *one* DDP
+  forward, as two separate BN batches: plain concatenation would also be one
+  forward, but would normalise real and fake with shared batch statistics,
+  which the DCGAN recipe avoids (all-real / all-fake batches).
+* Generator step: D's parameters are frozen and the *unwrapped* D is called,
+  so D's DDP wrapper sees no forward, no buffer broadcast and no gradient
+  all-reduce it would throw away; only G's gradients are all-reduced.
+* Buffers: `forward_sync_buffers=False` (the torch 2.14 name of
+  `broadcast_buffers=False`) on both networks. Each rank normalises with its
+  own batch, exactly the single-GPU DCGAN with batch 128, and at the end of
+  every epoch the BN running statistics are averaged over ranks, so both
+  ranks (and the checkpoint) hold identical buffers that reflect every shard,
+  not rank 0's alone. Init still broadcasts rank 0's weights and buffers.
+* `sync_bn=True` converts BN to SyncBatchNorm (batch statistics over the
+  global batch; for small per-GPU batches). torch supports it on GPUs only.
+* Samples are drawn in eval mode (running statistics): no side effect on the
+  training state, no collective (works with SyncBatchNorm on rank 0 alone),
+  and a fake does not depend on which other fakes share its batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from cxr_ray import storage
+from cxr_ray.config import ConfigError, config_hash, from_dict, to_dict
+from cxr_ray.data.layout import CLASS_NAMES
+from cxr_ray.models.dcgan import SUPPORTED_IMAGE_SIZES, Discriminator, Generator, build_dcgan
+from cxr_ray.storage import S3Settings
+
+CLASS_CHOICES = (*CLASS_NAMES, "all")
+STATE_FORMAT = "cxr_ray.dcgan/1"
+GRID_SIDE = 8  # fixed-noise sample grid: 8 x 8 images
+SUMMARY_FILE = "gan_summary.json"
+LOSSES_FILE = "losses.json"
+CONFIG_FILE = "gan_config.json"
+SAMPLES_DIR = "samples"
+
+# Fields that define the training trajectory: they name the run, and a re-run
+# under that name must agree on them. Epochs, workers, storage and fault
+# handling may change between attempts (e.g. to extend a run).
+IDENTITY_FIELDS = (
+    "data", "class_name", "conditional", "image_size", "batch_size", "lr", "beta1", "nz", "ngf", "ndf", "seed", "sync_bn",
+)
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    """One DCGAN training run: a class (or all, conditional) of an ingested table's train split."""
+
+    data: str  # ingested image table (path or s3://)
+    storage: str = "runs/gan"  # runs root: the run lives in {storage}/{name}
+    class_name: str = "NORMAL"  # NORMAL / PNEUMONIA, or "all" for the conditional GAN
+    conditional: bool = False
+    image_size: int | None = None  # None: the table's resolution
+    epochs: int = 25
+    batch_size: int = 128  # per worker
+    lr: float = 2e-4
+    beta1: float = 0.5
+    nz: int = 100
+    ngf: int = 64
+    ndf: int = 64
+    num_workers: int = 2
+    use_gpu: bool | None = None  # None: GPUs when the cluster has them
+    name: str | None = None  # None: derived from class and config hash (stable, resumable)
+    seed: int = 0
+    max_failures: int = 2
+    sync_bn: bool = False
+    inject_failure: dict | None = None  # test hook, see loop.maybe_inject_failure
+
+    def __post_init__(self) -> None:
+        if self.class_name not in CLASS_CHOICES:
+            raise ConfigError(f"class_name must be one of {', '.join(CLASS_CHOICES)}, got {self.class_name!r}")
+        if self.conditional != (self.class_name == "all"):
+            raise ConfigError("a conditional GAN trains on class_name 'all'; a per-class GAN on NORMAL or PNEUMONIA")
+        if self.image_size is not None and self.image_size not in SUPPORTED_IMAGE_SIZES:
+            raise ConfigError(f"image_size must be one of {SUPPORTED_IMAGE_SIZES} for the DCGAN, got {self.image_size}")
+        for field_name in ("epochs", "batch_size", "nz", "ngf", "ndf", "num_workers"):
+            if getattr(self, field_name) < 1:
+                raise ConfigError(f"{field_name} must be >= 1, got {getattr(self, field_name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.beta1 < 1.0:
+            raise ConfigError(f"beta1 must be in [0, 1), got {self.beta1}")
+        if self.max_failures < 0:
+            raise ConfigError(f"max_failures must be >= 0, got {self.max_failures}")
+        if self.name is not None and (not self.name or "/" in self.name):
+            raise ConfigError(f"name must be a non-empty folder name without '/', got {self.name!r}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(CLASS_NAMES) if self.conditional else 0
+
+    def identity(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in IDENTITY_FIELDS}
+
+    def run_name(self) -> str:
+        """The given name, else `dcgan-{class}-{size}px-{hash of the identity fields}`; never a timestamp."""
+        if self.name:
+            return self.name
+        return f"dcgan-{self.class_name.lower()}-{self.image_size}px-{config_hash(self.identity())}"
+
+
+# ---------------------------------------------------------------- models and state
+
+
+class RealFakeDiscriminator(nn.Module):
+    """D applied to a real and a fake batch in one forward call, as two separate BatchNorm batches.
+
+    Wrapping this (not D) in DDP gives one DDP forward per discriminator
+    backward; see the module docstring.
+    """
+
+    def __init__(self, discriminator: Discriminator) -> None:
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(
+        self, real: torch.Tensor, fake: torch.Tensor, real_labels: torch.Tensor | None, fake_labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.discriminator(real, real_labels), self.discriminator(fake, fake_labels)
+
+
+def generator_kwargs(cfg: GanConfig) -> dict[str, Any]:
+    return {"nz": cfg.nz, "ngf": cfg.ngf, "nc": 1, "image_size": cfg.image_size, "num_classes": cfg.num_classes}
+
+
+def discriminator_kwargs(cfg: GanConfig) -> dict[str, Any]:
+    return {"ndf": cfg.ndf, "nc": 1, "image_size": cfg.image_size, "num_classes": cfg.num_classes}
+
+
+def fixed_noise(cfg: GanConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The grid's noise (and labels: top half NORMAL, bottom half PNEUMONIA), the same on every rank and attempt."""
+    gen = torch.Generator().manual_seed(cfg.seed + 12345)
+    noise = torch.randn(GRID_SIDE * GRID_SIDE, cfg.nz, generator=gen)
+    if not cfg.conditional:
+        return noise, None
+    labels = torch.arange(GRID_SIDE * GRID_SIDE) * cfg.num_classes // (GRID_SIDE * GRID_SIDE)
+    return noise, labels
+
+
+def generator_from_state(state: dict[str, Any], device: torch.device | str = "cpu") -> Generator:
+    """The generator of a GAN checkpoint (see `gan_state`), in eval mode."""
+    if state.get("format") != STATE_FORMAT:
+        raise ValueError(f"not a DCGAN checkpoint (format {state.get('format')!r}, expected {STATE_FORMAT!r})")
+    generator = Generator(**state["generator"]["model_kwargs"])
+    generator.load_state_dict(state["generator"]["model_state"])
+    return generator.to(device).eval()
+
+
+@torch.no_grad()
+def sample(generator: Generator, noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Images in [-1, 1] from a generator in eval mode (running BN statistics); restores its mode."""
+    was_training = generator.training
+    generator.eval()
+    try:
+        return generator(noise, labels).float()
+    finally:
+        generator.train(was_training)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> uint8, the inverse of `loop.to_input`: fakes are stored and scored like reals."""
+    return ((images.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def grid_png(images: torch.Tensor) -> bytes:
+    """(64, 1, H, W) images in [-1, 1] -> an 8x8 grayscale PNG with 2 px gaps."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.float().cpu(), nrow=GRID_SIDE, padding=2, normalize=True, value_range=(-1, 1))
+    pixels = (grid[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def gan_state(
+    cfg: GanConfig,
+    epoch: int,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    optimizer_g: torch.optim.Optimizer | None,
+    optimizer_d: torch.optim.Optimizer | None,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Plain-data checkpoint: rebuildable with `generator_from_state` alone, loadable with weights_only."""
+    from cxr_ray.checkpoint import model_state
+
+    noise, labels = fixed_noise(cfg)
+    return {
+        "format": STATE_FORMAT,
+        "epoch": epoch,
+        "config": to_dict(cfg),
+        "class_names": list(CLASS_NAMES),
+        "generator": {"model_kwargs": generator_kwargs(cfg), "model_state": model_state(generator)},
+        "discriminator": {"model_kwargs": discriminator_kwargs(cfg), "model_state": model_state(discriminator)},
+        "optimizer_g": optimizer_g.state_dict() if optimizer_g is not None else None,
+        "optimizer_d": optimizer_d.state_dict() if optimizer_d is not None else None,
+        "history": [dict(entry) for entry in history],
+        "fixed_noise": noise,
+        "fixed_labels": labels,
+    }
+
+
+def make_optimizers(cfg: GanConfig, generator: nn.Module, discriminator: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    betas = (cfg.beta1, 0.999)
+    return (
+        torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=betas),
+        torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=betas),
+    )
+
+
+# ---------------------------------------------------------------- one training step
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """No parameter gradients for `module` inside the block (the generator step does not train D)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@dataclass
+class StepModels:
+    """The networks and optimizers of one worker; `*_ddp` are the (possibly) DDP-wrapped ones."""
+
+    generator_ddp: nn.Module
+    real_fake_ddp: nn.Module  # RealFakeDiscriminator, possibly DDP-wrapped
+    discriminator: Discriminator  # unwrapped: used for the generator step
+    optimizer_g: torch.optim.Optimizer
+    optimizer_d: torch.optim.Optimizer
+
+
+def train_step(
+    models: StepModels,
+    real: torch.Tensor,
+    labels: torch.Tensor | None,
+    nz: int,
+    amp: Callable[[], contextlib.AbstractContextManager],
+) -> dict[str, torch.Tensor]:
+    """One DCGAN step (D then G, non-saturating G loss); returns detached losses and mean D outputs."""
+    bce = nn.functional.binary_cross_entropy_with_logits
+    n = real.shape[0]
+    noise = torch.randn(n, nz, device=real.device)
+    fake_labels = labels  # conditional: fakes follow the real batch's class mix
+    with amp():
+        fake = models.generator_ddp(noise, fake_labels)
+
+    models.optimizer_d.zero_grad(set_to_none=True)
+    with amp():
+        real_logits, fake_logits = models.real_fake_ddp(real, fake.detach(), labels, fake_labels)
+        loss_d = bce(real_logits.float(), torch.ones_like(real_logits, dtype=torch.float32)) + bce(
+            fake_logits.float(), torch.zeros_like(fake_logits, dtype=torch.float32)
+        )
+    loss_d.backward()
+    models.optimizer_d.step()
+
+    models.optimizer_g.zero_grad(set_to_none=True)
+    with frozen(models.discriminator), amp():
+        gen_logits = models.discriminator(fake, fake_labels)
+        loss_g = bce(gen_logits.float(), torch.ones_like(gen_logits, dtype=torch.float32))
+    loss_g.backward()
+    models.optimizer_g.step()
+    return {
+        "loss_d": loss_d.detach(),
+        "loss_g": loss_g.detach(),
+        "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
+        "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
+    }
+
+
+def train_epoch(
+    models: StepModels,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    batch_size: int,
+    steps: int,
+    nz: int,
+    order_gen: torch.Generator,
+    amp: Callable[[], contextlib.AbstractContextManager],
+) -> dict[str, float]:
+    """`steps` steps over a fresh permutation of this worker's images; returns local means."""
+    from cxr_ray.train.loop import batches, to_input
+
+    sums = {key: torch.zeros((), device=images.device) for key in ("loss_d", "loss_g", "d_real", "d_fake")}
+    for index in batches(len(images), batch_size, steps, order_gen):
+        index = index.to(images.device)
+        step_labels = labels[index] if labels is not None else None
+        out = train_step(models, to_input(images[index]), step_labels, nz, amp)
+        for key in sums:
+            sums[key] += out[key].float()
+    # One host sync per epoch, not per step.
+    return {key: float(value) / max(steps, 1) for key, value in sums.items()}
+
+
+# ---------------------------------------------------------------- distributed helpers
+
+
+def _collective_device(device: torch.device) -> torch.device:
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=_collective_device(device))
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return {k: float(v) for k, v in zip(keys, t.tolist())}
+
+
+def bn_modules(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def average_bn_running_stats(module: nn.Module) -> None:
+    """Average BN running mean/var over ranks: identical buffers everywhere, reflecting every shard."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for bn in bn_modules(module):
+        for buffer in (bn.running_mean, bn.running_var):
+            if buffer is None:
+                continue
+            on = buffer.to(_collective_device(buffer.device))
+            dist.all_reduce(on)
+            buffer.copy_(on / dist.get_world_size())
+
+
+def tensor_digest(tensors: Iterator[tuple[str, torch.Tensor]]) -> str:
+    """sha256 over names and exact bytes: equal digests mean bitwise-equal tensors."""
+    h = hashlib.sha256()
+    for name, value in tensors:
+        h.update(name.encode())
+        h.update(value.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def digests_by_rank(module: nn.Module) -> dict[str, list[str]]:
+    """Each rank's parameter and buffer digests, gathered so rank 0 can report every rank's own value."""
+    mine = {
+        "params": tensor_digest(iter(module.named_parameters())),
+        "buffers": tensor_digest(iter(module.named_buffers())),
+    }
+    if dist.is_available() and dist.is_initialized():
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, mine)
+    else:
+        gathered = [mine]
+    return {key: [g[key] for g in gathered] for key in mine}
+
+
+# ---------------------------------------------------------------- the per-worker function
+
+
+def _worker_config(config: dict[str, Any]) -> tuple[GanConfig, bool, S3Settings]:
+    plain = {k: v for k, v in config.items() if not k.startswith("_")}
+    s3 = S3Settings(**config["_s3"]) if config.get("_s3") else S3Settings()
+    return from_dict(GanConfig, plain), bool(config.get("_use_gpu")), s3
+
+
+def _build_models(cfg: GanConfig, state: dict[str, Any] | None, device: torch.device) -> StepModels:
+    import ray.train.torch
+
+    generator, discriminator = build_dcgan(cfg.image_size, nz=cfg.nz, ngf=cfg.ngf, ndf=cfg.ndf, num_classes=cfg.num_classes)
+    if state is not None:
+        generator.load_state_dict(state["generator"]["model_state"])
+        discriminator.load_state_dict(state["discriminator"]["model_state"])
+    if cfg.sync_bn:
+        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
+    ddp_kwargs = {"forward_sync_buffers": False}
+    generator_ddp = ray.train.torch.prepare_model(generator, parallel_strategy_kwargs=ddp_kwargs)
+    real_fake_ddp = ray.train.torch.prepare_model(RealFakeDiscriminator(discriminator), parallel_strategy_kwargs=ddp_kwargs)
+    # prepare_model moved the modules in place; the optimizers must see the moved parameters.
+    optimizer_g, optimizer_d = make_optimizers(cfg, generator, discriminator)
+    if state is not None:
+        optimizer_g.load_state_dict(state["optimizer_g"])
+        optimizer_d.load_state_dict(state["optimizer_d"])
+    return StepModels(generator_ddp, real_fake_ddp, discriminator, optimizer_g, optimizer_d)
+
+
+def _epoch_seed(cfg: GanConfig, epoch: int, rank: int) -> int:
+    # Seeds depend on (seed, epoch, rank) only, so a resumed attempt draws what an uninterrupted one would have.
+    return (cfg.seed * 1_000_003 + epoch * 1009 + rank) % 2**31
+
+
+def _write_grid(cfg: GanConfig, run_uri: str, epoch: int, generator: Generator, device: torch.device, s3: S3Settings) -> None:
+    noise, labels = fixed_noise(cfg)
+    images = sample(generator, noise.to(device), labels.to(device) if labels is not None else None)
+    storage.write_bytes_atomic(storage.join(run_uri, SAMPLES_DIR, f"epoch_{epoch:03d}.png"), grid_png(images), s3)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: restore, then per epoch train, sync BN stats, write grid + losses (rank 0), report."""
+    import ray.train
+
+    from cxr_ray.checkpoint import unwrap_model
+    from cxr_ray.train.launch import read_state, report_epoch
+    from cxr_ray.train.loop import agree_on_count, autocast, device_for_worker, load_shard, maybe_inject_failure, world
+
+    cfg, use_gpu, s3 = _worker_config(config)
+    rank, world_size = world()
+    device = device_for_worker(use_gpu)
+    run_uri = storage.join(cfg.storage, cfg.run_name())
+
+    checkpoint = ray.train.get_checkpoint()
+    state = read_state(checkpoint) if checkpoint is not None else None
+    start_epoch = int(state["epoch"]) if state else 0
+    history: list[dict[str, Any]] = list(state["history"]) if state else []
+
+    torch.manual_seed(cfg.seed)  # identical init everywhere (DDP also broadcasts rank 0's)
+    models = _build_models(cfg, state, device)
+    generator = unwrap_model(models.generator_ddp)
+
+    images, targets = load_shard("train", device)
+    labels = targets if cfg.conditional else None
+    n_min = agree_on_count(len(images), device, "min")
+    if n_min == 0:
+        raise RuntimeError(f"a worker received no training images ({world_size} workers): use fewer workers")
+    batch_size = min(cfg.batch_size, n_min)  # tiny tables: one smaller batch rather than none
+    steps = n_min // batch_size
+    amp = lambda: autocast(device)  # noqa: E731
+
+    if rank == 0 and start_epoch == 0:
+        _write_grid(cfg, run_uri, 0, generator, device, s3)  # the untrained generator, for comparison
+
+    for epoch in range(start_epoch, cfg.epochs):
+        maybe_inject_failure(config, epoch, rank)
+        torch.manual_seed(_epoch_seed(cfg, epoch, rank))
+        order_gen = torch.Generator().manual_seed(_epoch_seed(cfg, epoch, rank))
+        t0 = time.perf_counter()
+        local = train_epoch(models, images, labels, batch_size, steps, cfg.nz, order_gen, amp)
+        if not cfg.sync_bn:
+            average_bn_running_stats(generator)
+            average_bn_running_stats(models.discriminator)
+        losses = mean_over_ranks(local, device)
+        seconds = time.perf_counter() - t0
+        n_images = steps * batch_size * world_size
+        entry = {
+            "epoch": epoch + 1,
+            **losses,
+            "seconds": seconds,
+            "images": n_images,
+            "images_per_s": n_images / seconds if seconds > 0 else 0.0,
+            "attempt_start_epoch": start_epoch,
+            "world_size": world_size,
+        }
+        history.append(entry)
+        metrics = {
+            **entry,
+            "finite": all(math.isfinite(losses[k]) for k in ("loss_d", "loss_g")),
+            "g_digests": digests_by_rank(generator),
+            "d_digests": digests_by_rank(models.discriminator),
+        }
+        save = None
+        if rank == 0:
+            _write_grid(cfg, run_uri, epoch + 1, generator, device, s3)
+            storage.write_json_atomic(storage.join(run_uri, LOSSES_FILE), {"run": cfg.run_name(), "epochs": history}, s3)
+            save = gan_state(cfg, epoch + 1, generator, models.discriminator, models.optimizer_g, models.optimizer_d, history)
+        report_epoch(metrics, save)
+
+
+# ---------------------------------------------------------------- driver
+
+
+def keep_class(batch: Any, label: int) -> Any:
+    """Ray Data UDF (pyarrow batches): keep one class."""
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.equal(batch.column("target"), label))
+
+
+def count_train_images(cfg: GanConfig, s3: S3Settings | None) -> int:
+    """Train rows of the class (or all), read from the label/split columns only."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from cxr_ray.data.datasets import images_uri
+
+    fs, path = storage.resolve(images_uri(cfg.data), s3)
+    expr = pc.field("split") == "train"
+    if not cfg.conditional:
+        expr = expr & (pc.field("label") == CLASS_NAMES.index(cfg.class_name))
+    return pads.dataset(path, filesystem=fs, format="parquet").count_rows(filter=expr)
+
+
+def resolve_config(cfg: GanConfig, s3: S3Settings | None) -> GanConfig:
+    """Fill image_size and name from the table; check the table has enough train images."""
+    from cxr_ray.data.datasets import DatasetError, resolution_of
+
+    size = resolution_of(cfg.data, s3)
+    if cfg.image_size is not None and cfg.image_size != size:
+        raise ConfigError(f"image_size {cfg.image_size} does not match the table's resolution {size} ({cfg.data})")
+    if size not in SUPPORTED_IMAGE_SIZES:
+        raise ConfigError(f"the DCGAN trains at {' or '.join(map(str, SUPPORTED_IMAGE_SIZES))} px; {cfg.data} is {size} px")
+    cfg = replace(cfg, image_size=size)
+    n = count_train_images(cfg, s3)
+    if n < cfg.num_workers:
+        raise DatasetError(f"{cfg.data}: {n} train images of class {cfg.class_name}, fewer than {cfg.num_workers} workers")
+    return replace(cfg, name=cfg.run_name())
+
+
+def claim_run(cfg: GanConfig, run_uri: str, s3: S3Settings | None) -> None:
+    """Refuse to continue a run under this name that was trained with a different identity."""
+    marker = storage.join(run_uri, CONFIG_FILE)
+    if storage.exists(marker, s3):
+        previous = storage.read_json(marker, s3)
+        changed = sorted(k for k in IDENTITY_FIELDS if previous.get(k) != cfg.identity()[k])
+        if changed:
+            raise ConfigError(
+                f"{run_uri} was trained with different {', '.join(changed)}; use another --name (or the default name)"
+            )
+        return
+    storage.write_json_atomic(marker, cfg.identity(), s3)
+
+
+def train_dataset(cfg: GanConfig, s3: S3Settings | None) -> Any:
+    from cxr_ray.data.datasets import TaskData, read_split
+
+    ds = read_split(TaskData(task="pneumonia", real=cfg.data), ["train"], s3)
+    if cfg.conditional:
+        return ds
+    return ds.map_batches(keep_class, batch_format="pyarrow", fn_kwargs={"label": CLASS_NAMES.index(cfg.class_name)}, batch_size=None)
+
+
+def cpus_per_worker(num_workers: int) -> float:
+    """1 CPU per worker, unless that leaves Ray Data no CPU to read the shards with.
+
+    Workers hold their CPUs for the whole run; on a 2-CPU machine two 1-CPU
+    workers would leave the Parquet read tasks unschedulable and the workers
+    would wait for their shards forever.
+    """
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    if total - num_workers >= 1.0:
+        return 1.0
+    return max(0.1, (total - 1.0) / num_workers)
+
+
+def checkpoint_uri(checkpoint: Any, cfg: GanConfig) -> str:
+    path = checkpoint.path
+    return f"s3://{path.lstrip('/')}" if storage.is_s3(cfg.storage) else path
+
+
+def train_gan(cfg: GanConfig, s3: S3Settings | None = None, *, address: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or resume) one DCGAN with Ray Train; returns the summary also written to {run}/gan_summary.json."""
+    from cxr_ray.runtime import init_ray
+    from cxr_ray.train.launch import LaunchSpec, cluster_has_gpus, read_state, run_trainer
+
+    t0 = time.perf_counter()
+    s3 = s3 or S3Settings.from_env()
+    cfg = resolve_config(cfg, s3)
+    run_uri = storage.join(cfg.storage, cfg.run_name())
+    init_ray(address)
+    use_gpu = cluster_has_gpus() if cfg.use_gpu is None else cfg.use_gpu
+    if cfg.sync_bn and not use_gpu:
+        raise ConfigError("sync_bn needs GPU workers: torch's SyncBatchNorm does not run on CPU")
+    claim_run(cfg, run_uri, s3)
+    spec = LaunchSpec(
+        name=cfg.run_name(),
+        storage=cfg.storage,
+        num_workers=cfg.num_workers,
+        use_gpu=use_gpu,
+        cpus_per_worker=cpus_per_worker(cfg.num_workers),
+        max_failures=cfg.max_failures,
+    )
+    log(f"train-gan: {cfg.run_name()} ({cfg.class_name}, {cfg.image_size}px) on {cfg.num_workers} workers -> {run_uri}")
+    config = {**to_dict(cfg), "_s3": s3.to_dict()}
+    t_fit = time.perf_counter()
+    result = run_trainer(train_loop_per_worker, config, spec, s3=s3, datasets={"train": train_dataset(cfg, s3)})
+    fit_seconds = time.perf_counter() - t_fit
+    if result.checkpoint is None:
+        raise RuntimeError(f"{run_uri}: training finished without a checkpoint")
+    state = read_state(result.checkpoint)
+    history = state["history"]
+    summary = {
+        "run": cfg.run_name(),
+        "run_dir": run_uri,
+        "checkpoint": checkpoint_uri(result.checkpoint, cfg),
+        "epochs": int(state["epoch"]),
+        "class_name": cfg.class_name,
+        "image_size": cfg.image_size,
+        "num_workers": cfg.num_workers,
+        "use_gpu": use_gpu,
+        "images_per_epoch": history[-1]["images"] if history else 0,
+        "losses": [{k: e[k] for k in ("epoch", "loss_d", "loss_g", "d_real", "d_fake")} for e in history],
+        "resumed_from_epoch": history[-1]["attempt_start_epoch"] if history else 0,
+        "train_seconds": sum(e["seconds"] for e in history),
+        "fit_seconds": fit_seconds,
+        "wall_seconds": time.perf_counter() - t0,
+        "samples": storage.join(run_uri, SAMPLES_DIR),
+        "config": to_dict(cfg),
+    }
+    storage.write_json_atomic(storage.join(run_uri, SUMMARY_FILE), summary, s3)
+    return summary
+
+
+def format_losses(history: list[dict[str, Any]]) -> str:
+    """A Markdown table of the per-epoch losses."""
+    lines = ["| epoch | loss D | loss G | D(x) | D(G(z)) |", "|---:|---:|---:|---:|---:|"]
+    for e in history:
+        lines.append(f"| {e['epoch']} | {e['loss_d']:.3f} | {e['loss_g']:.3f} | {e['d_real']:.3f} | {e['d_fake']:.3f} |")
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""Classifier/detector training on Ray Train V2 with 2 CPU workers: DDP, selection, resume, S3."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from conftest import SAMPLE
+from cxr_ray import storage
+from cxr_ray.config import IngestConfig
+from cxr_ray.data import schema
+from cxr_ray.data.ingest import run_ingest
+from cxr_ray.train.classifier import ClassifierConfig, train_classifier
+
+
+@pytest.fixture(scope="module")
+def real64(ray_local, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("cls") / "real-64"
+    run_ingest(IngestConfig(src=str(SAMPLE), dest=str(dest), resolution=64), log=lambda m: None)
+    return str(dest)
+
+
+def blurred_fakes(real_uri: str, dest_uri: str, s3=None) -> None:
+    """A stand-in fake table (blurred reals tagged source=fake) in the shared image schema."""
+    fs, path = storage.resolve(storage.join(real_uri, schema.IMAGES_DIR), None)
+    table = pq.read_table(path, filesystem=fs)
+    rows = table.to_pylist()
+    for r in rows:
+        img = Image.frombytes("L", (r["width"], r["height"]), r["image"]).filter(ImageFilter.GaussianBlur(2))
+        r["image"] = img.tobytes()
+        r["source"], r["generator_run"], r["seed"] = "fake", "blur-test", 0
+        r["path"] = "generated://" + r["path"]
+    out = pa.Table.from_pylist(rows, schema.IMAGE_SCHEMA)
+    fs, base = storage.resolve(dest_uri, s3)
+    fs.create_dir(f"{base}/{schema.IMAGES_DIR}", recursive=True)
+    pq.write_table(out, f"{base}/{schema.IMAGES_DIR}/part-0.parquet", filesystem=fs)
+    storage.write_json_atomic(storage.join(dest_uri, schema.SUMMARY_FILE), {"resolution": 64}, s3)
+    storage.write_bytes_atomic(storage.join(dest_uri, storage.SUCCESS_MARKER), b"", s3)
+
+
+def load_checkpoint_file(run_dir):
+    """Every checkpoint Ray kept must load with weights_only=True."""
+    states = []
+    for ckpt in sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir()):
+        states.append(torch.load(ckpt / "state.pt", weights_only=True))
+    return states
+
+
+def test_ddp_training_selects_on_val_and_tests_once(real64, tmp_path):
+    cfg = ClassifierConfig(data=real64, model="cnn", epochs=2, batch_size=32, storage=str(tmp_path), n_boot=200)
+    out = train_classifier(cfg, log=lambda m: None)
+    run_dir = tmp_path / cfg.run_name()
+
+    metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(out))
+    test = metrics["test"]
+    for key in ("accuracy", "auc", "sensitivity", "specificity"):
+        assert test[f"{key}_ci_low"] <= test[key] <= test[f"{key}_ci_high"], key
+    assert test["tn"] + test["fp"] + test["fn"] + test["tp"] == test["n"] == 65  # the sample's test split
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+    for h in history:
+        assert {"val_loss", "val_accuracy", "val_auc", "val_sensitivity", "val_specificity"} <= set(h)
+    best = max(history, key=lambda h: (h["val_auc"], h["epoch"]))
+    assert metrics["best_epoch"] == best["epoch"] and metrics["threshold"] == best["val_threshold"]
+
+    table = pq.read_table(run_dir / "test_metrics.parquet").to_pylist()
+    assert {r["metric"] for r in table} == {"accuracy", "auc", "sensitivity", "specificity"}
+    preds = pq.read_table(run_dir / "test_predictions.parquet")
+    assert preds.num_rows == 65 and all("/test/" in p for p in preds.column("path").to_pylist())
+
+    states = load_checkpoint_file(run_dir)
+    assert states and all(s["model_name"] == "cnn" and s["model_kwargs"]["image_size"] == 64 for s in states)
+    assert {s["epoch"] for s in states} <= {0, 1}
+
+    # Same command again: finished runs are not retrained.
+    again = train_classifier(cfg, log=lambda m: None)
+    assert again == out
+
+
+def test_worker_failure_resumes_from_last_checkpoint(real64, tmp_path):
+    marker = tmp_path / "failed-once"
+    cfg = ClassifierConfig(
+        data=real64, epochs=3, batch_size=32, storage=str(tmp_path / "runs"), n_boot=100, max_failures=1,
+        inject_failure={"epoch": 2, "rank": 1, "marker": str(marker)},
+    )
+    train_classifier(cfg, log=lambda m: None)
+    assert marker.exists()
+    history = json.loads((tmp_path / "runs" / cfg.run_name() / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+
+
+def test_rerun_with_same_name_resumes_interrupted_run(real64, tmp_path):
+    from ray.train import TrainingFailedError
+
+    runs = tmp_path / "runs"
+    crash = ClassifierConfig(
+        data=real64, epochs=2, batch_size=32, storage=str(runs), n_boot=100, max_failures=0, name="resume-me",
+        inject_failure={"epoch": 1, "rank": 0, "marker": str(tmp_path / "crash")},
+    )
+    with pytest.raises(TrainingFailedError):
+        train_classifier(crash, log=lambda m: None)
+    first = load_checkpoint_file(runs / "resume-me")
+    assert [s["epoch"] for s in first] == [0]
+
+    out = train_classifier(ClassifierConfig(data=real64, epochs=2, batch_size=32, storage=str(runs), n_boot=100, name="resume-me"), log=lambda m: None)
+    history = json.loads((runs / "resume-me" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+    # Epoch 0 was not retrained: its record is the one from the interrupted attempt.
+    assert history[0] == first[0]["history"][0]
+    assert out["best_epoch"] in (0, 1)
+
+
+def test_deepfake_detector_on_s3_storage(real64, s3_server, s3_bucket, tmp_path):
+    fakes = f"s3://{s3_bucket}/fakes-64"
+    blurred_fakes(real64, fakes, s3_server)
+    cfg = ClassifierConfig(
+        data=real64, fakes=fakes, task="deepfake", model="cnn", epochs=1, batch_size=32,
+        storage=f"s3://{s3_bucket}/runs", n_boot=100,
+    )
+    out = train_classifier(cfg, s3=s3_server, log=lambda m: None)
+    run_uri = f"s3://{s3_bucket}/runs/{cfg.run_name()}"
+    assert storage.exists(storage.join(run_uri, "test_metrics.json"), s3_server)
+    fs, base = storage.resolve(run_uri, s3_server)
+    preds = pq.read_table(f"{base}/test_predictions.parquet", filesystem=fs).to_pylist()
+    # Test split: 65 real (target 0) + 65 held-out "fakes" (target 1).
+    assert sum(p["target"] for p in preds) == 65 and len(preds) == 130
+    assert all((p["target"] == 1) == p["path"].startswith("generated://") for p in preds)
+    assert out["source"] == "real+fake" and out["test"]["n_pos"] == 65
+    assert out["checkpoint"].startswith(f"{s3_bucket}/runs/")
