@@ -181,6 +181,50 @@ def train(
 @app.command(
     epilog=(
         "Examples:\n\n"
+        "  cxr-ray tune --data runs/study/data/real-64 --model cnn --num-samples 8 --max-epochs 8\n\n"
+        "  cxr-ray tune --data s3://bucket/study/data/real-64 --storage s3://bucket/study/tune --workers-per-trial 2\n\n"
+        "  (re-running the same command continues an interrupted search)"
+    )
+)
+def tune(
+    data: Optional[str] = typer.Option(None, help="Ingested real image table (path or s3://)."),
+    task: Optional[str] = typer.Option(None, help="pneumonia or deepfake."),
+    model: Optional[str] = typer.Option(None, help="cnn, resnet18, resnet50 or mobilenet_v2."),
+    fakes: Optional[str] = typer.Option(None, help="Generated fake table (deepfake task or fake source)."),
+    source: Optional[str] = typer.Option(None, help="pneumonia only: real, fake or both."),
+    num_samples: Optional[int] = typer.Option(None, help="Trials to sample (default 8)."),
+    max_epochs: Optional[int] = typer.Option(None, help="ASHA's epoch budget per trial (default 8)."),
+    workers_per_trial: Optional[int] = typer.Option(None, help="Ray Train workers per trial (default 1)."),
+    storage: Optional[str] = typer.Option(None, help="Search root (path or s3://, default runs/tune)."),
+    name: Optional[str] = typer.Option(None, help="Search name; the same name continues the same search."),
+    seed: Optional[int] = typer.Option(None, help="Random seed of the trainers."),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML file of SearchConfig keys; flags override it."),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
+    address: Optional[str] = RAY_ADDRESS,
+) -> None:
+    """Search a classifier's hyperparameters with Ray Tune (ASHA) on validation AUC."""
+    errors = _known_errors()
+    try:
+        from cxr_ray.tune import SearchConfig, run_search
+
+        cfg = _load_config(
+            SearchConfig,
+            config,
+            dict(
+                data=data, task=task, model=model, fakes=fakes, source=source, num_samples=num_samples,
+                max_epochs=max_epochs, workers_per_trial=workers_per_trial, storage=storage, name=name, seed=seed,
+            ),
+        )
+        out = run_search(cfg, s3=_s3(s3_endpoint, s3_region), log=lambda m: typer.echo(m, err=True), address=address)
+    except errors as exc:
+        _fail(str(exc))
+    typer.echo(f"{out['search']}: best val AUC {out['best_val_auc']:.3f} with {out['best_config']}")
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
         "  cxr-ray study                       # quick study on the embedded sample, under runs/study\n\n"
         "  cxr-ray study --data ../shared/data/chest_xray --storage s3://bucket/study --profile full"
     )

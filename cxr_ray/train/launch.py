@@ -104,7 +104,9 @@ def run_trainer(
         name=spec.name,
         storage_path=storage_path,
         storage_filesystem=storage_fs,
-        failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
+        # A finite controller limit: an unsatisfiable request (too few CPUs/GPUs)
+        # must fail the run, not retry forever.
+        failure_config=ray.train.FailureConfig(max_failures=spec.max_failures, controller_failure_limit=2),
         checkpoint_config=checkpoint_config,
         callbacks=callbacks,
     )
