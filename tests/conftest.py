@@ -28,13 +28,49 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the whole session (starting Ray costs seconds)."""
+def ray_cluster():
+    """A real `ray start --head` cluster for the whole session: tests join it, jobs are submitted to it.
+
+    One Ray instance on the machine (a second one confuses Ray's own
+    placement-group cleaner); `--block` ties its processes to this one, so
+    terminating it stops exactly this cluster and nothing else.
+    """
+    port, dashboard = free_port(), free_port()
+    # Started from the project's venv: a submitted job's `python` is then the venv's.
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--num-cpus=2",
+         f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    gcs = f"127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", dashboard), timeout=0.5).close()
+            break
+        except OSError:
+            assert proc.poll() is None, "ray start --head exited"
+            time.sleep(0.5)
+    yield {"address": gcs, "dashboard": f"http://127.0.0.1:{dashboard}"}
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def ray_local(ray_cluster):
+    """This test process as a Ray driver on the session's cluster."""
     import ray
 
     from cxr_ray.runtime import init_ray
 
-    init_ray(num_cpus=2)
+    init_ray(ray_cluster["address"])
     yield ray
     ray.shutdown()
 
@@ -50,7 +86,7 @@ def s3_server():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     settings = S3Settings(
-        endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1", access_key="testing", secret_key="testing"
+        endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1", access_key="cxr-test-key", secret_key="cxr-test-secret-5b1e"
     )
     yield settings
     server.stop()

@@ -223,36 +223,14 @@ def tune(
 
 
 @app.command(
-    epilog=(
-        "Examples:\n\n"
-        "  cxr-ray study                       # quick study on the embedded sample, under runs/study\n\n"
-        "  cxr-ray study --data ../shared/data/chest_xray --storage s3://bucket/study --profile full"
-    )
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
 )
-def study(
-    profile: str = typer.Option("quick", help="quick (CPU, minutes, embedded sample) or full (GPU defaults)."),
-    data: Optional[str] = typer.Option(None, help="Kaggle-layout source folder (default: the embedded sample)."),
-    storage: str = typer.Option("runs/study", help="Study root folder: path or s3://."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo finished stages instead of skipping them."),
-    s3_endpoint: Optional[str] = S3_ENDPOINT,
-    s3_region: Optional[str] = S3_REGION,
-    address: Optional[str] = RAY_ADDRESS,
-) -> None:
-    """Run the whole study (the same code as jobs/full_study.py)."""
+def study(ctx: typer.Context) -> None:
+    """Run the whole study (the same code and options as jobs/full_study.py; see `cxr-ray study --help`)."""
     from cxr_ray.study import run_study_cli
 
-    argv = ["--profile", profile, "--storage", storage]
-    if data:
-        argv += ["--data", data]
-    if overwrite:
-        argv.append("--overwrite")
-    if s3_endpoint:
-        argv += ["--s3-endpoint", s3_endpoint]
-    if s3_region:
-        argv += ["--s3-region", s3_region]
-    if address:
-        argv += ["--address", address]
-    raise typer.Exit(code=run_study_cli(argv))
+    raise typer.Exit(code=run_study_cli(list(ctx.args)))
 
 
 def main() -> None:

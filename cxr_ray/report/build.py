@@ -1,0 +1,314 @@
+"""The study report: report.md plus a self-contained report.html (images inlined) in `{root}/report/`.
+
+Reads only what the stages wrote (manifest, tables, run folders), so it can
+be rebuilt at any time; a section whose inputs are missing says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from cxr_ray import storage
+from cxr_ray.report import plots
+from cxr_ray.storage import S3Settings
+
+REPORT_DIR = "report"
+
+
+class _Doc:
+    """Accumulates Markdown and HTML side by side; images go to files (md) and inline (html)."""
+
+    def __init__(self, root: str, s3: S3Settings | None) -> None:
+        self.root, self.s3 = root, s3
+        self.md: list[str] = []
+        self.html: list[str] = []
+        self.images: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.md.append(f"{'#' * level} {text}\n")
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str) -> None:
+        self.md.append(text + "\n")
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, header: list[str], rows: list[list[Any]]) -> None:
+        fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+        self.md.append("| " + " | ".join(header) + " |")
+        self.md.append("|" + "---|" * len(header))
+        for r in rows:
+            self.md.append("| " + " | ".join(fmt(v) for v in r) + " |")
+        self.md.append("")
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in r) + "</tr>" for r in rows)
+        self.html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+    def image(self, name: str, png: bytes, caption: str) -> None:
+        storage.write_bytes_atomic(storage.join(self.root, REPORT_DIR, name), png, self.s3)
+        self.images.append(name)
+        self.md.append(f"![{caption}]({name})\n\n*{caption}*\n")
+        data = base64.b64encode(png).decode()
+        self.html.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.7em;border-bottom:2px solid #4C72B0}h2{font-size:1.3em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:1em 0;font-size:.88em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f0f3f8}td:first-child,th:first-child{text-align:left}figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}
+"""
+
+
+def _read_json(uri: str, s3: S3Settings | None) -> Any:
+    return storage.read_json(uri, s3) if storage.exists(uri, s3) else None
+
+
+def _read_parquet(uri: str, s3: S3Settings | None):
+    import pyarrow.parquet as pq
+
+    if not storage.exists(uri, s3):
+        return None
+    fs, path = storage.resolve(uri, s3)
+    return pq.read_table(path, filesystem=fs)
+
+
+def _sample_images(table_uri: str, class_name: str, split: str, n: int, s3: S3Settings | None) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    from cxr_ray.data.datasets import images_from_column
+
+    table = _read_parquet(storage.join(table_uri, "images"), s3)
+    if table is None:
+        return np.zeros((0, 1, 1), np.uint8)
+    table = table.filter(pc.and_(pc.equal(table.column("class_name"), class_name), pc.equal(table.column("split"), split)))
+    return images_from_column(table.slice(0, n))
+
+
+def build_report(root: str, s3: S3Settings | None = None, log: Callable[[str], None] = print) -> dict[str, str]:
+    """Write report.md and report.html under `{root}/report/`; returns their URIs."""
+    from cxr_ray.manifest import MANIFEST_FILE
+
+    manifest = (_read_json(storage.join(root, MANIFEST_FILE), s3) or {}).get("stages", {})
+    out = lambda name: manifest.get(name, {}).get("outputs", {})  # noqa: E731
+    doc = _Doc(root, s3)
+    doc.heading("cxr-ray study report", 1)
+    doc.para(f"Study root: {root}. Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
+
+    _data_section(doc, out("ingest"))
+    real_uri = out("ingest").get("table")
+    fake_uri = out("generate").get("table")
+    _samples_section(doc, real_uri, fake_uri, s3)
+    _gan_section(doc, out("gan"), out("gan_quality"))
+    _classifier_section(doc, out("train"), s3)
+    _transfer_section(doc, root, s3)
+    _detector_section(doc, out("train"), s3)
+    _robustness_section(doc, root, s3)
+    _tune_section(doc, out("tune"))
+    _timing_section(doc, manifest)
+
+    md_uri = storage.join(root, REPORT_DIR, "report.md")
+    html_uri = storage.join(root, REPORT_DIR, "report.html")
+    storage.write_bytes_atomic(md_uri, "\n".join(doc.md).encode(), s3)
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>cxr-ray study report</title>"
+        f"<style>{CSS}</style></head><body>{''.join(doc.html)}</body></html>"
+    )
+    storage.write_bytes_atomic(html_uri, page.encode(), s3)
+    log(f"report: {md_uri} and {html_uri}")
+    return {"md": md_uri, "html": html_uri}
+
+
+def _data_section(doc: _Doc, ingest: dict[str, Any]) -> None:
+    doc.heading("Data")
+    summary = ingest.get("summary")
+    if not summary:
+        doc.para("No ingest summary found.")
+        return
+    rows = []
+    for split in ("train", "val", "test"):
+        counts = summary["by_split_class"].get(split, {})
+        rows.append([split, counts.get("NORMAL", 0), counts.get("PNEUMONIA", 0), summary["patients_by_split"].get(split, 0)])
+    doc.para(
+        f"Source {summary['src']} at {summary['resolution']} px: {summary['files_found']} files = {summary['rows']} images "
+        f"+ {summary['quarantined']} quarantined + {summary['duplicates']} byte-identical duplicates. Validation was "
+        f"carved from train by patient ({summary['val_fraction']:.0%}, seed {summary['seed']})."
+    )
+    doc.table(["split", "NORMAL", "PNEUMONIA", "patients"], rows)
+
+
+def _samples_section(doc: _Doc, real_uri: str | None, fake_uri: str | None, s3: S3Settings | None) -> None:
+    doc.heading("Real and fake images")
+    if not real_uri:
+        doc.para("No image tables found.")
+        return
+    for cls in ("NORMAL", "PNEUMONIA"):
+        real = _sample_images(real_uri, cls, "train", 16, s3)
+        if len(real):
+            doc.image(f"real_{cls.lower()}.png", plots.image_grid(real, f"real {cls}, train split of {real_uri}"),
+                      f"Real {cls} X-rays (train split, {real_uri}).")
+        if fake_uri:
+            fake = _sample_images(fake_uri, cls, "test", 16, s3)
+            if len(fake):
+                doc.image(f"fake_{cls.lower()}.png", plots.image_grid(fake, f"DCGAN fakes {cls}, held-out seeds, {fake_uri}"),
+                          f"DCGAN fakes of class {cls} (held-out test seeds, {fake_uri}).")
+
+
+def _gan_section(doc: _Doc, gans: dict[str, Any], quality: dict[str, Any]) -> None:
+    doc.heading("GANs: losses and quality")
+    if not gans:
+        doc.para("No GAN runs recorded.")
+        return
+    histories = {cls: g["losses"] for cls, g in gans.items() if g.get("losses")}
+    if histories:
+        runs = ", ".join(g["run"] for g in gans.values())
+        doc.image("gan_losses.png", plots.loss_curves(histories, f"DCGAN losses per class (runs {runs})"),
+                  f"Discriminator (solid) and generator (dashed) losses per epoch; runs {runs}.")
+    rows = []
+    for cls, q in sorted(quality.items()):
+        for r in q.get("rows", []):
+            rows.append([cls, r["comparison"], r["n_reference"], r["n_other"], r["fd"], r["kid"]])
+    if rows:
+        first = next(iter(quality.values()))
+        doc.para(
+            f"Fréchet distance (FD) and KID in the {first['feature']['dim']}-d feature space of {first['feature']['name']} "
+            "(an X-ray encoder trained by this project; Inception weights are not available offline). Lower is closer to "
+            "the real test images; 'real train vs real test' is the floor, the untrained generator the ceiling."
+        )
+        doc.table(["class", "comparison", "n real", "n other", "FD", "KID"], rows)
+
+
+def _test_rows(train: dict[str, Any], task: str, source: str | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for name, run in sorted(train.items()):
+        parts = name.split("-")
+        if parts[0] != task or (source and not name.endswith(f"-{source}")):
+            continue
+        rows.append({"label": "-".join(parts[1:-1]) if task == "pneumonia" else parts[1], "run": name, **run["test"]})
+    return rows
+
+
+def _classifier_section(doc: _Doc, train: dict[str, Any], s3: S3Settings | None) -> None:
+    doc.heading("Pneumonia classifiers (trained on real images, real test split)")
+    rows = _test_rows(train, "pneumonia", "real")
+    if not rows:
+        doc.para("No classifier runs recorded.")
+        return
+    doc.table(
+        ["model", "accuracy [95% CI]", "AUC [95% CI]", "sensitivity", "specificity", "n"],
+        [[r["label"], f"{r['accuracy']:.3f} [{r['accuracy_ci_low']:.3f}, {r['accuracy_ci_high']:.3f}]",
+          f"{r['auc']:.3f} [{r['auc_ci_low']:.3f}, {r['auc_ci_high']:.3f}]", r["sensitivity"], r["specificity"], r["n"]]
+         for r in rows],
+    )
+    doc.para("Published anchors on this test split: " + "; ".join(f"{a}: accuracy {acc:.3f}, AUC {auc:.3f}" for a, acc, auc in plots.PUBLISHED_ANCHORS) + ".")
+    doc.image("classifier_auc.png", plots.metric_bars(rows, "auc", "Test AUC with 95% bootstrap CI, runs " + ", ".join(r["run"] for r in rows)),
+              "Test AUC of each classifier (threshold-free) with 95% bootstrap intervals, beside the published anchors.")
+    doc.image("classifier_accuracy.png", plots.metric_bars(rows, "accuracy", "Test accuracy at the val-chosen threshold"),
+              "Test accuracy at the threshold chosen on validation, with 95% bootstrap intervals.")
+
+
+def _transfer_section(doc: _Doc, root: str, s3: S3Settings | None) -> None:
+    doc.heading("Transfer: trained on real or fake, tested on real or fake")
+    matrix = _read_parquet(storage.join(root, "transfer", "transfer.parquet"), s3)
+    if matrix is None:
+        doc.para("No transfer matrix found.")
+        return
+    rows = [r for r in matrix.to_pylist() if r["metric"] == "accuracy"]
+    models = sorted({r["model"] for r in rows})
+    cols = [("real", "real_test"), ("real", "fake_test"), ("fake", "real_test"), ("fake", "fake_test")]
+    values = np.full((len(models), len(cols)), np.nan)
+    for r in rows:
+        key = (r["train_source"], r["eval_set"])
+        if key in cols:
+            values[models.index(r["model"]), cols.index(key)] = r["value"]
+    doc.image("transfer.png", plots.heatmap(values, models, [f"train {a}\ntest {b.split('_')[0]}" for a, b in cols],
+                                            f"Accuracy, pneumonia classifiers ({root}/transfer)"),
+              "Transfer matrix: accuracy of each architecture trained on real or fake images, tested on the real test split and on held-out fakes.")
+    text_uri = storage.join(root, "transfer", "transfer.md")
+    if storage.exists(text_uri, s3):
+        for line in storage.read_bytes(text_uri, s3).decode().splitlines():
+            if line.strip() and not line.startswith("#"):
+                doc.md.append(line)
+                doc.html.append(f"<p>{html.escape(line)}</p>")
+
+
+def _detector_section(doc: _Doc, train: dict[str, Any], s3: S3Settings | None) -> None:
+    from cxr_ray.metrics import roc_curve
+
+    doc.heading("Deepfake detectors (real test split vs held-out fakes)")
+    rows = _test_rows(train, "deepfake")
+    if not rows:
+        doc.para("No detector runs recorded.")
+        return
+    curves = {}
+    for r in rows:
+        preds = _read_parquet(storage.join(train[r["run"]]["run_dir"], "test_predictions.parquet"), s3)
+        if preds is not None:
+            y = np.asarray(preds.column("target").to_pylist())
+            s = np.asarray(preds.column("score").to_pylist())
+            fpr, tpr, _ = roc_curve(y, s)
+            curves[r["label"]] = (fpr, tpr, r["auc"])
+    if curves:
+        doc.image("detector_roc.png", plots.roc_curves(curves, "Detector ROC, real test vs held-out fakes"),
+                  "ROC curves of the deepfake detectors on the real test split against fakes from held-out seeds.")
+    doc.table(["detector", "AUC [95% CI]", "accuracy", "sensitivity (fake caught)", "specificity (real passed)"],
+              [[r["label"], f"{r['auc']:.3f} [{r['auc_ci_low']:.3f}, {r['auc_ci_high']:.3f}]", r["accuracy"], r["sensitivity"], r["specificity"]] for r in rows])
+
+
+def _robustness_section(doc: _Doc, root: str, s3: S3Settings | None) -> None:
+    doc.heading("Robustness of the detectors (same perturbation on both classes)")
+    metrics = _read_parquet(storage.join(root, "evaluate", "metrics.parquet"), s3)
+    if metrics is None:
+        doc.para("No cross-evaluation table found.")
+        return
+    rows = [r for r in metrics.to_pylist() if r["task"] == "deepfake" and r["metric"] == "auc"]
+    if not rows:
+        doc.para("No detector rows in the cross-evaluation table.")
+        return
+    perturbations = list(dict.fromkeys(r["perturbation"] for r in rows))
+    models = sorted({r["model"] for r in rows})
+    table = {(r["model"], r["perturbation"]): r["value"] for r in rows}
+    doc.para("Detector AUC on real test vs held-out fakes, each column one perturbation applied to both classes "
+             f"({root}/evaluate/metrics.csv has intervals and every other metric).")
+    doc.table(["detector", *perturbations], [[m, *[table.get((m, p), float("nan")) for p in perturbations]] for m in models])
+
+
+def _tune_section(doc: _Doc, tune: dict[str, Any]) -> None:
+    doc.heading("Hyperparameter search (Ray Tune, ASHA, validation AUC)")
+    if not tune:
+        doc.para("No search recorded.")
+        return
+    doc.table(
+        ["model", "trials", "best val AUC", "lr", "weight decay", "batch", "aug", "epochs"],
+        [[m, t["trials"], t["best_val_auc"], f"{t['best_config']['lr']:.2e}", f"{t['best_config']['weight_decay']:.1e}",
+          t["best_config"]["batch_size"], t["best_config"]["aug_strength"], t["best_config"]["epochs"]] for m, t in sorted(tune.items())],
+    )
+
+
+def _timing_section(doc: _Doc, manifest: dict[str, Any]) -> None:
+    doc.heading("Time per stage")
+    rows = [[name, entry.get("status"), entry.get("seconds", float("nan"))] for name, entry in manifest.items() if name != "timeline"]
+    doc.table(["stage", "status", "seconds"], rows)
+    tl = manifest.get("timeline", {}).get("outputs", {})
+    trainings = tl.get("rows", [])
+    if trainings:
+        busy = sum(r["end"] - r["start"] for r in trainings)
+        span = max(r["end"] for r in trainings) - min(r["start"] for r in trainings)
+        doc.para(
+            f"{len(trainings)} trainings/searches took {busy:.0f} s of training time in {span:.0f} s of wall time "
+            f"(up to {tl.get('max_parallel')} at once), an overlap of {busy / span if span else math.nan:.2f}x. "
+            "Trainings that share a cluster slow each other down, so the speed-up over running them one after "
+            "another is measured by re-running with --sequential (docs/performance.md)."
+        )
+        doc.image("timeline.png", plots.timeline(trainings, "Start and end of every training in this study"),
+                  "Training timeline: overlapping bars ran at the same time on the cluster.")
