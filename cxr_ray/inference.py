@@ -40,7 +40,7 @@ def predict_proba(
         model = model.to(memory_format=torch.channels_last)
     out = []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).unsqueeze(1).to(device)
+        x = torch.from_numpy(np.array(images[start : start + batch_size], dtype=np.uint8)).unsqueeze(1).to(device)
         with autocast(device):
             logits = model(to_input(x, channels_last))
         out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy())

@@ -20,6 +20,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, progress_b
         if address or os.environ.get("RAY_ADDRESS"):
             kwargs["address"] = address or os.environ["RAY_ADDRESS"]
         else:
+            # "local": always a fresh cluster for this process, never a stale
+            # one recorded in /tmp/ray by an earlier `ray start`.
+            kwargs["address"] = "local"
             kwargs["include_dashboard"] = False
             if num_cpus:
                 kwargs["num_cpus"] = num_cpus

@@ -98,6 +98,15 @@ def resolve(uri: str | os.PathLike[str], s3: S3Settings | None = None) -> tuple[
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
 
 
+def absolute(uri: str) -> str:
+    """s3:// URIs as they are; local paths and file:// URIs as absolute paths.
+
+    Ray Train runs workers in their own working directory, so a relative path
+    handed to a worker would land somewhere else.
+    """
+    return uri if is_s3(uri) else resolve(uri)[1]
+
+
 def join(uri: str, *parts: str) -> str:
     """Join URI parts with '/' for s3:// and the OS separator for local paths."""
     if is_s3(uri):

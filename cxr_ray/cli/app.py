@@ -233,6 +233,21 @@ def study(ctx: typer.Context) -> None:
     raise typer.Exit(code=run_study_cli(list(ctx.args)))
 
 
+def _register_stage_commands() -> None:
+    """Commands written in their own modules (typer only at import; heavy imports inside)."""
+    from cxr_ray.cli import eval_cmds, generate_cmd, train_gan_cmd
+
+    app.command(name="train-gan", epilog=train_gan_cmd.EPILOG)(train_gan_cmd.train_gan)
+    app.command(name="gan-quality", epilog=train_gan_cmd.EPILOG_QUALITY)(train_gan_cmd.quality)
+    app.command(name="generate", epilog=generate_cmd.EPILOG_GENERATE)(generate_cmd.generate)
+    app.command(name="evaluate", epilog=eval_cmds.EPILOG_EVALUATE)(eval_cmds.evaluate)
+    app.command(name="transfer", epilog=eval_cmds.EPILOG_TRANSFER)(eval_cmds.transfer)
+    app.command(name="scan", epilog=eval_cmds.EPILOG_SCAN)(eval_cmds.scan)
+
+
+_register_stage_commands()
+
+
 def main() -> None:
     app(prog_name="cxr-ray")
 

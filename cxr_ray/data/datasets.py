@@ -94,7 +94,7 @@ def read_split(data: TaskData, splits: Iterable[str], s3: S3Settings | None = No
     for uri in data.tables():
         require_complete(uri, s3)
         fs, path = storage.resolve(images_uri(uri), s3)
-        parts.append(ray.data.read_parquet(path, filesystem=fs, columns=["image", "label", "split", "source"]))
+        parts.append(ray.data.read_parquet(path, filesystem=fs).select_columns(["image", "label", "split", "source"]))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     return ds.map_batches(
         to_task_batch, batch_format="pyarrow", fn_kwargs={"task": data.task, "splits": splits}, batch_size=None

@@ -225,7 +225,15 @@ def train_classifier(
     from cxr_ray.runtime import init_ray
     from cxr_ray.train.launch import LaunchSpec, run_trainer
 
+    # Workers run in their own folder: give them absolute paths (the run name keeps the given ones).
     name = cfg.run_name()
+    cfg = replace(
+        cfg,
+        name=name,
+        data=storage.absolute(cfg.data),
+        fakes=storage.absolute(cfg.fakes) if cfg.fakes else None,
+        storage=storage.absolute(cfg.storage),
+    )
     run_uri = storage.join(cfg.storage, name)
     done = storage.join(run_uri, TEST_METRICS_FILE)
     data = task_data(cfg)

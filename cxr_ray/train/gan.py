@@ -13,10 +13,12 @@ DDP and BatchNorm -- the decisions, and why:
 * One DDP forward of D per backward. The textbook GAN step calls D twice
   (real, then fake) before one backward. Under DDP every forward re-broadcasts
   rank 0's BN buffers in place; in older torch that broke the backward
-  ("modified by an inplace operation", pytorch#22095), and torch 2.14 hides
-  the error (`_unsafe_preserve_version_counter`) but still overwrites, on the
-  other ranks, the running stats that the first forward just updated, and
-  DDP's reducer is only specified for one forward per backward.
+  ("modified by an inplace operation", pytorch#22095). torch 2.14 no longer
+  raises (the broadcast runs under `_unsafe_preserve_version_counter`; two
+  forwards then one backward did run in a 2-rank gloo check here), but the
+  second broadcast still overwrites, on the other ranks, the running stats
+  the first forward just updated, and each extra DDP forward is one more
+  broadcast per step.
   `RealFakeDiscriminator` runs real and fake through D inside *one* DDP
   forward, as two separate BN batches: plain concatenation would also be one
   forward, but would normalise real and fake with shared batch statistics,
@@ -370,7 +372,7 @@ def tensor_digest(tensors: Iterator[tuple[str, torch.Tensor]]) -> str:
     h = hashlib.sha256()
     for name, value in tensors:
         h.update(name.encode())
-        h.update(value.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -431,19 +433,17 @@ def _write_grid(cfg: GanConfig, run_uri: str, epoch: int, generator: Generator, 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: restore, then per epoch train, sync BN stats, write grid + losses (rank 0), report."""
-    import ray.train
-
     from cxr_ray.checkpoint import unwrap_model
-    from cxr_ray.train.launch import read_state, report_epoch
-    from cxr_ray.train.loop import agree_on_count, autocast, device_for_worker, load_shard, maybe_inject_failure, world
+    from cxr_ray.train import loop
+    from cxr_ray.train.launch import report_epoch, resume_state
+    from cxr_ray.train.loop import agree_on_count, autocast, device_for_worker, load_shard, world
 
     cfg, use_gpu, s3 = _worker_config(config)
     rank, world_size = world()
     device = device_for_worker(use_gpu)
     run_uri = storage.join(cfg.storage, cfg.run_name())
 
-    checkpoint = ray.train.get_checkpoint()
-    state = read_state(checkpoint) if checkpoint is not None else None
+    state = resume_state(config)
     start_epoch = int(state["epoch"]) if state else 0
     history: list[dict[str, Any]] = list(state["history"]) if state else []
 
@@ -464,7 +464,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _write_grid(cfg, run_uri, 0, generator, device, s3)  # the untrained generator, for comparison
 
     for epoch in range(start_epoch, cfg.epochs):
-        maybe_inject_failure(config, epoch, rank)
+        loop.maybe_inject_failure(config, epoch, rank)
         torch.manual_seed(_epoch_seed(cfg, epoch, rank))
         order_gen = torch.Generator().manual_seed(_epoch_seed(cfg, epoch, rank))
         t0 = time.perf_counter()
@@ -483,14 +483,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "images_per_s": n_images / seconds if seconds > 0 else 0.0,
             "attempt_start_epoch": start_epoch,
             "world_size": world_size,
-        }
-        history.append(entry)
-        metrics = {
-            **entry,
-            "finite": all(math.isfinite(losses[k]) for k in ("loss_d", "loss_g")),
+            "torch_threads": torch.get_num_threads(),
+            # Every rank's own digest: equal across ranks <=> DDP kept the replicas bitwise identical.
             "g_digests": digests_by_rank(generator),
             "d_digests": digests_by_rank(models.discriminator),
         }
+        history.append(entry)
+        metrics = {**entry, "finite": all(math.isfinite(losses[k]) for k in ("loss_d", "loss_g"))}
         save = None
         if rank == 0:
             _write_grid(cfg, run_uri, epoch + 1, generator, device, s3)
@@ -527,6 +526,8 @@ def resolve_config(cfg: GanConfig, s3: S3Settings | None) -> GanConfig:
     """Fill image_size and name from the table; check the table has enough train images."""
     from cxr_ray.data.datasets import DatasetError, resolution_of
 
+    # Ray Train V2 runs workers in a per-run artifacts folder: relative local paths would land there.
+    cfg = replace(cfg, data=storage.absolute(cfg.data), storage=storage.absolute(cfg.storage))
     size = resolution_of(cfg.data, s3)
     if cfg.image_size is not None and cfg.image_size != size:
         raise ConfigError(f"image_size {cfg.image_size} does not match the table's resolution {size} ({cfg.data})")
@@ -560,6 +561,15 @@ def train_dataset(cfg: GanConfig, s3: S3Settings | None) -> Any:
     if cfg.conditional:
         return ds
     return ds.map_batches(keep_class, batch_format="pyarrow", fn_kwargs={"label": CLASS_NAMES.index(cfg.class_name)}, batch_size=None)
+
+
+def finished_summary(cfg: GanConfig, run_uri: str, s3: S3Settings | None) -> dict[str, Any] | None:
+    """The run's summary if it already reached `cfg.epochs` (a finished re-run costs no Ray Train start)."""
+    uri = storage.join(run_uri, SUMMARY_FILE)
+    if not storage.exists(uri, s3):
+        return None
+    summary = storage.read_json(uri, s3)
+    return summary if int(summary.get("epochs", 0)) >= cfg.epochs else None
 
 
 def cpus_per_worker(num_workers: int) -> float:
@@ -596,6 +606,10 @@ def train_gan(cfg: GanConfig, s3: S3Settings | None = None, *, address: str | No
     if cfg.sync_bn and not use_gpu:
         raise ConfigError("sync_bn needs GPU workers: torch's SyncBatchNorm does not run on CPU")
     claim_run(cfg, run_uri, s3)
+    finished = finished_summary(cfg, run_uri, s3)
+    if finished is not None:
+        log(f"train-gan: {cfg.run_name()} already has {finished['epochs']} epochs; nothing to do")
+        return finished
     spec = LaunchSpec(
         name=cfg.run_name(),
         storage=cfg.storage,

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import random
+import time
 from typing import Any, Iterator
 
 import numpy as np
@@ -142,6 +143,10 @@ def maybe_inject_failure(config: dict[str, Any], epoch: int, rank: int) -> None:
     marker = spec["marker"]
     if os.path.exists(marker):
         return
+    # Ray Train V2 collects reports by polling the workers; dying sooner after
+    # a report would lose that checkpoint's registration. A real crash comes
+    # mid-epoch, so wait until the last report has surely been collected.
+    time.sleep(2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
     with open(marker, "w") as f:
         f.write(f"failed at epoch {epoch} on rank {rank}\n")
     os._exit(1)

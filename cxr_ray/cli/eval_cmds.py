@@ -1,0 +1,157 @@
+"""`cxr-ray evaluate`, `cxr-ray transfer`, `cxr-ray scan`: thin typer wrappers over the stage functions.
+
+Only typer is imported here; torch, ray and pyarrow load inside the commands.
+Register with `app.command(epilog=EPILOG_EVALUATE)(evaluate)` and so on.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+EPILOG_EVALUATE = (
+    "Examples:\n\n"
+    "  cxr-ray evaluate --runs runs/train --real runs/study/data/real-64 --fakes runs/study/fakes-64 "
+    "--out runs/study/eval\n\n"
+    "  cxr-ray evaluate --runs s3://bucket/runs --real s3://bucket/study/real-64 --fakes s3://bucket/study/fakes-64 "
+    "--out s3://bucket/study/eval --perturbation none --perturbation jpeg50 --perturbation blur1 --overwrite\n\n"
+    "Perturbations: none, jpeg95, jpeg75, jpeg50, jpeg30, blur1, resize0.5, noise5 (default: all)."
+)
+
+EPILOG_TRANSFER = (
+    "Examples:\n\n"
+    "  cxr-ray transfer --runs runs/train --real runs/study/data/real-64 --fakes runs/study/fakes-64 "
+    "--out runs/study/transfer\n\n"
+    "  cxr-ray transfer --runs runs/train/pneumonia-cnn-real-1a2b3c --runs runs/train/pneumonia-cnn-fake-4d5e6f "
+    "--real runs/study/data/real-64 --fakes runs/study/fakes-64 --out runs/study/transfer-cnn --n-boot 2000"
+)
+
+EPILOG_SCAN = (
+    "Examples:\n\n"
+    "  cxr-ray scan /mnt/pacs/export --detector runs/train/deepfake-resnet18-real-1a2b3c --out scan-2024-06-01\n\n"
+    "  cxr-ray scan s3://hospital-archive/incoming/ --detector s3://bucket/runs/deepfake-cnn-real-4d5e6f "
+    "--out s3://bucket/scans/incoming --s3-endpoint http://127.0.0.1:9000\n\n"
+    "Writes OUT/results.csv and OUT/results.parquet (path, size_bytes, sha256, fake_probability, verdict, reason) "
+    "and OUT/summary.json. Verdicts use the threshold the detector chose on its validation split."
+)
+
+_RUNS_HELP = "A finished run dir, or a runs root whose sub-folders are searched; repeatable."
+
+
+def _endpoint() -> typer.models.OptionInfo:
+    return typer.Option(
+        None, "--s3-endpoint", envvar="CXR_RAY_S3_ENDPOINT", help="S3-compatible endpoint URL, e.g. http://127.0.0.1:9000."
+    )
+
+
+def _region() -> typer.models.OptionInfo:
+    return typer.Option(None, "--s3-region", help="S3 region (default: AWS_REGION, else us-east-1).")
+
+
+def _address() -> typer.models.OptionInfo:
+    return typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+
+
+def evaluate(
+    runs: List[str] = typer.Option(..., "--runs", help=_RUNS_HELP),
+    real: str = typer.Option(..., "--real", help="Ingested real image table (its test split is scored)."),
+    out: str = typer.Option(..., "--out", help="Output folder: metrics.parquet/.csv, predictions.parquet, summary.json."),
+    fakes: Optional[str] = typer.Option(None, "--fakes", help="Generated fake table (its held-out test split); needed for detectors."),
+    perturbation: Optional[List[str]] = typer.Option(None, "--perturbation", help="Perturbation to apply (repeatable; default all)."),
+    freq_baseline: bool = typer.Option(True, "--freq-baseline/--no-freq-baseline", help="Also fit and score the frequency baseline."),
+    n_boot: int = typer.Option(1000, help="Bootstrap replicates for the 95% intervals."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap and of the noise perturbation."),
+    batch_size: int = typer.Option(256, help="Images per actor call."),
+    max_actors: Optional[int] = typer.Option(None, help="Cap on scoring actors (default: one per GPU, else CPUs - 1)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    s3_endpoint: Optional[str] = _endpoint(),
+    s3_region: Optional[str] = _region(),
+    address: Optional[str] = _address(),
+) -> None:
+    """Score every finished model on real/fake test data, clean and perturbed, into one metrics table (Ray Data)."""
+    from cxr_ray.cli.app import _fail, _known_errors, _s3
+
+    errors = _known_errors()
+    try:
+        from cxr_ray.evaluate import EvaluateConfig, format_summary, run_evaluate
+        from cxr_ray.perturb import DEFAULT_PERTURBATIONS
+
+        cfg = EvaluateConfig(
+            runs=tuple(runs),
+            real=real,
+            dest=out,
+            fakes=fakes,
+            perturbations=tuple(perturbation) if perturbation else DEFAULT_PERTURBATIONS,
+            freq_baseline=freq_baseline,
+            n_boot=n_boot,
+            seed=seed,
+            batch_size=batch_size,
+            max_actors=max_actors,
+            overwrite=overwrite,
+            s3=_s3(s3_endpoint, s3_region),
+        )
+        summary = run_evaluate(cfg, log=lambda m: typer.echo(m, err=True), address=address)
+    except errors as exc:
+        _fail(str(exc))
+    typer.echo(format_summary(summary))
+
+
+def transfer(
+    runs: List[str] = typer.Option(..., "--runs", help=_RUNS_HELP),
+    real: str = typer.Option(..., "--real", help="Ingested real image table (its test split)."),
+    fakes: str = typer.Option(..., "--fakes", help="Generated fake table (its held-out test split)."),
+    out: str = typer.Option(..., "--out", help="Output folder: transfer.md, transfer/per_class .parquet and .csv."),
+    n_boot: int = typer.Option(1000, help="Bootstrap replicates for the 95% intervals."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+    batch_size: int = typer.Option(256, help="Images per actor call."),
+    max_actors: Optional[int] = typer.Option(None, help="Cap on scoring actors."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    s3_endpoint: Optional[str] = _endpoint(),
+    s3_region: Optional[str] = _region(),
+    address: Optional[str] = _address(),
+) -> None:
+    """Test pneumonia classifiers trained on real and on fake X-rays on both kinds of test data."""
+    from cxr_ray.cli.app import _fail, _known_errors, _s3
+
+    errors = _known_errors()
+    try:
+        from cxr_ray.transfer import TransferConfig, run_transfer
+
+        cfg = TransferConfig(
+            runs=tuple(runs), real=real, fakes=fakes, dest=out, n_boot=n_boot, seed=seed,
+            batch_size=batch_size, max_actors=max_actors, overwrite=overwrite, s3=_s3(s3_endpoint, s3_region),
+        )
+        summary = run_transfer(cfg, log=lambda m: typer.echo(m, err=True), address=address)
+    except errors as exc:
+        _fail(str(exc))
+    typer.echo(summary["markdown"])
+
+
+def scan(
+    src: str = typer.Argument(..., help="Folder, S3 prefix or single file to scan (JPEG, PNG; DICOM with pydicom)."),
+    detector: str = typer.Option(..., "--detector", help="Finished deepfake detector run dir (or its checkpoint dir)."),
+    out: str = typer.Option(..., "--out", help="Output folder for results.csv, results.parquet and summary.json."),
+    batch_size: int = typer.Option(256, help="Files per read/score batch."),
+    max_actors: Optional[int] = typer.Option(None, help="Cap on scoring actors (default: one per GPU, else CPUs - 1)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show Ray Data progress bars."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    s3_endpoint: Optional[str] = _endpoint(),
+    s3_region: Optional[str] = _region(),
+    address: Optional[str] = _address(),
+) -> None:
+    """Score every image under SRC with a deepfake detector; unreadable files are listed, never fatal."""
+    from cxr_ray.cli.app import _fail, _known_errors, _s3
+
+    errors = _known_errors()
+    try:
+        from cxr_ray.scan import ScanConfig, format_summary, run_scan
+
+        cfg = ScanConfig(
+            src=src, detector=detector, out=out, batch_size=batch_size, max_actors=max_actors,
+            progress=progress, overwrite=overwrite, s3=_s3(s3_endpoint, s3_region),
+        )
+        summary = run_scan(cfg, log=lambda m: typer.echo(m, err=True), address=address)
+    except errors as exc:
+        _fail(str(exc))
+    typer.echo(format_summary(summary))

@@ -1,0 +1,61 @@
+"""`cxr-ray generate`: thin typer wrapper over `cxr_ray.generate.run_generate`.
+
+Only typer is imported here; torch, ray and pyarrow load inside the command.
+Register with `app.command(epilog=EPILOG_GENERATE)(generate)`.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+EPILOG_GENERATE = (
+    "Examples:\n\n"
+    "  cxr-ray generate --gan runs/gan/dcgan-normal-64px-1a2b3c --gan runs/gan/dcgan-pneumonia-64px-4d5e6f "
+    "--out runs/study/fakes-64\n\n"
+    "  cxr-ray generate --gan s3://bucket/gan/dcgan-all-64px-7a8b9c --out s3://bucket/study/fakes-64 "
+    "--n 500 --n-test 300 --s3-endpoint http://127.0.0.1:9000 --overwrite\n\n"
+    "Per class, seeds [0, N) give the detector's train/val fakes (val = the last --val-fraction of them) and "
+    "seeds [--test-seed-start, --test-seed-start + N_TEST) its held-out test fakes."
+)
+
+
+def generate(
+    gan: List[str] = typer.Option(..., "--gan", help="GAN run dir, checkpoint dir or state.pt (path or s3://); repeat per class."),
+    out: str = typer.Option(..., "--out", help="Output folder for the fake image table (path or s3://)."),
+    n: int = typer.Option(500, "--n", help="Fakes per class for the detector's train + val splits (seeds 0..N-1)."),
+    n_test: int = typer.Option(500, "--n-test", help="Held-out test fakes per class."),
+    test_seed_start: int = typer.Option(1_000_000, help="First seed of the held-out test range."),
+    val_fraction: float = typer.Option(0.1, help="Share of the train seed range used as validation."),
+    batch_size: int = typer.Option(64, help="Images per actor call."),
+    max_actors: Optional[int] = typer.Option(None, help="Cap on generator actors (default: one per GPU, else CPUs - 1)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    s3_endpoint: Optional[str] = typer.Option(
+        None, "--s3-endpoint", envvar="CXR_RAY_S3_ENDPOINT", help="S3-compatible endpoint URL, e.g. http://127.0.0.1:9000."
+    ),
+    s3_region: Optional[str] = typer.Option(None, "--s3-region", help="S3 region (default: AWS_REGION, else us-east-1)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
+) -> None:
+    """Generate fake X-rays from DCGAN checkpoints into a Parquet table (Ray Data, actor pool)."""
+    from cxr_ray.cli.app import _fail, _known_errors, _s3
+
+    errors = _known_errors()
+    try:
+        from cxr_ray.generate import GenerateConfig, format_summary, run_generate
+
+        cfg = GenerateConfig(
+            generators=tuple(gan),
+            dest=out,
+            train_seeds=(0, n),
+            test_seeds=(test_seed_start, test_seed_start + n_test),
+            val_fraction=val_fraction,
+            batch_size=batch_size,
+            max_actors=max_actors,
+            overwrite=overwrite,
+            s3=_s3(s3_endpoint, s3_region),
+        )
+        summary = run_generate(cfg, log=lambda m: typer.echo(m, err=True), address=address)
+    except errors as exc:
+        _fail(str(exc))
+    typer.echo(format_summary(summary))

@@ -1,0 +1,156 @@
+"""`cxr-ray train-gan` and `cxr-ray gan-quality`: thin typer wrappers over cxr_ray.train.gan and cxr_ray.gan_quality.
+
+Registered in cxr_ray/cli/app.py as
+``app.command(name="train-gan", epilog=EPILOG)(train_gan)`` and
+``app.command(name="gan-quality", epilog=EPILOG_QUALITY)(quality)``.
+Nothing heavy is imported at module level: torch and ray load inside the commands.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+EPILOG = (
+    "Examples:\n\n"
+    "  cxr-ray train-gan runs/data/ingest-64                      # one DCGAN per class, 25 epochs, runs/gan\n\n"
+    "  cxr-ray train-gan runs/data/ingest-64 --class NORMAL --epochs 60 --ngf 32 --ndf 32 --workers 2\n\n"
+    "  cxr-ray train-gan runs/data/ingest-64 --conditional        # one class-conditional GAN for both classes\n\n"
+    "  cxr-ray train-gan s3://bucket/study/ingest-64 --storage s3://bucket/study/gan --gpu --workers 8 "
+    "--s3-endpoint http://127.0.0.1:9000\n\n"
+    "Re-running the same command resumes the run from its last checkpoint (a larger --epochs extends it)."
+)
+
+EPILOG_QUALITY = (
+    "Examples:\n\n"
+    "  cxr-ray gan-quality runs/gan/dcgan-normal-64px-0123456789ab          # run folder, its table's test split\n\n"
+    "  cxr-ray gan-quality runs/gan/dcgan-normal-64px-0123456789ab --n-fake 1000 --out quality.json\n\n"
+    "  cxr-ray gan-quality RUN --encoder runs/classifier/cnn/best.pt --inception-weights inception_v3.pth"
+)
+
+S3_ENDPOINT_HELP = "S3-compatible endpoint URL, e.g. http://127.0.0.1:9000."
+
+
+def _s3_settings(endpoint: Optional[str], region: Optional[str]):
+    from dataclasses import replace
+
+    from cxr_ray.storage import S3Settings
+
+    settings = S3Settings.from_env()
+    if endpoint:
+        settings = replace(settings, endpoint_url=endpoint)
+    if region:
+        settings = replace(settings, region=region)
+    return settings
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from cxr_ray.checkpoint import CheckpointError
+    from cxr_ray.config import ConfigError
+    from cxr_ray.data.datasets import DatasetError
+    from cxr_ray.storage import StorageError
+
+    return (ConfigError, StorageError, DatasetError, CheckpointError)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def train_gan(
+    data: str = typer.Argument(..., help="Ingested image table (cxr-ray ingest output): path or s3://."),
+    storage: str = typer.Option("runs/gan", help="Runs root: each GAN lives in STORAGE/NAME (path or s3://)."),
+    class_names: List[str] = typer.Option(
+        ["NORMAL", "PNEUMONIA"], "--class", help="Class to train a GAN for; repeat for several (one GAN each)."
+    ),
+    conditional: bool = typer.Option(False, "--conditional", help="Train one class-conditional GAN on both classes."),
+    epochs: int = typer.Option(25, help="Epochs over the class's train split (a re-run with more extends the run)."),
+    batch_size: int = typer.Option(128, help="Batch size per worker."),
+    lr: float = typer.Option(2e-4, help="Adam learning rate (both networks)."),
+    beta1: float = typer.Option(0.5, help="Adam beta1."),
+    nz: int = typer.Option(100, help="Noise vector length."),
+    ngf: int = typer.Option(64, help="Generator width (64 is the paper's; smaller for CPU runs)."),
+    ndf: int = typer.Option(64, help="Discriminator width."),
+    workers: int = typer.Option(2, "--workers", help="Ray Train workers (DDP processes)."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="Train on GPUs or CPUs (default: GPUs if the cluster has them)."),
+    name: Optional[str] = typer.Option(None, help="Run name (default: dcgan-CLASS-SIZEpx-CONFIGHASH; stable, so re-runs resume)."),
+    seed: int = typer.Option(0, help="Seed of initialisation, noise and batch order."),
+    max_failures: int = typer.Option(2, help="Worker-group restarts from the last checkpoint before giving up."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm: BN statistics over the global batch (GPU only)."),
+    s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", envvar="CXR_RAY_S3_ENDPOINT", help=S3_ENDPOINT_HELP),
+    s3_region: Optional[str] = typer.Option(None, "--s3-region", help="S3 region (default: AWS_REGION, else us-east-1)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
+) -> None:
+    """Train a DCGAN per class (or one class-conditional GAN) with Ray Train DDP on the train split only.
+
+    Every epoch writes a checkpoint (both networks and optimizers), an 8x8
+    fixed-noise sample grid (STORAGE/NAME/samples/epoch_NNN.png) and the loss
+    history (losses.json); the summary goes to STORAGE/NAME/gan_summary.json.
+    """
+    errors = _known_errors()
+    classes = ["all"] if conditional else list(dict.fromkeys(class_names))
+    if name and len(classes) > 1:
+        _fail("--name names one run: give a single --class (or --conditional) with it")
+    summaries = []
+    try:
+        from cxr_ray.train.gan import GanConfig, format_losses
+        from cxr_ray.train.gan import train_gan as run_training
+
+        s3 = _s3_settings(s3_endpoint, s3_region)
+        for class_name in classes:
+            cfg = GanConfig(
+                data=data, storage=storage, class_name=class_name, conditional=conditional, epochs=epochs,
+                batch_size=batch_size, lr=lr, beta1=beta1, nz=nz, ngf=ngf, ndf=ndf, num_workers=workers,
+                use_gpu=gpu, name=name, seed=seed, max_failures=max_failures, sync_bn=sync_bn,
+            )
+            summaries.append(run_training(cfg, s3, address=address, log=lambda m: typer.echo(m, err=True)))
+    except errors as exc:
+        _fail(str(exc))
+    for summary in summaries:
+        typer.echo(f"{summary['run']}: {summary['epochs']} epochs in {summary['train_seconds']:.1f} s of training "
+                   f"({summary['wall_seconds']:.1f} s wall), checkpoint {summary['checkpoint']}")
+        typer.echo(f"  samples: {summary['samples']}")
+        typer.echo(format_losses(summary["losses"][-5:]))
+
+
+def quality(
+    generator: str = typer.Argument(..., help="GAN run folder (with gan_summary.json), Ray checkpoint folder or state.pt."),
+    data: Optional[str] = typer.Option(None, help="Image table with the real images (default: the one the GAN trained on)."),
+    split: str = typer.Option("test", help="Real reference split: test (default) or val."),
+    n_fake: Optional[int] = typer.Option(None, "--n-fake", help="Fakes to draw (default: as many as real reference images)."),
+    encoder: Optional[str] = typer.Option(
+        None, help="Feature encoder checkpoint (model_name/model_kwargs/model_state); trained and cached there if missing. "
+        "Default: quality-encoder-SIZEpx.pt next to the run folder."
+    ),
+    inception_weights: Optional[str] = typer.Option(
+        None, "--inception-weights", help="torchvision inception_v3 state dict file: adds standard 2048-d FID/KID."
+    ),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the real-vs-real and untrained-generator rows."),
+    seed: int = typer.Option(0, help="Seed of the fakes' noise and of the KID subsets."),
+    out: Optional[str] = typer.Option(None, help="Also write the result as JSON here (path or s3://)."),
+    s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", envvar="CXR_RAY_S3_ENDPOINT", help=S3_ENDPOINT_HELP),
+    s3_region: Optional[str] = typer.Option(None, "--s3-region", help="S3 region (default: AWS_REGION, else us-east-1)."),
+) -> None:
+    """Score a generator: Frechet distance and KID against real images in a chest X-ray encoder's feature space.
+
+    Rows: two halves of the real reference (the floor), real train vs the
+    reference, the generator, and an untrained generator of the same
+    architecture (the ceiling).
+    """
+    errors = _known_errors()
+    try:
+        from cxr_ray import gan_quality, storage
+
+        s3 = _s3_settings(s3_endpoint, s3_region)
+        result = gan_quality.evaluate_generator(
+            generator, data=data, split=split, n_fake=n_fake, encoder_uri=encoder,
+            inception_weights=inception_weights, baselines=not no_baselines, seed=seed, s3=s3,
+            log=lambda m: typer.echo(m, err=True),
+        )
+        if out:
+            storage.write_json_atomic(out, result, s3)
+    except errors as exc:
+        _fail(str(exc))
+    typer.echo(gan_quality.format_result(result))

@@ -1,0 +1,323 @@
+"""`cxr-ray scan`: score every image under a folder or S3 prefix with a trained deepfake detector.
+
+The file list streams through Ray Data: read + decode tasks (the same
+`decode_to_gray` as ingest, at the detector's resolution, so a scanned image
+reaches the model exactly as the training images did) feed an actor pool
+that loads the detector once per actor. Every file ends up in the result:
+with a fake probability and a verdict at the detector's val-calibrated
+threshold, or as `unreadable` with the reason. One bad file never stops a scan.
+
+DICOM files are read when pydicom is installed; otherwise they are listed as
+unreadable with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from cxr_ray import storage
+from cxr_ray.config import ConfigError
+from cxr_ray.storage import S3Settings
+
+RESULTS_NAME = "results"
+VERDICT_FAKE, VERDICT_REAL, VERDICT_UNREADABLE = "fake", "real", "unreadable"
+DICOM_SUFFIXES = (".dcm", ".dicom")
+NO_PYDICOM = "DICOM support needs pydicom (pip install 'cxr-ray[dicom]')"
+RESULT_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("fake_probability", pa.float64()),
+        ("verdict", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    src: str  # folder, S3 prefix or one file
+    detector: str  # finished detector run dir (test_metrics.json) or a checkpoint dir (state.pt)
+    out: str  # output folder: results.csv, results.parquet, summary.json
+    batch_size: int = 256
+    max_actors: int | None = None
+    progress: bool = True
+    overwrite: bool = False
+    s3: S3Settings = field(default_factory=S3Settings.from_env)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class Detector:
+    run: str
+    state_uri: str
+    model: str
+    threshold: float
+    resolution: int
+
+
+def load_detector(uri: str, s3: S3Settings | None) -> Detector:
+    """A finished deepfake run (its best checkpoint) or a checkpoint folder; refuses pneumonia models."""
+    from cxr_ray.checkpoint import CheckpointError, load_state
+    from cxr_ray.data.decode import SUPPORTED_RESOLUTIONS
+    from cxr_ray.evaluate import STATE_FILE, TEST_METRICS_FILE, checkpoint_state_uri
+
+    if storage.exists(storage.join(uri, TEST_METRICS_FILE), s3):
+        recorded = str(storage.read_json(storage.join(uri, TEST_METRICS_FILE), s3).get("checkpoint") or "")
+        state_uri = checkpoint_state_uri(uri, recorded, s3)
+    elif storage.exists(storage.join(uri, STATE_FILE), s3):
+        state_uri = storage.join(uri, STATE_FILE)
+    else:
+        raise ConfigError(f"{uri}: not a finished detector run ({TEST_METRICS_FILE}) or checkpoint folder ({STATE_FILE})")
+    try:
+        state = load_state(state_uri, s3)
+    except CheckpointError as exc:
+        raise ConfigError(str(exc)) from None
+    if state.get("kind") != "classifier" or state.get("task") != "deepfake":
+        raise ConfigError(f"{uri}: not a deepfake detector (task {state.get('task')!r}); train one with --task deepfake")
+    resolution = int(state["model_kwargs"]["image_size"])
+    if resolution not in SUPPORTED_RESOLUTIONS:
+        raise ConfigError(f"{state_uri}: detector resolution {resolution} is not one of {SUPPORTED_RESOLUTIONS}")
+    return Detector(
+        run=uri.rstrip("/").split("/")[-1],
+        state_uri=state_uri,
+        model=str(state["model_name"]),
+        threshold=float(state["threshold"]),
+        resolution=resolution,
+    )
+
+
+def list_inputs(src: str, s3: S3Settings | None) -> list[dict[str, Any]]:
+    """Every file under SRC (or SRC itself), as (path URI, size)."""
+    import pyarrow.fs as pafs
+
+    info = storage.file_info(src, s3)
+    if info.type == pafs.FileType.NotFound:
+        raise ConfigError(f"{src}: nothing to scan there (no such file, folder or prefix)")
+    if info.type == pafs.FileType.File:
+        return [{"path": src, "size": int(info.size or 0)}]
+    to_uri = (lambda p: f"s3://{p}") if storage.is_s3(src) else (lambda p: p)
+    return [{"path": to_uri(f.path), "size": int(f.size or 0)} for f in storage.list_files(src, s3)]
+
+
+# ---------------------------------------------------------------- read + decode
+
+
+def is_dicom(path: str, blob: bytes) -> bool:
+    return path.lower().endswith(DICOM_SUFFIXES) or blob[128:132] == b"DICM"
+
+
+def decode_dicom(blob: bytes, resolution: int) -> np.ndarray:
+    """DICOM pixels -> uint8 square, min-max scaled like a deep PNG (MONOCHROME1 inverted)."""
+    from PIL import Image
+
+    from cxr_ray.data.decode import DecodeError
+
+    try:
+        import pydicom
+    except ImportError:
+        raise DecodeError(NO_PYDICOM) from None
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(blob))
+        pixels = np.asarray(dataset.pixel_array, dtype=np.float64)
+    except Exception as exc:  # pydicom raises many types for bad files; all mean "unreadable"
+        raise DecodeError(f"unreadable DICOM: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if pixels.ndim == 3:  # multi-frame or colour: the first frame / channel mean
+        pixels = pixels[0] if pixels.shape[0] < pixels.shape[-1] else pixels.mean(axis=-1)
+    if pixels.ndim != 2 or min(pixels.shape) < 8:
+        raise DecodeError(f"unsupported DICOM pixel data of shape {pixels.shape}")
+    if str(getattr(dataset, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        pixels = pixels.max() - pixels
+    lo, hi = float(pixels.min()), float(pixels.max())
+    scaled = np.zeros(pixels.shape, np.uint8) if hi <= lo else np.round((pixels - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    image = Image.fromarray(scaled, mode="L").resize((resolution, resolution), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_file(path: str, blob: bytes, resolution: int) -> np.ndarray:
+    """Any supported file's bytes -> uint8 (resolution, resolution); DecodeError with the reason otherwise."""
+    from cxr_ray.data.decode import decode_to_gray
+
+    if is_dicom(path, blob):
+        return decode_dicom(blob, resolution)
+    return decode_to_gray(blob, resolution)
+
+
+def _reader(s3: dict[str, Any] | None, src: str) -> Callable[[str], bytes | Exception]:
+    fs = storage.make_s3_filesystem(S3Settings(**(s3 or {}))) if storage.is_s3(src) else None
+
+    def read(uri: str) -> bytes | Exception:
+        try:
+            if fs is None:
+                with open(uri, "rb") as f:
+                    return f.read()
+            with fs.open_input_stream(uri[len("s3://") :]) as f:
+                return f.read()
+        except OSError as exc:
+            return exc
+
+    return read
+
+
+def read_and_decode(batch: pa.Table, resolution: int, s3: dict[str, Any] | None, src: str) -> pa.Table:
+    """Ray Data UDF: read, hash and decode files; failures become rows with an empty image and a reason."""
+    from cxr_ray.data.decode import DecodeError
+
+    paths = batch.column("path").to_pylist()
+    read = _reader(s3, src)
+    if storage.is_s3(src):  # S3 reads are latency-bound: overlap them
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            blobs = list(pool.map(read, paths))
+    else:
+        blobs = [read(p) for p in paths]
+    images, shas, reasons = [], [], []
+    for path, blob in zip(paths, blobs):
+        if isinstance(blob, Exception):
+            images.append(b"")
+            shas.append(None)
+            reasons.append(f"unreadable: {str(blob).splitlines()[0] if str(blob) else type(blob).__name__}")
+            continue
+        shas.append(hashlib.sha256(blob).hexdigest())
+        try:
+            images.append(decode_file(path, blob, resolution).tobytes())
+            reasons.append("")
+        except DecodeError as exc:
+            images.append(b"")
+            reasons.append(str(exc))
+    return pa.table(
+        {
+            "path": pa.array(paths, pa.string()),
+            "size_bytes": batch.column("size").cast(pa.int64()),
+            "sha256": pa.array(shas, pa.string()),
+            "image": pa.array(images, pa.binary()),
+            "reason": pa.array(reasons, pa.string()),
+        }
+    )
+
+
+def verdicts(scored: pa.Table, threshold: float) -> pa.Table:
+    """The result table: probability and verdict per file, unreadable files with their reason, sorted by path."""
+    score = scored.column("score_0").to_pylist()
+    reasons = scored.column("reason").to_pylist()
+    verdict = [
+        VERDICT_UNREADABLE if s is None else (VERDICT_FAKE if s >= threshold else VERDICT_REAL) for s in score
+    ]
+    # A decoded image the scorer could not use (wrong size) would have no score and no reason: say so.
+    reasons = [r or ("not scored" if s is None else "") for r, s in zip(reasons, score)]
+    table = pa.table(
+        {
+            "path": scored.column("path"),
+            "size_bytes": scored.column("size_bytes"),
+            "sha256": scored.column("sha256"),
+            "fake_probability": pa.array(score, pa.float64()),
+            "verdict": pa.array(verdict, pa.string()),
+            "reason": pa.array(reasons, pa.string()),
+        },
+        schema=RESULT_SCHEMA,
+    )
+    return table.sort_by("path")
+
+
+# ---------------------------------------------------------------- the job
+
+
+def _set_progress_bars(enabled: bool) -> bool:
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    previous = ctx.enable_progress_bars
+    ctx.enable_progress_bars = enabled
+    return previous
+
+
+def run_scan(cfg: ScanConfig, *, log: Callable[[str], None] = print, address: str | None = None) -> dict[str, Any]:
+    """Scan cfg.src with the detector; write results (CSV + Parquet) and summary.json to cfg.out."""
+    from cxr_ray.evaluate import ModelScorer, check_destination, collect, write_output_folder
+    from cxr_ray.generate import actor_pool_options, pool_size
+    from cxr_ray.runtime import init_ray
+
+    t0 = time.perf_counter()
+    check_destination(cfg.out, cfg.s3, cfg.overwrite)
+    detector = load_detector(cfg.detector, cfg.s3)
+    files = list_inputs(cfg.src, cfg.s3)
+    if not files:
+        raise ConfigError(f"{cfg.src}: no files to scan")
+    ray = init_ray(address)
+    pool = actor_pool_options(cfg.max_actors)
+    log(
+        f"scan: {len(files)} file(s) under {cfg.src} with detector {detector.run} ({detector.model}, "
+        f"{detector.resolution}px, threshold {detector.threshold:.3f}) on {pool_size(pool)} actor(s)"
+    )
+    blocks = max(2 * pool_size(pool), math.ceil(len(files) / cfg.batch_size))
+    ds = ray.data.from_items(files, override_num_blocks=min(len(files), blocks))
+    ds = ds.map_batches(
+        read_and_decode,
+        batch_format="pyarrow",
+        batch_size=cfg.batch_size,
+        fn_kwargs={"resolution": detector.resolution, "s3": cfg.s3.to_dict(), "src": cfg.src},
+    ).map_batches(
+        ModelScorer,
+        fn_constructor_kwargs={"state_uris": [detector.state_uri], "s3": cfg.s3.to_dict()},
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        **pool,
+    )
+    previous = _set_progress_bars(cfg.progress)
+    try:
+        t_scan = time.perf_counter()
+        results = verdicts(collect(ds), detector.threshold)
+        scan_seconds = time.perf_counter() - t_scan
+    finally:
+        _set_progress_bars(previous)
+    summary = scan_summary(cfg, detector, results, scan_seconds, time.perf_counter() - t0)
+    write_output_folder(cfg.out, {RESULTS_NAME: results}, summary, cfg.s3, cfg.overwrite, csv=(RESULTS_NAME,))
+    return summary
+
+
+def scan_summary(cfg: ScanConfig, detector: Detector, results: pa.Table, scan_seconds: float, seconds: float) -> dict[str, Any]:
+    verdict = results.column("verdict").to_pylist()
+    unreadable = [
+        {"path": p, "reason": r}
+        for p, v, r in zip(results.column("path").to_pylist(), verdict, results.column("reason").to_pylist())
+        if v == VERDICT_UNREADABLE
+    ]
+    return {
+        "src": cfg.src,
+        "out": cfg.out,
+        "detector": {**detector.__dict__, "given": cfg.detector},
+        "scanned": len(verdict),
+        "flagged_fake": verdict.count(VERDICT_FAKE),
+        "passed_real": verdict.count(VERDICT_REAL),
+        "unreadable": len(unreadable),
+        "unreadable_files": unreadable,
+        "scan_seconds": round(scan_seconds, 3),
+        "images_per_second": round(len(verdict) / scan_seconds, 1) if scan_seconds > 0 else None,
+        "seconds": round(seconds, 3),
+    }
+
+
+def format_summary(summary: dict[str, Any], max_listed: int = 20) -> str:
+    """The summary line, then the unreadable files with their reasons."""
+    lines = [
+        f"scanned {summary['scanned']}, flagged fake {summary['flagged_fake']}, unreadable {summary['unreadable']} "
+        f"(threshold {summary['detector']['threshold']:.3f}; results in {summary['out']})"
+    ]
+    for item in summary["unreadable_files"][:max_listed]:
+        lines.append(f"  unreadable: {item['path']}: {item['reason']}")
+    hidden = summary["unreadable"] - max_listed
+    if hidden > 0:
+        lines.append(f"  ... and {hidden} more (see results.csv)")
+    return lines[0] if len(lines) == 1 else "\n".join(lines)
