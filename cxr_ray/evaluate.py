@@ -248,7 +248,7 @@ def score_runs(
     max_actors: int | None = None,
 ) -> pa.Table:
     """Per-image scores in long form: run, source, path, label, class_name, perturbation, score."""
-    from cxr_ray.generate import actor_pool_options
+    from cxr_ray.runtime import actor_pool_options
 
     ds = eval_dataset(tables, perturbations, seed, s3).map_batches(
         ModelScorer,

@@ -343,26 +343,6 @@ def plan_items(specs: list[GeneratorSpec], cfg: GenerateConfig) -> list[dict[str
     return items
 
 
-def actor_pool_options(max_actors: int | None = None) -> dict[str, Any]:
-    """map_batches arguments (compute=ActorPoolStrategy, resources) for an actor pool sized to the cluster.
-
-    One actor per GPU when there are GPUs; on CPUs one per CPU but one, so the
-    read/perturb/write tasks around the actors always find a CPU (with every
-    CPU held by actors they could never be scheduled).
-    """
-    import ray
-
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    if gpus >= 1:
-        size, options = gpus, {"num_gpus": 1, "num_cpus": 1}
-    else:
-        size, options = max(1, int(resources.get("CPU", 1)) - 1), {"num_cpus": 1}
-    if max_actors:
-        size = min(size, max_actors)
-    return {"compute": ray.data.ActorPoolStrategy(size=size), **options}
-
-
 def pool_size(options: dict[str, Any]) -> int:
     return int(options["compute"].max_size)
 
@@ -401,6 +381,8 @@ def run_generate(cfg: GenerateConfig, *, log: Callable[[str], None] = print, add
     specs = inspect_generators(cfg.generators, cfg.s3)
     items = plan_items(specs, cfg)
     ray = init_ray(address)
+    from cxr_ray.runtime import actor_pool_options
+
     pool = actor_pool_options(cfg.max_actors)
     log(
         f"generate: {len(items)} fakes of {', '.join(c for s in specs for c in s.classes)} at {specs[0].image_size}px "

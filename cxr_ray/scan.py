@@ -246,7 +246,8 @@ def _set_progress_bars(enabled: bool) -> bool:
 def run_scan(cfg: ScanConfig, *, log: Callable[[str], None] = print, address: str | None = None) -> dict[str, Any]:
     """Scan cfg.src with the detector; write results (CSV + Parquet) and summary.json to cfg.out."""
     from cxr_ray.evaluate import ModelScorer, check_destination, collect, write_output_folder
-    from cxr_ray.generate import actor_pool_options, pool_size
+    from cxr_ray.generate import pool_size
+    from cxr_ray.runtime import actor_pool_options
     from cxr_ray.runtime import init_ray
 
     t0 = time.perf_counter()
