@@ -136,6 +136,11 @@ def classifier_worker(config: dict[str, Any]) -> None:
     counts = loop.global_class_counts(y_train, 2)
     weights = (counts.sum() / (2 * counts.clamp(min=1))).to(torch.float32).to(device)
     steps = max(1, n_train // cfg.batch_size)
+    if start_epoch >= cfg.epochs and history:
+        # Resumed after the last epoch (the job died before it finished up):
+        # report the final epoch again, so callers such as a Tune trial still
+        # receive this run's metrics.
+        report_epoch(dict(history[-1]), None)
 
     for epoch in range(start_epoch, cfg.epochs):
         loop.maybe_inject_failure(config, epoch, rank)
