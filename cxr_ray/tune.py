@@ -153,12 +153,17 @@ def run_search(cfg: SearchConfig, s3: S3Settings | None = None, log=print, addre
                 mode="max",
                 num_samples=cfg.num_samples,
                 max_concurrent_trials=concurrent,
+                # ASHA needs two rungs to stop anything early; with a one-epoch
+                # budget FIFO lets every trial end on its own instead of being
+                # stopped by Tune while its trainer is still cleaning up.
                 scheduler=ASHAScheduler(
                     time_attr="training_iteration",
                     max_t=cfg.max_epochs,
                     grace_period=cfg.grace_period,
                     reduction_factor=cfg.reduction_factor,
-                ),
+                )
+                if cfg.max_epochs > 1
+                else None,
             ),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs),
         )
