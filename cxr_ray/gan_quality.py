@@ -3,13 +3,16 @@
 Standard FID needs Inception weights (not downloadable here) and a 2048-d
 covariance, which is rank-deficient with fewer than 2,048 images (this
 dataset's per-class test sets have 231 and 387). The default embedding is
-therefore the penultimate, global-pooled layer of a small encoder trained for
-the purpose: the registry's `cnn`, narrowed to widths 16-32-64-128 so the
-feature dimension (128) stays below the smallest per-class test set, trained
-for a few epochs on the real *train* split to tell NORMAL from PNEUMONIA. It
-is cached as a plain-data checkpoint with the classifier trainer's keys
-(`model_name`, `model_kwargs`, `model_state`), so a classifier checkpoint can
-be passed instead; the features are then the input of its last Linear layer.
+therefore a small encoder trained for the purpose: the registry's `cnn`,
+narrowed to widths 8-16-32-64, trained for a few epochs on the real *train*
+split to tell NORMAL from PNEUMONIA. Its features are the global-pooled
+outputs of the stem and of every stage (8+8+16+32+64 = 128-d, below the
+smallest per-class test set): the last stage alone keeps only what separates
+the two classes, and could not tell a trained PNEUMONIA generator from an
+untrained one. The encoder is cached as a plain-data checkpoint with the
+classifier trainer's keys (`model_name`, `model_kwargs`, `model_state`), so a
+classifier checkpoint can be passed instead (a `cnn` one gives its stage
+features; other architectures the input of their last Linear layer).
 
 Both metrics compare real reference images (the test split by default) with
 fakes that pass through the pipeline reals do: generator output -> uint8 ->
@@ -52,7 +55,7 @@ from cxr_ray.data.layout import CLASS_NAMES
 import cxr_ray.models  # noqa: F401,E402  (registers every architecture for create_model)
 from cxr_ray.storage import S3Settings
 
-ENCODER_WIDTHS = (16, 32, 64, 128)
+ENCODER_WIDTHS = (8, 16, 32, 64)  # feature dim 8 + 8+16+32+64 = 128
 ENCODER_EPOCHS = 6
 KID_SUBSET_SIZE = 1000
 KID_SUBSETS = 100
@@ -195,7 +198,7 @@ def train_encoder(
         "model_name": "cnn",
         "model_kwargs": kwargs,
         "model_state": model_state(model),
-        "purpose": "gan-quality feature encoder (penultimate layer)",
+        "purpose": "gan-quality feature encoder (global-pooled stem and stage outputs)",
         "trained_on": f"{data} split=train",
         "epochs": epochs,
         "train_images": int(len(images)),
@@ -225,22 +228,50 @@ def feature_layer(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
+def feature_modules(model: nn.Module) -> list[nn.Module]:
+    """Where features are taken: every stage of the compact CNN, else the input of the last Linear layer.
+
+    The last stage alone (the classifier's penultimate layer) only keeps what
+    tells NORMAL from PNEUMONIA; it put a PNEUMONIA generator's fakes and an
+    untrained generator's gray blobs at nearly the same distance from real
+    images. Global-pooled features of every stage also keep texture and
+    structure, and separate the two by a wide margin (docs/results.md).
+    """
+    if hasattr(model, "stem") and hasattr(model, "stages"):
+        return [model.stem, *model.stages]
+    return []
+
+
+def feature_description(model: nn.Module, model_name: str) -> str:
+    if feature_modules(model):
+        return f"{model_name}: global-pooled output of the stem and every stage"
+    return f"{model_name} penultimate layer (global-pooled)"
+
+
 @torch.no_grad()
 def encode(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """uint8 images (N, H, W) or (N, 1, H, W) -> penultimate features (N, d), float64."""
+    """uint8 images (N, H, W) or (N, 1, H, W) -> features (N, d), float64 (see `feature_modules`)."""
     from cxr_ray.train.loop import to_input
 
     if images.dim() == 3:
         images = images.unsqueeze(1)
     captured: list[torch.Tensor] = []
-    hook = feature_layer(model).register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().flatten(1)))
+    modules = feature_modules(model)
+    if modules:
+        hooks = [m.register_forward_hook(lambda _m, _a, out: captured.append(out.detach().mean((2, 3)))) for m in modules]
+    else:
+        hooks = [feature_layer(model).register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().flatten(1)))]
+    batches: list[torch.Tensor] = []
     try:
         model.eval()
         for start in range(0, len(images), batch_size):
+            captured.clear()
             model(to_input(images[start : start + batch_size]))
+            batches.append(torch.cat(captured, 1))
     finally:
-        hook.remove()
-    return torch.cat(captured).double().numpy()
+        for hook in hooks:
+            hook.remove()
+    return torch.cat(batches).double().numpy()
 
 
 # ---------------------------------------------------------------- optional Inception features
@@ -420,7 +451,7 @@ def evaluate_generator(
         "n_real": int(len(reference)),
         "n_fake": int(n),
         "feature": {
-            "name": f"{encoder_state['model_name']} penultimate layer (global-pooled)",
+            "name": feature_description(encoder, encoder_state["model_name"]),
             "dim": dim,
             "encoder": encoder_uri,
             "encoder_val_accuracy": encoder_state.get("val_accuracy"),

@@ -44,6 +44,8 @@ class Profile:
     tune_models: tuple[str, ...] = MODELS
     tune_samples: int = 8
     tune_max_epochs: int = 8
+    robust_models: tuple[str, ...] = MODELS  # detectors also trained with blur/JPEG augmentation
+    robust_aug: float = 0.5  # its per-image probability
     n_boot: int = 1000
     seed: int = 0
 
@@ -52,7 +54,8 @@ PROFILES = {
     # CPU, minutes, the embedded sample: every stage runs, numbers are not meaningful.
     "quick": Profile(
         name="quick", data=SAMPLE_DATA, gan_epochs=3, gan_width=16, fakes_per_class=100, test_fakes_per_class=30,
-        epochs=1, batch_size=32, tune_models=("cnn",), tune_samples=2, tune_max_epochs=1, n_boot=200,
+        epochs=1, batch_size=32, tune_models=("cnn",), tune_samples=2, tune_max_epochs=1, robust_models=("cnn",),
+        n_boot=200,
     ),
     # GPU defaults, the whole dataset.
     "full": Profile(name="full", data=None),
@@ -86,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--workers", type=int, help="Ray Train workers per training")
     p.add_argument("--tune-models", help="comma-separated models to tune ('' for none)")
+    p.add_argument("--robust-models", help="comma-separated models whose detector is also trained with blur/JPEG augmentation ('' for none)")
+    p.add_argument("--robust-aug", type=float, help="per-image probability of that augmentation")
     p.add_argument("--tune-samples", type=int)
     p.add_argument("--tune-max-epochs", type=int)
     p.add_argument("--n-boot", type=int)
@@ -103,12 +108,12 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
     overrides: dict[str, Any] = {}
     for key in (
         "data", "resolution", "gan_epochs", "gan_width", "fakes_per_class", "test_fakes_per_class", "epochs",
-        "batch_size", "workers", "tune_samples", "tune_max_epochs", "n_boot", "seed",
+        "batch_size", "workers", "tune_samples", "tune_max_epochs", "robust_aug", "n_boot", "seed",
     ):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
-    for key in ("models", "tune_models"):
+    for key in ("models", "tune_models", "robust_models"):
         value = getattr(args, key)
         if value is not None:
             names = tuple(m for m in value.split(",") if m)
@@ -257,17 +262,20 @@ def run_study(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
     runs_root = storage.join(root, "runs")
 
-    def classifier_cfg(model: str, task: str, source: str) -> ClassifierConfig:
+    def classifier_cfg(model: str, task: str, source: str, robust_aug: float = 0.0) -> ClassifierConfig:
         best = tuned.get(model, {}).get("best_config", {})
         hp = {"epochs": profile.epochs, "batch_size": profile.batch_size, **best}
+        # Run names: task-label-source, where the label is the model, "-robust" for blur/JPEG-augmented training.
+        label = f"{model}-robust" if robust_aug else model
         return ClassifierConfig(
             data=ingest_uri, fakes=fakes_uri, task=task, model=model, source=source, storage=runs_root,
-            num_workers=profile.workers, seed=profile.seed, n_boot=profile.n_boot,
-            name=f"{task}-{model}-{source}", **hp,
+            num_workers=profile.workers, seed=profile.seed, n_boot=profile.n_boot, robust_aug=robust_aug,
+            name=f"{task}-{label}-{source}", **hp,
         )
 
     train_cfgs = [classifier_cfg(m, "pneumonia", src) for m in profile.models for src in ("real", "fake")]
     train_cfgs += [classifier_cfg(m, "deepfake", "real") for m in profile.models]
+    train_cfgs += [classifier_cfg(m, "deepfake", "real", profile.robust_aug) for m in profile.robust_models if m in profile.models]
     h_train = stage_hash([asdict(c) for c in train_cfgs], [h_gen, h_tune])
 
     def train_all() -> dict[str, Any]:

@@ -123,7 +123,7 @@ def test_deepfake_detector_on_s3_storage(real64, s3_server, s3_bucket, tmp_path)
     blurred_fakes(real64, fakes, s3_server)
     cfg = ClassifierConfig(
         data=real64, fakes=fakes, task="deepfake", model="cnn", epochs=1, batch_size=32,
-        storage=f"s3://{s3_bucket}/runs", n_boot=100,
+        storage=f"s3://{s3_bucket}/runs", n_boot=100, robust_aug=0.5,  # blur/JPEG-augmented (robust) detector
     )
     out = train_classifier(cfg, s3=s3_server, log=lambda m: None)
     run_uri = f"s3://{s3_bucket}/runs/{cfg.run_name()}"
@@ -135,3 +135,29 @@ def test_deepfake_detector_on_s3_storage(real64, s3_server, s3_bucket, tmp_path)
     assert all((p["target"] == 1) == p["path"].startswith("generated://") for p in preds)
     assert out["source"] == "real+fake" and out["test"]["n_pos"] == 65
     assert out["checkpoint"].startswith(f"{s3_bucket}/runs/")
+    from cxr_ray.checkpoint import load_state
+
+    state = load_state(f"s3://{out['checkpoint']}/state.pt", s3_server)
+    assert state["config"]["robust_aug"] == 0.5
+
+
+def test_robust_augment_blurs_or_compresses_a_fraction_reproducibly():
+    from cxr_ray.train.loop import robust_augment
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, size=(200, 1, 32, 32), dtype=np.uint8))
+    a, b, c = robust_augment(x, 0.5, seed=3), robust_augment(x, 0.5, seed=3), robust_augment(x, 0.5, seed=4)
+    assert a.dtype == torch.uint8 and a.shape == x.shape
+    assert torch.equal(a, b) and not torch.equal(a, c)  # the seed (epoch, rank) decides
+    changed = (a != x).flatten(1).any(1).float().mean().item()
+    assert 0.35 < changed < 0.65
+    assert torch.equal(robust_augment(x, 0.0, seed=3), x)
+
+
+def test_robust_aug_is_checked_and_named():
+    from cxr_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match="robust_aug"):
+        ClassifierConfig(data="d", robust_aug=1.5)
+    plain, robust = ClassifierConfig(data="d"), ClassifierConfig(data="d", robust_aug=0.5)
+    assert "robust_aug" not in plain.identity() and plain.run_name() != robust.run_name()

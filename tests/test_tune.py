@@ -79,3 +79,22 @@ def test_interrupted_search_is_restored(ray_local, real64, tmp_path):
     assert out["trials"] == 3
     table = pd.read_csv(storage / "restore-me" / "trials.csv")
     assert len(table) == 3 and table["error"].isna().all()
+
+
+def test_small_dcgan_search_scores_trials_on_validation_fd(real64, tmp_path):
+    from cxr_ray.tune_gan import GanSearchConfig, run_gan_search
+
+    cfg = GanSearchConfig(data=real64, class_name="NORMAL", num_samples=2, epochs=1, width_choices=(8, 16),
+                          n_fake=64, storage=str(tmp_path))
+    out = run_gan_search(cfg, log=lambda m: None)
+    root = tmp_path / cfg.search_name()
+    best = json.loads((root / "best_config.json").read_text())
+    trials = pd.read_csv(root / "trials.csv")
+    assert len(trials) == 2 and (trials["error"].fillna("") == "").all()
+    assert best["best_val_fd"] == pytest.approx(trials["val_fd"].min()) and out["best_val_fd"] > 0
+    assert trials["width"].isin([8, 16]).all() and trials["lr"].between(1e-4, 5e-4).all()
+    assert set(best["best_config"]) == {"lr", "beta1", "width", "epochs"}
+    # One TorchTrainer per trial, named after the trial id, and the encoder trained once for all of them.
+    runs = sorted(p.name for p in (root / "trials").iterdir() if p.is_dir())
+    assert runs == sorted(f"trial-{t}" for t in trials["trial_id"])
+    assert (root / "quality-encoder.pt").is_file()

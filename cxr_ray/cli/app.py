@@ -19,64 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-S3_ENDPOINT = typer.Option(
-    None, "--s3-endpoint", envvar="CXR_RAY_S3_ENDPOINT", help="S3-compatible endpoint URL, e.g. http://127.0.0.1:9000."
-)
-S3_REGION = typer.Option(None, "--s3-region", help="S3 region (default: AWS_REGION, else us-east-1).")
-RAY_ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
-
-
-def _s3(endpoint: Optional[str], region: Optional[str]):
-    from dataclasses import replace
-
-    from cxr_ray.storage import S3Settings
-
-    settings = S3Settings.from_env()
-    if endpoint:
-        settings = replace(settings, endpoint_url=endpoint)
-    if region:
-        settings = replace(settings, region=region)
-    return settings
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from cxr_ray.checkpoint import CheckpointError
-    from cxr_ray.config import ConfigError
-    from cxr_ray.data.datasets import DatasetError
-    from cxr_ray.data.ingest import IngestError
-    from cxr_ray.models.torchvision_models import PretrainedWeightsUnavailable
-    from cxr_ray.storage import StorageError
-
-    return (ConfigError, IngestError, StorageError, DatasetError, CheckpointError, PretrainedWeightsUnavailable)
-
-
-def _load_config(cls, config_file: Optional[str], overrides: dict):
-    """YAML file (optional) + command-line values that were given; unknown keys are errors."""
-    from cxr_ray.config import ConfigError, from_dict
-
-    data: dict = {}
-    if config_file:
-        import yaml
-
-        try:
-            with open(config_file) as f:
-                data = yaml.safe_load(f) or {}
-        except OSError as exc:
-            raise ConfigError(f"{config_file}: cannot read config file ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{config_file}: not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{config_file}: expected a mapping of config keys at the top level")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return from_dict(cls, data)
-    except ConfigError as exc:
-        raise ConfigError(f"{config_file}: {exc}" if config_file else str(exc)) from None
+from cxr_ray.cli.common import RAY_ADDRESS, S3_ENDPOINT, S3_REGION, fail, known_errors, load_config, s3_settings
 
 
 @app.command(
@@ -99,7 +42,7 @@ def ingest(
     address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Decode a chest X-ray folder once into a Parquet image table (Ray Data)."""
-    errors = _known_errors()
+    errors = known_errors()
     try:
         from cxr_ray.config import IngestConfig
         from cxr_ray.data.ingest import format_summary, run_ingest
@@ -110,11 +53,11 @@ def ingest(
             val_fraction=val_fraction,
             seed=seed,
             overwrite=overwrite,
-            s3=_s3(s3_endpoint, s3_region),
+            s3=s3_settings(s3_endpoint, s3_region),
         )
         summary = run_ingest(cfg, log=lambda m: typer.echo(m, err=True), address=address)
     except errors as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(format_summary(summary))
 
 
@@ -138,6 +81,9 @@ def train(
     lr: Optional[float] = typer.Option(None, help="AdamW learning rate (default 1e-3)."),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default 1e-4)."),
     aug_strength: Optional[float] = typer.Option(None, help="On-device augmentation strength in [0, 1]."),
+    robust_aug: Optional[float] = typer.Option(
+        None, help="Probability in [0, 1] of a random blur or JPEG round trip per training image (robust detectors)."
+    ),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--scratch", help="ImageNet weights (torchvision models)."),
     weights_path: Optional[str] = typer.Option(None, help="Local ImageNet weights file for --pretrained."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers (DDP ranks, default 2)."),
@@ -152,25 +98,25 @@ def train(
     address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Train a classifier or deepfake detector with Ray Train (DDP), then test it once."""
-    errors = _known_errors()
+    errors = known_errors()
     try:
         from cxr_ray.train.classifier import ClassifierConfig, train_classifier
 
-        cfg = _load_config(
+        cfg = load_config(
             ClassifierConfig,
             config,
             dict(
                 data=data, task=task, model=model, fakes=fakes, source=source, epochs=epochs,
                 batch_size=batch_size, lr=lr, weight_decay=weight_decay, aug_strength=aug_strength,
-                pretrained=pretrained, weights_path=weights_path, num_workers=workers, use_gpu=gpu,
+                robust_aug=robust_aug, pretrained=pretrained, weights_path=weights_path, num_workers=workers, use_gpu=gpu,
                 storage=storage, name=name, seed=seed, max_failures=max_failures,
             ),
         )
         out = train_classifier(
-            cfg, s3=_s3(s3_endpoint, s3_region), log=lambda m: typer.echo(m, err=True), address=address
+            cfg, s3=s3_settings(s3_endpoint, s3_region), log=lambda m: typer.echo(m, err=True), address=address
         )
     except errors as exc:
-        _fail(str(exc))
+        fail(str(exc))
     t = out["test"]
     typer.echo(
         f"{out['run']}: test AUC {t['auc']:.3f} [{t['auc_ci_low']:.3f}-{t['auc_ci_high']:.3f}] "
@@ -204,11 +150,11 @@ def tune(
     address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Search a classifier's hyperparameters with Ray Tune (ASHA) on validation AUC."""
-    errors = _known_errors()
+    errors = known_errors()
     try:
         from cxr_ray.tune import SearchConfig, run_search
 
-        cfg = _load_config(
+        cfg = load_config(
             SearchConfig,
             config,
             dict(
@@ -216,10 +162,53 @@ def tune(
                 max_epochs=max_epochs, workers_per_trial=workers_per_trial, storage=storage, name=name, seed=seed,
             ),
         )
-        out = run_search(cfg, s3=_s3(s3_endpoint, s3_region), log=lambda m: typer.echo(m, err=True), address=address)
+        out = run_search(cfg, s3=s3_settings(s3_endpoint, s3_region), log=lambda m: typer.echo(m, err=True), address=address)
     except errors as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"{out['search']}: best val AUC {out['best_val_auc']:.3f} with {out['best_config']}")
+
+
+@app.command(
+    name="tune-gan",
+    epilog=(
+        "Examples:\n\n"
+        "  cxr-ray tune-gan --data runs/study/data/real-64 --class NORMAL --num-samples 4 --epochs 10\n\n"
+        "  cxr-ray tune-gan --data s3://bucket/study/data/real-64 --class PNEUMONIA --storage s3://bucket/study/tune\n\n"
+        "  (re-running the same command continues an interrupted search)"
+    ),
+)
+def tune_gan(
+    data: Optional[str] = typer.Option(None, help="Ingested real image table (path or s3://)."),
+    class_name: Optional[str] = typer.Option(None, "--class", help="NORMAL or PNEUMONIA (one GAN per class)."),
+    num_samples: Optional[int] = typer.Option(None, help="Trials to sample (default 4)."),
+    epochs: Optional[int] = typer.Option(None, help="GAN epochs per trial (default 10)."),
+    workers_per_trial: Optional[int] = typer.Option(None, help="Ray Train workers per trial (default 1)."),
+    n_fake: Optional[int] = typer.Option(None, help="Fakes drawn per trial for the val FD/KID (default 500)."),
+    storage: Optional[str] = typer.Option(None, help="Search root (path or s3://, default runs/tune)."),
+    name: Optional[str] = typer.Option(None, help="Search name; the same name continues the same search."),
+    seed: Optional[int] = typer.Option(None, help="Random seed of the trainers."),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML file of GanSearchConfig keys; flags override it."),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
+    address: Optional[str] = RAY_ADDRESS,
+) -> None:
+    """Search a DCGAN's lr, beta1 and width with Ray Tune, on the Frechet distance to real validation images."""
+    errors = known_errors()
+    try:
+        from cxr_ray.tune_gan import GanSearchConfig, run_gan_search
+
+        cfg = load_config(
+            GanSearchConfig,
+            config,
+            dict(
+                data=data, class_name=class_name, num_samples=num_samples, epochs=epochs,
+                workers_per_trial=workers_per_trial, n_fake=n_fake, storage=storage, name=name, seed=seed,
+            ),
+        )
+        out = run_gan_search(cfg, s3=s3_settings(s3_endpoint, s3_region), log=lambda m: typer.echo(m, err=True), address=address)
+    except errors as exc:
+        fail(str(exc))
+    typer.echo(f"{out['search']}: best val FD {out['best_val_fd']:.3f} with {out['best_config']}")
 
 
 @app.command(

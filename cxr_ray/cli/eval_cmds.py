@@ -10,6 +10,8 @@ from typing import List, Optional
 
 import typer
 
+from cxr_ray.cli.common import RAY_ADDRESS, S3_ENDPOINT, S3_REGION, fail, known_errors, s3_settings
+
 EPILOG_EVALUATE = (
     "Examples:\n\n"
     "  cxr-ray evaluate --runs runs/train --real runs/study/data/real-64 --fakes runs/study/fakes-64 "
@@ -39,20 +41,6 @@ EPILOG_SCAN = (
 _RUNS_HELP = "A finished run dir, or a runs root whose sub-folders are searched; repeatable."
 
 
-def _endpoint() -> typer.models.OptionInfo:
-    return typer.Option(
-        None, "--s3-endpoint", envvar="CXR_RAY_S3_ENDPOINT", help="S3-compatible endpoint URL, e.g. http://127.0.0.1:9000."
-    )
-
-
-def _region() -> typer.models.OptionInfo:
-    return typer.Option(None, "--s3-region", help="S3 region (default: AWS_REGION, else us-east-1).")
-
-
-def _address() -> typer.models.OptionInfo:
-    return typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
-
-
 def evaluate(
     runs: List[str] = typer.Option(..., "--runs", help=_RUNS_HELP),
     real: str = typer.Option(..., "--real", help="Ingested real image table (its test split is scored)."),
@@ -65,14 +53,12 @@ def evaluate(
     batch_size: int = typer.Option(256, help="Images per actor call."),
     max_actors: Optional[int] = typer.Option(None, help="Cap on scoring actors (default: one per GPU, else CPUs - 1)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
-    s3_endpoint: Optional[str] = _endpoint(),
-    s3_region: Optional[str] = _region(),
-    address: Optional[str] = _address(),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
+    address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Score every finished model on real/fake test data, clean and perturbed, into one metrics table (Ray Data)."""
-    from cxr_ray.cli.app import _fail, _known_errors, _s3
-
-    errors = _known_errors()
+    errors = known_errors()
     try:
         from cxr_ray.evaluate import EvaluateConfig, format_summary, run_evaluate
         from cxr_ray.perturb import DEFAULT_PERTURBATIONS
@@ -89,11 +75,11 @@ def evaluate(
             batch_size=batch_size,
             max_actors=max_actors,
             overwrite=overwrite,
-            s3=_s3(s3_endpoint, s3_region),
+            s3=s3_settings(s3_endpoint, s3_region),
         )
         summary = run_evaluate(cfg, log=lambda m: typer.echo(m, err=True), address=address)
     except errors as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(format_summary(summary))
 
 
@@ -107,24 +93,22 @@ def transfer(
     batch_size: int = typer.Option(256, help="Images per actor call."),
     max_actors: Optional[int] = typer.Option(None, help="Cap on scoring actors."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
-    s3_endpoint: Optional[str] = _endpoint(),
-    s3_region: Optional[str] = _region(),
-    address: Optional[str] = _address(),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
+    address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Test pneumonia classifiers trained on real and on fake X-rays on both kinds of test data."""
-    from cxr_ray.cli.app import _fail, _known_errors, _s3
-
-    errors = _known_errors()
+    errors = known_errors()
     try:
         from cxr_ray.transfer import TransferConfig, run_transfer
 
         cfg = TransferConfig(
             runs=tuple(runs), real=real, fakes=fakes, dest=out, n_boot=n_boot, seed=seed,
-            batch_size=batch_size, max_actors=max_actors, overwrite=overwrite, s3=_s3(s3_endpoint, s3_region),
+            batch_size=batch_size, max_actors=max_actors, overwrite=overwrite, s3=s3_settings(s3_endpoint, s3_region),
         )
         summary = run_transfer(cfg, log=lambda m: typer.echo(m, err=True), address=address)
     except errors as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(summary["markdown"])
 
 
@@ -136,22 +120,20 @@ def scan(
     max_actors: Optional[int] = typer.Option(None, help="Cap on scoring actors (default: one per GPU, else CPUs - 1)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show Ray Data progress bars."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
-    s3_endpoint: Optional[str] = _endpoint(),
-    s3_region: Optional[str] = _region(),
-    address: Optional[str] = _address(),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
+    address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Score every image under SRC with a deepfake detector; unreadable files are listed, never fatal."""
-    from cxr_ray.cli.app import _fail, _known_errors, _s3
-
-    errors = _known_errors()
+    errors = known_errors()
     try:
         from cxr_ray.scan import ScanConfig, format_summary, run_scan
 
         cfg = ScanConfig(
             src=src, detector=detector, out=out, batch_size=batch_size, max_actors=max_actors,
-            progress=progress, overwrite=overwrite, s3=_s3(s3_endpoint, s3_region),
+            progress=progress, overwrite=overwrite, s3=s3_settings(s3_endpoint, s3_region),
         )
         summary = run_scan(cfg, log=lambda m: typer.echo(m, err=True), address=address)
     except errors as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(format_summary(summary))

@@ -10,6 +10,8 @@ from typing import List, Optional
 
 import typer
 
+from cxr_ray.cli.common import RAY_ADDRESS, S3_ENDPOINT, S3_REGION, fail, known_errors, s3_settings
+
 EPILOG_GENERATE = (
     "Examples:\n\n"
     "  cxr-ray generate --gan runs/gan/dcgan-normal-64px-1a2b3c --gan runs/gan/dcgan-pneumonia-64px-4d5e6f "
@@ -31,16 +33,12 @@ def generate(
     batch_size: int = typer.Option(64, help="Images per actor call."),
     max_actors: Optional[int] = typer.Option(None, help="Cap on generator actors (default: one per GPU, else CPUs - 1)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
-    s3_endpoint: Optional[str] = typer.Option(
-        None, "--s3-endpoint", envvar="CXR_RAY_S3_ENDPOINT", help="S3-compatible endpoint URL, e.g. http://127.0.0.1:9000."
-    ),
-    s3_region: Optional[str] = typer.Option(None, "--s3-region", help="S3 region (default: AWS_REGION, else us-east-1)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
+    address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Generate fake X-rays from DCGAN checkpoints into a Parquet table (Ray Data, actor pool)."""
-    from cxr_ray.cli.app import _fail, _known_errors, _s3
-
-    errors = _known_errors()
+    errors = known_errors()
     try:
         from cxr_ray.generate import GenerateConfig, format_summary, run_generate
 
@@ -53,9 +51,9 @@ def generate(
             batch_size=batch_size,
             max_actors=max_actors,
             overwrite=overwrite,
-            s3=_s3(s3_endpoint, s3_region),
+            s3=s3_settings(s3_endpoint, s3_region),
         )
         summary = run_generate(cfg, log=lambda m: typer.echo(m, err=True), address=address)
     except errors as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(format_summary(summary))

@@ -12,6 +12,8 @@ from typing import List, Optional
 
 import typer
 
+from cxr_ray.cli.common import S3_ENDPOINT, S3_REGION, fail, known_errors, s3_settings
+
 EPILOG = (
     "Examples:\n\n"
     "  cxr-ray train-gan runs/data/ingest-64                      # one DCGAN per class, 25 epochs, runs/gan\n\n"
@@ -28,36 +30,6 @@ EPILOG_QUALITY = (
     "  cxr-ray gan-quality runs/gan/dcgan-normal-64px-0123456789ab --n-fake 1000 --out quality.json\n\n"
     "  cxr-ray gan-quality RUN --encoder runs/classifier/cnn/best.pt --inception-weights inception_v3.pth"
 )
-
-S3_ENDPOINT_HELP = "S3-compatible endpoint URL, e.g. http://127.0.0.1:9000."
-
-
-def _s3_settings(endpoint: Optional[str], region: Optional[str]):
-    from dataclasses import replace
-
-    from cxr_ray.storage import S3Settings
-
-    settings = S3Settings.from_env()
-    if endpoint:
-        settings = replace(settings, endpoint_url=endpoint)
-    if region:
-        settings = replace(settings, region=region)
-    return settings
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from cxr_ray.checkpoint import CheckpointError
-    from cxr_ray.config import ConfigError
-    from cxr_ray.data.datasets import DatasetError
-    from cxr_ray.storage import StorageError
-
-    return (ConfigError, StorageError, DatasetError, CheckpointError)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
 
 def train_gan(
     data: str = typer.Argument(..., help="Ingested image table (cxr-ray ingest output): path or s3://."),
@@ -79,8 +51,8 @@ def train_gan(
     seed: int = typer.Option(0, help="Seed of initialisation, noise and batch order."),
     max_failures: int = typer.Option(2, help="Worker-group restarts from the last checkpoint before giving up."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm: BN statistics over the global batch (GPU only)."),
-    s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", envvar="CXR_RAY_S3_ENDPOINT", help=S3_ENDPOINT_HELP),
-    s3_region: Optional[str] = typer.Option(None, "--s3-region", help="S3 region (default: AWS_REGION, else us-east-1)."),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
 ) -> None:
     """Train a DCGAN per class (or one class-conditional GAN) with Ray Train DDP on the train split only.
@@ -89,16 +61,16 @@ def train_gan(
     fixed-noise sample grid (STORAGE/NAME/samples/epoch_NNN.png) and the loss
     history (losses.json); the summary goes to STORAGE/NAME/gan_summary.json.
     """
-    errors = _known_errors()
+    errors = known_errors()
     classes = ["all"] if conditional else list(dict.fromkeys(class_names))
     if name and len(classes) > 1:
-        _fail("--name names one run: give a single --class (or --conditional) with it")
+        fail("--name names one run: give a single --class (or --conditional) with it")
     summaries = []
     try:
         from cxr_ray.train.gan import GanConfig, format_losses
         from cxr_ray.train.gan import train_gan as run_training
 
-        s3 = _s3_settings(s3_endpoint, s3_region)
+        s3 = s3_settings(s3_endpoint, s3_region)
         for class_name in classes:
             cfg = GanConfig(
                 data=data, storage=storage, class_name=class_name, conditional=conditional, epochs=epochs,
@@ -107,7 +79,7 @@ def train_gan(
             )
             summaries.append(run_training(cfg, s3, address=address, log=lambda m: typer.echo(m, err=True)))
     except errors as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for summary in summaries:
         typer.echo(f"{summary['run']}: {summary['epochs']} epochs in {summary['train_seconds']:.1f} s of training "
                    f"({summary['wall_seconds']:.1f} s wall), checkpoint {summary['checkpoint']}")
@@ -130,8 +102,8 @@ def quality(
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the real-vs-real and untrained-generator rows."),
     seed: int = typer.Option(0, help="Seed of the fakes' noise and of the KID subsets."),
     out: Optional[str] = typer.Option(None, help="Also write the result as JSON here (path or s3://)."),
-    s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", envvar="CXR_RAY_S3_ENDPOINT", help=S3_ENDPOINT_HELP),
-    s3_region: Optional[str] = typer.Option(None, "--s3-region", help="S3 region (default: AWS_REGION, else us-east-1)."),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
 ) -> None:
     """Score a generator: Frechet distance and KID against real images in a chest X-ray encoder's feature space.
 
@@ -139,11 +111,11 @@ def quality(
     reference, the generator, and an untrained generator of the same
     architecture (the ceiling).
     """
-    errors = _known_errors()
+    errors = known_errors()
     try:
         from cxr_ray import gan_quality, storage
 
-        s3 = _s3_settings(s3_endpoint, s3_region)
+        s3 = s3_settings(s3_endpoint, s3_region)
         result = gan_quality.evaluate_generator(
             generator, data=data, split=split, n_fake=n_fake, encoder_uri=encoder,
             inception_weights=inception_weights, baselines=not no_baselines, seed=seed, s3=s3,
@@ -152,5 +124,5 @@ def quality(
         if out:
             storage.write_json_atomic(out, result, s3)
     except errors as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(gan_quality.format_result(result))

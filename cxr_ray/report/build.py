@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import time
 from typing import Any, Callable
@@ -47,8 +46,13 @@ class _Doc:
             self.md.append("| " + " | ".join(fmt(v) for v in r) + " |")
         self.md.append("")
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in r) + "</tr>" for r in rows)
+        body = "".join("<tr>" + "".join(_td(fmt(v)) for v in r) + "</tr>" for r in rows)
         self.html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+    def markdown(self, text: str) -> None:
+        """Markdown from a stage (tables, bullets, **bold**, `code`) into both outputs."""
+        self.md.append(text.rstrip() + "\n")
+        self.html.append(markdown_to_html(text))
 
     def image(self, name: str, png: bytes, caption: str) -> None:
         storage.write_bytes_atomic(storage.join(self.root, REPORT_DIR, name), png, self.s3)
@@ -61,12 +65,63 @@ class _Doc:
         )
 
 
+def _td(text: str) -> str:
+    """A table cell; numbers (and "value [low, high]" cells) align right, words left."""
+    import re
+
+    numeric = re.fullmatch(r"[-+]?[\d.,%]+( \[[-\d., ]+\])?|nan", text.strip()) is not None
+    return f"<td class='num'>{_inline(text)}</td>" if numeric else f"<td>{_inline(text)}</td>"
+
+
+def _inline(text: str) -> str:
+    import re
+
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+def markdown_to_html(text: str) -> str:
+    """The small Markdown subset the stages write: headings, pipe tables, '- ' bullets and paragraphs."""
+    parts: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if not line:
+            i += 1
+        elif line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                block.append(lines[i].strip())
+                i += 1
+            cells = [[c.strip() for c in row.strip("|").split("|")] for row in block if not set(row) <= set("|-: ")]
+            head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
+            body = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in cells[1:])
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].strip().startswith("- "):
+                items.append(f"<li>{_inline(lines[i].strip()[2:])}</li>")
+                i += 1
+            parts.append(f"<ul>{''.join(items)}</ul>")
+        elif line.startswith("#"):
+            level = min(6, len(line) - len(line.lstrip("#")) + 1)
+            parts.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+            i += 1
+        else:
+            parts.append(f"<p>{_inline(line)}</p>")
+            i += 1
+    return "".join(parts)
+
+
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.7em;border-bottom:2px solid #4C72B0}h2{font-size:1.3em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:1em 0;font-size:.88em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th{background:#f0f3f8}td:first-child,th:first-child{text-align:left}figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}
-figcaption{font-size:.85em;color:#555}
+table{border-collapse:collapse;margin:1em 0;font-size:.88em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
+th{background:#f0f3f8}td.num{text-align:right;font-variant-numeric:tabular-nums}figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}li{margin:.25em 0}code{font-size:.9em;background:#f4f4f4;padding:0 .2em}
+h3{font-size:1.1em}
 """
 
 
@@ -155,12 +210,12 @@ def _samples_section(doc: _Doc, real_uri: str | None, fake_uri: str | None, s3: 
     for cls in ("NORMAL", "PNEUMONIA"):
         real = _sample_images(real_uri, cls, "train", 16, s3)
         if len(real):
-            doc.image(f"real_{cls.lower()}.png", plots.image_grid(real, f"real {cls}, train split of {real_uri}"),
+            doc.image(f"real_{cls.lower()}.png", plots.image_grid(real, f"real {cls}, train split"),
                       f"Real {cls} X-rays (train split, {real_uri}).")
         if fake_uri:
             fake = _sample_images(fake_uri, cls, "test", 16, s3)
             if len(fake):
-                doc.image(f"fake_{cls.lower()}.png", plots.image_grid(fake, f"DCGAN fakes {cls}, held-out seeds, {fake_uri}"),
+                doc.image(f"fake_{cls.lower()}.png", plots.image_grid(fake, f"DCGAN fakes {cls}, held-out seeds"),
                           f"DCGAN fakes of class {cls} (held-out test seeds, {fake_uri}).")
 
 
@@ -172,7 +227,7 @@ def _gan_section(doc: _Doc, gans: dict[str, Any], quality: dict[str, Any]) -> No
     histories = {cls: g["losses"] for cls, g in gans.items() if g.get("losses")}
     if histories:
         runs = ", ".join(g["run"] for g in gans.values())
-        doc.image("gan_losses.png", plots.loss_curves(histories, f"DCGAN losses per class (runs {runs})"),
+        doc.image("gan_losses.png", plots.loss_curves(histories, "DCGAN losses per class"),
                   f"Discriminator (solid) and generator (dashed) losses per epoch; runs {runs}.")
     rows = []
     for cls, q in sorted(quality.items()):
@@ -188,13 +243,19 @@ def _gan_section(doc: _Doc, gans: dict[str, Any], quality: dict[str, Any]) -> No
         doc.table(["class", "comparison", "n real", "n other", "FD", "KID"], rows)
 
 
+def run_label(run: str) -> str:
+    """The study's run names are task-label-source; the label is the model, plus "-robust" for augmented detectors."""
+    parts = run.split("-")
+    return "-".join(parts[1:-1]) if len(parts) > 2 else run
+
+
 def _test_rows(train: dict[str, Any], task: str, source: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for name, run in sorted(train.items()):
         parts = name.split("-")
         if parts[0] != task or (source and not name.endswith(f"-{source}")):
             continue
-        rows.append({"label": "-".join(parts[1:-1]) if task == "pneumonia" else parts[1], "run": name, **run["test"]})
+        rows.append({"label": run_label(name), "run": name, **run["test"]})
     return rows
 
 
@@ -211,8 +272,9 @@ def _classifier_section(doc: _Doc, train: dict[str, Any], s3: S3Settings | None)
          for r in rows],
     )
     doc.para("Published anchors on this test split: " + "; ".join(f"{a}: accuracy {acc:.3f}, AUC {auc:.3f}" for a, acc, auc in plots.PUBLISHED_ANCHORS) + ".")
-    doc.image("classifier_auc.png", plots.metric_bars(rows, "auc", "Test AUC with 95% bootstrap CI, runs " + ", ".join(r["run"] for r in rows)),
-              "Test AUC of each classifier (threshold-free) with 95% bootstrap intervals, beside the published anchors.")
+    doc.image("classifier_auc.png", plots.metric_bars(rows, "auc", "Test AUC with 95% bootstrap CI"),
+              "Test AUC of each classifier (threshold-free) with 95% bootstrap intervals, beside the published anchors; runs "
+              + ", ".join(r["run"] for r in rows) + ".")
     doc.image("classifier_accuracy.png", plots.metric_bars(rows, "accuracy", "Test accuracy at the val-chosen threshold"),
               "Test accuracy at the threshold chosen on validation, with 95% bootstrap intervals.")
 
@@ -232,14 +294,15 @@ def _transfer_section(doc: _Doc, root: str, s3: S3Settings | None) -> None:
         if key in cols:
             values[models.index(r["model"]), cols.index(key)] = r["value"]
     doc.image("transfer.png", plots.heatmap(values, models, [f"train {a}\ntest {b.split('_')[0]}" for a, b in cols],
-                                            f"Accuracy, pneumonia classifiers ({root}/transfer)"),
-              "Transfer matrix: accuracy of each architecture trained on real or fake images, tested on the real test split and on held-out fakes.")
+                                            "Accuracy, pneumonia classifiers"),
+              "Transfer matrix: accuracy of each architecture trained on real or fake images, tested on the real test split and on "
+              f"held-out fakes ({root}/transfer).")
     text_uri = storage.join(root, "transfer", "transfer.md")
     if storage.exists(text_uri, s3):
-        for line in storage.read_bytes(text_uri, s3).decode().splitlines():
-            if line.strip() and not line.startswith("#"):
-                doc.md.append(line)
-                doc.html.append(f"<p>{html.escape(line)}</p>")
+        text = storage.read_bytes(text_uri, s3).decode()
+        # Its own top heading is this section's; sub-headings go one level below ours.
+        lines = [("#" + line if line.startswith("##") else line) for line in text.splitlines() if not line.startswith("# ")]
+        doc.markdown("\n".join(lines))
 
 
 def _detector_section(doc: _Doc, train: dict[str, Any], s3: S3Settings | None) -> None:
@@ -276,9 +339,10 @@ def _robustness_section(doc: _Doc, root: str, s3: S3Settings | None) -> None:
         doc.para("No detector rows in the cross-evaluation table.")
         return
     perturbations = list(dict.fromkeys(r["perturbation"] for r in rows))
-    models = sorted({r["model"] for r in rows})
-    table = {(r["model"], r["perturbation"]): r["value"] for r in rows}
-    doc.para("Detector AUC on real test vs held-out fakes, each column one perturbation applied to both classes "
+    models = sorted({run_label(r["run"]) for r in rows})
+    table = {(run_label(r["run"]), r["perturbation"]): r["value"] for r in rows}
+    doc.para("Detector AUC on real test vs held-out fakes, each column one perturbation applied to both classes; "
+             "'-robust' detectors were trained with random blur/JPEG augmentation "
              f"({root}/evaluate/metrics.csv has intervals and every other metric).")
     doc.table(["detector", *perturbations], [[m, *[table.get((m, p), float("nan")) for p in perturbations]] for m in models])
 
@@ -297,7 +361,10 @@ def _tune_section(doc: _Doc, tune: dict[str, Any]) -> None:
 
 def _timing_section(doc: _Doc, manifest: dict[str, Any]) -> None:
     doc.heading("Time per stage")
-    rows = [[name, entry.get("status"), entry.get("seconds", float("nan"))] for name, entry in manifest.items() if name != "timeline"]
+    order = ["ingest", "gan", "gan_quality", "generate", "tune", "train", "evaluate"]
+    names = sorted((n for n in manifest if n != "timeline"), key=lambda n: order.index(n) if n in order else len(order))
+    rows = [[name, manifest[name].get("status"), manifest[name].get("seconds", float("nan"))] for name in names]
+    rows.append(["total", "", float(sum(r[2] for r in rows if isinstance(r[2], (int, float)) and math.isfinite(r[2])))])
     doc.table(["stage", "status", "seconds"], rows)
     tl = manifest.get("timeline", {}).get("outputs", {})
     trainings = tl.get("rows", [])

@@ -37,6 +37,9 @@ class ClassifierConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     aug_strength: float = 0.5
+    # Probability of a random blur or JPEG round trip per training image (0: off).
+    # Detectors trained with it are scored under the same perturbations as the others.
+    robust_aug: float = 0.0
     label_smoothing: float = 0.0
     pretrained: bool = False
     weights_path: str | None = None
@@ -64,6 +67,8 @@ class ClassifierConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.aug_strength <= 1:
             raise ConfigError(f"aug_strength must be in [0, 1], got {self.aug_strength}")
+        if not 0 <= self.robust_aug <= 1:
+            raise ConfigError(f"robust_aug must be in [0, 1], got {self.robust_aug}")
         from cxr_ray.models import list_models
 
         if self.model not in list_models():
@@ -74,6 +79,8 @@ class ClassifierConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that change what is learnt (hashed into the default run name)."""
         skip = {"storage", "name", "num_workers", "use_gpu", "max_failures", "n_boot", "inject_failure"}
+        if not self.robust_aug:
+            skip.add("robust_aug")  # off: keep the names runs had before the option existed
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def run_name(self) -> str:
@@ -149,7 +156,10 @@ def classifier_worker(config: dict[str, Any]) -> None:
         loss_sum = torch.zeros((), device=device)
         for idx in loop.batches(n_train, cfg.batch_size, steps, gen):
             idx = idx.to(device)
-            x = loop.augment(loop.to_input(x_train[idx], channels_last), cfg.aug_strength, gen)
+            pixels = x_train[idx]
+            if cfg.robust_aug:
+                pixels = loop.robust_augment(pixels, cfg.robust_aug, seed=(cfg.seed * 1_000_003 + epoch) * 64 + rank)
+            x = loop.augment(loop.to_input(pixels, channels_last), cfg.aug_strength, gen)
             with loop.autocast(device):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y_train[idx], weight=weights, label_smoothing=cfg.label_smoothing)

@@ -124,6 +124,23 @@ def augment(x: torch.Tensor, strength: float, gen: torch.Generator | None = None
     return (out * contrast + brightness).clamp_(-1.0, 1.0)
 
 
+def robust_augment(x: torch.Tensor, probability: float, seed: int) -> torch.Tensor:
+    """Blur/JPEG robustness augmentation of a uint8 (N, 1, H, W) batch, before `to_input`.
+
+    Each image, with `probability`, gets a random Gaussian blur or a JPEG round
+    trip (`cxr_ray.perturb.random_blur_jpeg`: the ranges the robustness
+    evaluation probes). JPEG needs the host, so the batch makes one round trip
+    through host memory; `seed` should change per epoch and rank.
+    """
+    from cxr_ray.perturb import random_blur_jpeg
+
+    if probability <= 0 or len(x) == 0:
+        return x
+    images = x[:, 0].cpu().numpy()
+    augmented, _ = random_blur_jpeg(images, probability, seed)
+    return torch.from_numpy(augmented).unsqueeze(1).to(x.device, non_blocking=True)
+
+
 def batches(n: int, batch_size: int, steps: int, gen: torch.Generator, shuffle: bool = True) -> Iterator[torch.Tensor]:
     """`steps` index batches over n items (a fresh permutation per epoch), CPU int64."""
     order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
