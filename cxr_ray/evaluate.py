@@ -363,8 +363,7 @@ def write_output_folder(
     """Tables as NAME.parquet (and NAME.csv for those in `csv`), texts, summary.json, then `_SUCCESS`; staged, then published."""
     import pyarrow.parquet as pq
 
-    staging = storage.staging_uri(dest)
-    try:
+    with storage.staged_output(dest, s3, overwrite) as staging:
         fs, base = storage.resolve(staging, s3)
         fs.create_dir(base, recursive=True)
         for name, table in tables.items():
@@ -376,14 +375,6 @@ def write_output_folder(
         for name, text in (texts or {}).items():
             storage.write_bytes_atomic(storage.join(staging, name), text.encode(), s3)
         storage.write_json_atomic(storage.join(staging, "summary.json"), summary, s3)
-        storage.write_bytes_atomic(storage.join(staging, storage.SUCCESS_MARKER), b"", s3)
-        storage.publish_dir(staging, dest, s3, overwrite=overwrite)
-    except BaseException:
-        try:
-            storage.delete_dir(staging, s3)
-        except StorageError:
-            pass
-        raise
 
 
 def check_destination(dest: str, s3: S3Settings | None, overwrite: bool) -> None:

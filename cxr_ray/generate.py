@@ -398,8 +398,7 @@ def run_generate(cfg: GenerateConfig, *, log: Callable[[str], None] = print, add
         batch_format="pyarrow",
         **pool,
     )
-    staging = storage.staging_uri(cfg.dest)
-    try:
+    with storage.staged_output(cfg.dest, cfg.s3, cfg.overwrite) as staging:
         t_gen = time.perf_counter()
         fs, images_path = storage.resolve(storage.join(staging, schema.IMAGES_DIR), cfg.s3)
         ds.write_parquet(images_path, filesystem=fs)
@@ -407,14 +406,6 @@ def run_generate(cfg: GenerateConfig, *, log: Callable[[str], None] = print, add
         counts = count_by_split_class(storage.join(staging, schema.IMAGES_DIR), cfg.s3)
         summary = _summary(cfg, specs, counts, pool, time.perf_counter() - t0, generate_seconds)
         storage.write_json_atomic(storage.join(staging, schema.SUMMARY_FILE), summary, cfg.s3)
-        storage.write_bytes_atomic(storage.join(staging, storage.SUCCESS_MARKER), b"", cfg.s3)
-        storage.publish_dir(staging, cfg.dest, cfg.s3, overwrite=cfg.overwrite)
-    except BaseException:
-        try:
-            storage.delete_dir(staging, cfg.s3)
-        except StorageError:
-            pass
-        raise
     return summary
 
 

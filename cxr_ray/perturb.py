@@ -225,8 +225,7 @@ def augment_table(
     fs, src_path = storage.resolve(images_uri(src_uri), s3)
     ds = ray.data.read_parquet(src_path, filesystem=fs)
     ds = ds.map_batches(augment_batch, batch_format="pyarrow", fn_kwargs={"probability": probability, "seed": seed})
-    staging = storage.staging_uri(dest_uri)
-    try:
+    with storage.staged_output(dest_uri, s3, overwrite) as staging:
         out_fs, out_path = storage.resolve(images_uri(staging), s3)
         ds.write_parquet(out_path, filesystem=out_fs)
         rows = pq.read_table(out_path, filesystem=out_fs, columns=["split"]).num_rows
@@ -241,13 +240,5 @@ def augment_table(
         }
         summary["dest"] = dest_uri
         storage.write_json_atomic(storage.join(staging, schema.SUMMARY_FILE), summary, s3)
-        storage.write_bytes_atomic(storage.join(staging, storage.SUCCESS_MARKER), b"", s3)
-        storage.publish_dir(staging, dest_uri, s3, overwrite=overwrite)
-    except BaseException:
-        try:
-            storage.delete_dir(staging, s3)
-        except storage.StorageError:
-            pass
-        raise
     log(f"augment: {rows} rows of {src_uri} -> {dest_uri} (train/val augmented with p={probability})")
     return summary

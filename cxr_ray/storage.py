@@ -9,12 +9,13 @@ other nodes do not share the driver's environment anyway.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -257,3 +258,25 @@ def publish_dir(staging: str, final: str, s3: S3Settings | None = None, overwrit
         fs.delete_dir(staging_path)
     except OSError as exc:
         raise StorageError(describe_error(final, exc, s3)) from exc
+
+
+@contextlib.contextmanager
+def staged_output(dest: str, s3: S3Settings | None = None, overwrite: bool = False) -> Iterator[str]:
+    """Build an output folder in a private staging folder; publish it whole, or not at all.
+
+    Yields the staging URI. When the block finishes, `_SUCCESS` is written
+    and the folder is published to `dest` (replacing it only with
+    `overwrite`). On any error, the staging folder is removed, so nothing
+    half-written is ever visible and whatever was at `dest` stays untouched.
+    """
+    staging = staging_uri(dest)
+    try:
+        yield staging
+        write_bytes_atomic(join(staging, SUCCESS_MARKER), b"", s3)
+        publish_dir(staging, dest, s3, overwrite=overwrite)
+    except BaseException:
+        try:
+            delete_dir(staging, s3)
+        except StorageError:
+            pass
+        raise

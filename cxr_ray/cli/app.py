@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from cxr_ray.cli.common import RAY_ADDRESS, S3_ENDPOINT, S3_REGION, fail, known_errors, load_config, s3_settings
+from cxr_ray.cli.common import RAY_ADDRESS, S3_ENDPOINT, S3_REGION, fail, known_errors, run_configured, s3_settings
 
 
 @app.command(
@@ -98,25 +98,19 @@ def train(
     address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Train a classifier or deepfake detector with Ray Train (DDP), then test it once."""
-    errors = known_errors()
-    try:
+
+    def load():
         from cxr_ray.train.classifier import ClassifierConfig, train_classifier
 
-        cfg = load_config(
-            ClassifierConfig,
-            config,
-            dict(
-                data=data, task=task, model=model, fakes=fakes, source=source, epochs=epochs,
-                batch_size=batch_size, lr=lr, weight_decay=weight_decay, aug_strength=aug_strength,
-                robust_aug=robust_aug, pretrained=pretrained, weights_path=weights_path, num_workers=workers, use_gpu=gpu,
-                storage=storage, name=name, seed=seed, max_failures=max_failures,
-            ),
-        )
-        out = train_classifier(
-            cfg, s3=s3_settings(s3_endpoint, s3_region), log=lambda m: typer.echo(m, err=True), address=address
-        )
-    except errors as exc:
-        fail(str(exc))
+        return ClassifierConfig, train_classifier
+
+    overrides = dict(
+        data=data, task=task, model=model, fakes=fakes, source=source, epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, aug_strength=aug_strength,
+        robust_aug=robust_aug, pretrained=pretrained, weights_path=weights_path, num_workers=workers, use_gpu=gpu,
+        storage=storage, name=name, seed=seed, max_failures=max_failures,
+    )
+    out = run_configured(load, config, overrides, s3_endpoint, s3_region, address)
     t = out["test"]
     typer.echo(
         f"{out['run']}: test AUC {t['auc']:.3f} [{t['auc_ci_low']:.3f}-{t['auc_ci_high']:.3f}] "
@@ -150,21 +144,17 @@ def tune(
     address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Search a classifier's hyperparameters with Ray Tune (ASHA) on validation AUC."""
-    errors = known_errors()
-    try:
+
+    def load():
         from cxr_ray.tune import SearchConfig, run_search
 
-        cfg = load_config(
-            SearchConfig,
-            config,
-            dict(
-                data=data, task=task, model=model, fakes=fakes, source=source, num_samples=num_samples,
-                max_epochs=max_epochs, workers_per_trial=workers_per_trial, storage=storage, name=name, seed=seed,
-            ),
-        )
-        out = run_search(cfg, s3=s3_settings(s3_endpoint, s3_region), log=lambda m: typer.echo(m, err=True), address=address)
-    except errors as exc:
-        fail(str(exc))
+        return SearchConfig, run_search
+
+    overrides = dict(
+        data=data, task=task, model=model, fakes=fakes, source=source, num_samples=num_samples,
+        max_epochs=max_epochs, workers_per_trial=workers_per_trial, storage=storage, name=name, seed=seed,
+    )
+    out = run_configured(load, config, overrides, s3_endpoint, s3_region, address)
     typer.echo(f"{out['search']}: best val AUC {out['best_val_auc']:.3f} with {out['best_config']}")
 
 
@@ -193,21 +183,17 @@ def tune_gan(
     address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Search a DCGAN's lr, beta1 and width with Ray Tune, on the Frechet distance to real validation images."""
-    errors = known_errors()
-    try:
+
+    def load():
         from cxr_ray.tune_gan import GanSearchConfig, run_gan_search
 
-        cfg = load_config(
-            GanSearchConfig,
-            config,
-            dict(
-                data=data, class_name=class_name, num_samples=num_samples, epochs=epochs,
-                workers_per_trial=workers_per_trial, n_fake=n_fake, storage=storage, name=name, seed=seed,
-            ),
-        )
-        out = run_gan_search(cfg, s3=s3_settings(s3_endpoint, s3_region), log=lambda m: typer.echo(m, err=True), address=address)
-    except errors as exc:
-        fail(str(exc))
+        return GanSearchConfig, run_gan_search
+
+    overrides = dict(
+        data=data, class_name=class_name, num_samples=num_samples, epochs=epochs,
+        workers_per_trial=workers_per_trial, n_fake=n_fake, storage=storage, name=name, seed=seed,
+    )
+    out = run_configured(load, config, overrides, s3_endpoint, s3_region, address)
     typer.echo(f"{out['search']}: best val FD {out['best_val_fd']:.3f} with {out['best_config']}")
 
 

@@ -5,7 +5,9 @@ Only typer and the standard library at import time: heavy modules load inside th
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
+
+T = TypeVar("T")
 
 import typer
 
@@ -74,3 +76,31 @@ def load_config(cls: type, config_file: Optional[str], overrides: dict) -> Any:
 
 def echo_err(message: str) -> None:
     typer.echo(message, err=True)
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run a stage; bad input (a known error) exits with one line naming it, never a traceback."""
+    errors = known_errors()
+    try:
+        return fn()
+    except errors as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits
+
+
+def run_configured(
+    load: Callable[[], tuple[type, Callable[..., T]]],
+    config_file: Optional[str],
+    overrides: dict,
+    s3_endpoint: Optional[str],
+    s3_region: Optional[str],
+    address: Optional[str],
+) -> T:
+    """A config from YAML + flags, then `runner(cfg, s3=..., log=..., address=...)`; `load` imports both lazily."""
+
+    def run() -> T:
+        cls, runner = load()
+        cfg = load_config(cls, config_file, overrides)
+        return runner(cfg, s3=s3_settings(s3_endpoint, s3_region), log=echo_err, address=address)
+
+    return guarded(run)
