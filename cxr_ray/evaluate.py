@@ -386,15 +386,13 @@ def check_destination(dest: str, s3: S3Settings | None, overwrite: bool) -> None
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
-    """Which runs to score on which tables, with which perturbations, and where the table goes."""
+class ScoringConfig:
+    """What every scoring job shares: finished runs, the tables whose test splits they score, the output folder."""
 
     runs: tuple[str, ...]  # run dirs, or runs roots searched one level deep
     real: str  # ingested real table: its test split
     dest: str
     fakes: str | None = None  # generated fake table: its test split (held-out seeds)
-    perturbations: tuple[str, ...] = DEFAULT_PERTURBATIONS
-    freq_baseline: bool = True  # also fit and score the frequency baseline (needs fakes)
     n_boot: int = 1000
     seed: int = 0
     batch_size: int = 256
@@ -405,7 +403,6 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         if not self.runs:
             raise ConfigError("runs: give at least one run dir or runs root")
-        object.__setattr__(self, "perturbations", check_perturbations(tuple(self.perturbations)))
         if self.n_boot < 1:
             raise ConfigError(f"n_boot must be at least 1, got {self.n_boot}")
         if self.batch_size < 1:
@@ -413,6 +410,18 @@ class EvaluateConfig:
 
     def tables(self) -> list[str]:
         return [self.real] + ([self.fakes] if self.fakes else [])
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(ScoringConfig):
+    """Which runs to score on which tables, with which perturbations, and where the table goes."""
+
+    perturbations: tuple[str, ...] = DEFAULT_PERTURBATIONS
+    freq_baseline: bool = True  # also fit and score the frequency baseline (needs fakes)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "perturbations", check_perturbations(tuple(self.perturbations)))
 
 
 def check_inputs(tables: Sequence[str], runs: Sequence[ModelRun], s3: S3Settings | None) -> int:

@@ -13,7 +13,7 @@ conclusions fixed in advance.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -25,6 +25,7 @@ from cxr_ray.evaluate import (
     FAKE_TEST,
     REAL_TEST,
     ModelRun,
+    ScoringConfig,
     check_destination,
     check_inputs,
     load_runs,
@@ -32,7 +33,6 @@ from cxr_ray.evaluate import (
     score_runs,
     write_output_folder,
 )
-from cxr_ray.storage import S3Settings
 
 MATRIX_NAME = "transfer"
 PER_CLASS_NAME = "per_class"
@@ -41,25 +41,13 @@ SET_LABELS = {REAL_TEST: "real test", FAKE_TEST: "fakes (held-out seeds)"}
 
 
 @dataclass(frozen=True)
-class TransferConfig:
-    runs: tuple[str, ...]  # run dirs or runs roots; pneumonia runs are used
-    real: str  # ingested real table (test split)
-    fakes: str  # generated fake table (test split = held-out seeds)
-    dest: str
-    n_boot: int = 1000
-    seed: int = 0
-    batch_size: int = 256
-    max_actors: int | None = None
-    overwrite: bool = False
-    s3: S3Settings = field(default_factory=S3Settings.from_env)
+class TransferConfig(ScoringConfig):
+    """Pneumonia runs scored on the real test split and on held-out fakes (no perturbation)."""
 
     def __post_init__(self) -> None:
-        if not self.runs:
-            raise ConfigError("runs: give at least one run dir or runs root")
+        super().__post_init__()
         if not self.fakes:
             raise ConfigError("fakes: the transfer experiment needs a generated fake table")
-        if self.n_boot < 1:
-            raise ConfigError(f"n_boot must be at least 1, got {self.n_boot}")
 
 
 def per_class_table(predictions: pa.Table, runs: Sequence[ModelRun]) -> pa.Table:
@@ -221,11 +209,11 @@ def run_transfer(cfg: TransferConfig, *, log: Callable[[str], None] = print, add
     runs = [r for r in load_runs(cfg.runs, cfg.s3) if r.task == "pneumonia"]
     if not runs:
         raise ConfigError(f"no finished pneumonia runs under {', '.join(cfg.runs)}")
-    check_inputs([cfg.real, cfg.fakes], runs, cfg.s3)
+    check_inputs(cfg.tables(), runs, cfg.s3)
     init_ray(address)
     log(f"transfer: {len(runs)} pneumonia run(s) on the real and fake test splits -> {cfg.dest}")
     predictions = score_runs(
-        runs, [cfg.real, cfg.fakes], ("none",), cfg.s3, seed=cfg.seed, batch_size=cfg.batch_size, max_actors=cfg.max_actors
+        runs, cfg.tables(), ("none",), cfg.s3, seed=cfg.seed, batch_size=cfg.batch_size, max_actors=cfg.max_actors
     )
     matrix = metrics_table(predictions, runs, cfg.n_boot, cfg.seed).drop_columns(["perturbation", "task"])
     per_class = per_class_table(predictions, runs)

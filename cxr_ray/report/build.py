@@ -243,6 +243,11 @@ def _gan_section(doc: _Doc, gans: dict[str, Any], quality: dict[str, Any]) -> No
         doc.table(["class", "comparison", "n real", "n other", "FD", "KID"], rows)
 
 
+def _ci(row: dict[str, Any], name: str) -> str:
+    """A "value [low, high]" cell from a row with name, name_ci_low and name_ci_high."""
+    return f"{row[name]:.3f} [{row[f'{name}_ci_low']:.3f}, {row[f'{name}_ci_high']:.3f}]"
+
+
 def run_label(run: str) -> str:
     """The study's run names are task-label-source; the label is the model, plus "-robust" for augmented detectors."""
     parts = run.split("-")
@@ -267,8 +272,8 @@ def _classifier_section(doc: _Doc, train: dict[str, Any], s3: S3Settings | None)
         return
     doc.table(
         ["model", "accuracy [95% CI]", "AUC [95% CI]", "sensitivity", "specificity", "n"],
-        [[r["label"], f"{r['accuracy']:.3f} [{r['accuracy_ci_low']:.3f}, {r['accuracy_ci_high']:.3f}]",
-          f"{r['auc']:.3f} [{r['auc_ci_low']:.3f}, {r['auc_ci_high']:.3f}]", r["sensitivity"], r["specificity"], r["n"]]
+        [[r["label"], _ci(r, "accuracy"),
+          _ci(r, "auc"), r["sensitivity"], r["specificity"], r["n"]]
          for r in rows],
     )
     doc.para("Published anchors on this test split: " + "; ".join(f"{a}: accuracy {acc:.3f}, AUC {auc:.3f}" for a, acc, auc in plots.PUBLISHED_ANCHORS) + ".")
@@ -325,7 +330,7 @@ def _detector_section(doc: _Doc, train: dict[str, Any], s3: S3Settings | None) -
         doc.image("detector_roc.png", plots.roc_curves(curves, "Detector ROC, real test vs held-out fakes"),
                   "ROC curves of the deepfake detectors on the real test split against fakes from held-out seeds.")
     doc.table(["detector", "AUC [95% CI]", "accuracy", "sensitivity (fake caught)", "specificity (real passed)"],
-              [[r["label"], f"{r['auc']:.3f} [{r['auc_ci_low']:.3f}, {r['auc_ci_high']:.3f}]", r["accuracy"], r["sensitivity"], r["specificity"]] for r in rows])
+              [[r["label"], _ci(r, "auc"), r["accuracy"], r["sensitivity"], r["specificity"]] for r in rows])
 
 
 def _robustness_section(doc: _Doc, root: str, s3: S3Settings | None) -> None:
@@ -363,8 +368,9 @@ def _timing_section(doc: _Doc, manifest: dict[str, Any]) -> None:
     doc.heading("Time per stage")
     order = ["ingest", "gan", "gan_quality", "generate", "tune", "train", "evaluate"]
     names = sorted((n for n in manifest if n != "timeline"), key=lambda n: order.index(n) if n in order else len(order))
-    rows = [[name, manifest[name].get("status"), manifest[name].get("seconds", float("nan"))] for name in names]
-    rows.append(["total", "", float(sum(r[2] for r in rows if isinstance(r[2], (int, float)) and math.isfinite(r[2])))])
+    seconds = [manifest[name].get("seconds") for name in names]
+    rows = [[name, manifest[name].get("status"), f"{sec:.0f}" if sec is not None else "-"] for name, sec in zip(names, seconds)]
+    rows.append(["total", "", f"{sum(sec for sec in seconds if sec is not None):.0f}"])
     doc.table(["stage", "status", "seconds"], rows)
     tl = manifest.get("timeline", {}).get("outputs", {})
     trainings = tl.get("rows", [])

@@ -132,5 +132,6 @@ def timeline(rows: Sequence[dict[str, Any]], title: str) -> bytes:
     ax.set_xlabel("seconds since the first training started")
     ax.set_title(title, fontsize=9)
     handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{i}") for i in range(len(stages))]
-    ax.legend(handles, stages, fontsize=7, loc="lower right")
+    # Bars run from top left to bottom right: the top right corner is free.
+    ax.legend(handles, stages, fontsize=7, loc="upper right")
     return _png(plt, fig)
