@@ -43,6 +43,7 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
         "study/runs/pneumonia-cnn-real/test_metrics.json",
         "study/runs/pneumonia-cnn-fake/test_metrics.json",
         "study/runs/deepfake-cnn-real/test_metrics.json",
+        "study/runs/deepfake-cnn-robust-real/test_metrics.json",  # the blur/JPEG-augmented detector
         "study/evaluate/metrics.csv",
         "study/transfer/transfer.csv",
         "study/report/report.md",
@@ -54,6 +55,6 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
     for stage in ("ingest", "gan", "gan_quality", "generate", "tune", "train", "evaluate"):
         assert stages[stage]["status"] == "done", stage
     html = client.get_object(Bucket=s3_bucket, Key="study/report/report.html")["Body"].read().decode()
-    assert "data:image/png;base64," in html and "Transfer" in html
+    assert "data:image/png;base64," in html and "Transfer" in html and "cnn-robust" in html
     # Credentials reach the workers through the runtime env, never the report.
     assert s3_server.secret_key not in html and s3_server.secret_key not in json.dumps(manifest)

@@ -69,3 +69,28 @@ def test_local_publish_swaps_whole_folders(tmp_path):
     (staging / "new" / "f").write_text("new")
     storage.publish_dir(str(staging), str(final), overwrite=True)
     assert [p.name for p in final.iterdir()] == ["new"] and sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_staged_output_publishes_whole_or_leaves_the_old_folder(where, tmp_path, request):
+    if where == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        dest = f"s3://{request.getfixturevalue('s3_bucket')}/staged/out"
+    else:
+        s3, dest = None, str(tmp_path / "out")
+    with storage.staged_output(dest, s3) as staging:
+        storage.write_bytes_atomic(storage.join(staging, "a.txt"), b"first", s3)
+    assert storage.read_bytes(storage.join(dest, "a.txt"), s3) == b"first" and storage.is_complete(dest, s3)
+
+    # A failure half-way: the old folder stays as it was and no staging folder is left behind.
+    with pytest.raises(RuntimeError, match="half-way"):
+        with storage.staged_output(dest, s3, overwrite=True) as staging:
+            storage.write_bytes_atomic(storage.join(staging, "a.txt"), b"second", s3)
+            raise RuntimeError("failed half-way")
+    assert storage.read_bytes(storage.join(dest, "a.txt"), s3) == b"first"
+    assert not storage.exists(staging, s3)
+
+    with pytest.raises(StorageError, match="already exists"):
+        with storage.staged_output(dest, s3) as staging:
+            storage.write_bytes_atomic(storage.join(staging, "a.txt"), b"third", s3)
+    assert storage.read_bytes(storage.join(dest, "a.txt"), s3) == b"first" and not storage.exists(staging, s3)
