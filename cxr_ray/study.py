@@ -221,8 +221,18 @@ def run_study(args: argparse.Namespace, log=print) -> dict[str, Any]:
     # GAN quality: Frechet distance and KID in a project-trained X-ray encoder's feature space.
     from cxr_ray.gan_quality import evaluate_generator
 
+    from cxr_ray.gan_curve import quality_curve
+
     def gan_quality() -> dict[str, Any]:
-        return {cls: evaluate_generator(gan_out[cls]["checkpoint"], seed=profile.seed, s3=s3, log=log) for cls in CLASSES}
+        # The final generators against the test split (the reference the issue names), and the curve over
+        # training from each epoch's sample grid against val.
+        return {
+            cls: {
+                **evaluate_generator(gan_out[cls]["checkpoint"], seed=profile.seed, s3=s3, log=log),
+                "curve": quality_curve(gan_out[cls]["run_dir"], split="val", seed=profile.seed, s3=s3, log=log),
+            }
+            for cls in CLASSES
+        }
 
     manifest.run("gan_quality", stage_hash("gan_quality", [h_gan]), gan_quality, log)
 

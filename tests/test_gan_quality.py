@@ -137,3 +137,40 @@ def test_inception_features_from_a_local_weights_file(table, encoder_file, tmp_p
     inception = report["inception"]
     assert inception["dim"] == 2048 and len(inception["rows"]) == 1
     assert np.isfinite(inception["rows"][0]["fd"]) and inception["rows"][0]["n_other"] == 6
+
+
+# ---------------------------------------------------------------- the curve over training
+
+
+def test_grid_tiles_give_back_the_grid_images_exactly():
+    from cxr_ray.gan_curve import grid_tiles
+    from cxr_ray.train.gan import grid_png, to_uint8
+
+    images = torch.rand(64, 1, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    tiles = grid_tiles(grid_png(images), 64)
+    assert tiles.shape == (64, 64, 64) and tiles.dtype == np.uint8
+    assert np.array_equal(tiles, to_uint8(images)[:, 0].numpy())
+
+
+def test_quality_curve_reads_every_epoch_grid_and_ranks_them(table, encoder_file, tmp_path):
+    from cxr_ray import storage
+    from cxr_ray.gan_curve import quality_curve
+    from cxr_ray.report.plots import quality_curves
+    from cxr_ray.train.gan import CONFIG_FILE, SAMPLES_DIR, grid_png
+
+    run = tmp_path / "dcgan-normal-64px-test"
+    (run / SAMPLES_DIR).mkdir(parents=True)
+    storage.write_json_atomic(str(run / CONFIG_FILE), {"data": table, "class_name": "NORMAL", "image_size": 64})
+    train, _ = q.real_images(table, "train", "NORMAL", None)
+    real = train[:64].float().div(127.5).sub(1).unsqueeze(1)
+    noise = torch.rand(64, 1, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    # Epoch 0: noise (the untrained end); epoch 1: real X-rays (what a perfect generator would draw).
+    (run / SAMPLES_DIR / "epoch_000.png").write_bytes(grid_png(noise))
+    (run / SAMPLES_DIR / "epoch_001.png").write_bytes(grid_png(real))
+    (run / SAMPLES_DIR / "notes.txt").write_text("not a grid")
+
+    result = quality_curve(str(run), split="test", encoder_uri=encoder_file, log=lambda m: None)
+    assert [r["epoch"] for r in result["rows"]] == [0, 1] and result["n_fake"] == 64
+    noise_row, real_row = result["rows"]
+    assert real_row["kid"] + 3 * noise_row["kid_std"] < noise_row["kid"], result["rows"]
+    assert quality_curves([result], "t")[:8] == b"\x89PNG\r\n\x1a\n"

@@ -214,6 +214,7 @@ def _register_stage_commands() -> None:
 
     app.command(name="train-gan", epilog=train_gan_cmd.EPILOG)(train_gan_cmd.train_gan)
     app.command(name="gan-quality", epilog=train_gan_cmd.EPILOG_QUALITY)(train_gan_cmd.quality)
+    app.command(name="gan-curve", epilog=train_gan_cmd.EPILOG_CURVE)(train_gan_cmd.curve)
     app.command(name="generate", epilog=generate_cmd.EPILOG_GENERATE)(generate_cmd.generate)
     app.command(name="evaluate", epilog=eval_cmds.EPILOG_EVALUATE)(eval_cmds.evaluate)
     app.command(name="transfer", epilog=eval_cmds.EPILOG_TRANSFER)(eval_cmds.transfer)

@@ -126,3 +126,40 @@ def quality(
     except errors as exc:
         fail(str(exc))
     typer.echo(gan_quality.format_result(result))
+
+
+EPILOG_CURVE = (
+    "Examples:\n\n"
+    "  cxr-ray gan-curve runs/gan/dcgan-normal-64px-0123456789ab                   # val split, table on stdout\n\n"
+    "  cxr-ray gan-curve RUN_NORMAL RUN_PNEUMONIA --out runs/gan/curve             # quality_curve.json + .png\n\n"
+    "Reads each run's per-epoch fixed-noise sample grids (samples/epoch_NNN.png); no checkpoint is needed."
+)
+
+
+def curve(
+    runs: List[str] = typer.Argument(..., help="GAN run folder(s) with samples/epoch_NNN.png: path or s3://."),
+    split: str = typer.Option("val", help="Real reference split: val (default) or test."),
+    encoder: Optional[str] = typer.Option(None, help="Feature encoder checkpoint (default: quality-encoder-SIZEpx.pt next to the run)."),
+    seed: int = typer.Option(0, help="Seed of the floor's real sample and of the KID subsets."),
+    out: Optional[str] = typer.Option(None, help="Folder for quality_curve.json and quality_curve.png (path or s3://)."),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
+) -> None:
+    """The quality metric over training: KID (and FD) of every epoch's sample grid against real images."""
+    errors = known_errors()
+    try:
+        from cxr_ray import gan_curve, storage
+        from cxr_ray.report.plots import quality_curves
+
+        s3 = s3_settings(s3_endpoint, s3_region)
+        results = [
+            gan_curve.quality_curve(run, split=split, encoder_uri=encoder, seed=seed, s3=s3, log=lambda m: typer.echo(m, err=True))
+            for run in runs
+        ]
+        if out:
+            storage.write_json_atomic(storage.join(out, gan_curve.CURVE_FILE), {"curves": results}, s3)
+            png = quality_curves(results, f"GAN quality over training ({results[0]['n_fake']} fixed-noise fakes per epoch)")
+            storage.write_bytes_atomic(storage.join(out, gan_curve.CURVE_PLOT), png, s3)
+    except errors as exc:
+        fail(str(exc))
+    typer.echo("\n\n".join(gan_curve.format_curve(r) for r in results))

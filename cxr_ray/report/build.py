@@ -241,6 +241,12 @@ def _gan_section(doc: _Doc, gans: dict[str, Any], quality: dict[str, Any]) -> No
             "the real test images; 'real train vs real test' is the floor, the untrained generator the ceiling."
         )
         doc.table(["class", "comparison", "n real", "n other", "FD", "KID"], rows)
+    curves = [q["curve"] for _, q in sorted(quality.items()) if q.get("curve")]
+    if curves:
+        doc.image("gan_quality_curve.png", plots.quality_curves(curves, "GAN quality over training"),
+                  f"KID x1000 of each epoch's {curves[0]['n_fake']} fixed-noise samples against the real "
+                  f"{curves[0]['split']} images of the class (epoch 0 = untrained); dashed: {curves[0]['n_fake']} real "
+                  "train images against the same reference.")
 
 
 def _ci(row: dict[str, Any], name: str) -> str:

@@ -135,3 +135,26 @@ def timeline(rows: Sequence[dict[str, Any]], title: str) -> bytes:
     # Bars run from top left to bottom right: the top right corner is free.
     ax.legend(handles, stages, fontsize=7, loc="upper right")
     return _png(plt, fig)
+
+
+def quality_curves(results: list[dict[str, Any]], title: str) -> bytes:
+    """KID x1000 per epoch, one line per run, each with its real-vs-real floor dashed.
+
+    Symmetric-log y: the curves span 10-2000 while the floors sit near 0
+    (KID is unbiased, so a floor can be slightly negative).
+    """
+    plt, fig, ax = _figure(6.5, 3.6)
+    for index, result in enumerate(results):
+        epochs = [r["epoch"] for r in result["rows"]]
+        kid = [1000 * r["kid"] for r in result["rows"]]
+        ax.plot(epochs, kid, marker="o", markersize=2.5, color=f"C{index}", label=f"{result['class_name']} generator")
+        ax.axhline(1000 * result["floor"]["kid"], color=f"C{index}", linestyle="--", linewidth=1,
+                   label=f"{result['class_name']} real train (floor)")
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set_ylim(bottom=-10)
+    ax.set_xlabel("epoch (0 = untrained)")
+    ax.set_ylabel(f"KID x1000 vs real {results[0]['split']}")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(plt, fig)
