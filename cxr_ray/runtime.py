@@ -12,6 +12,29 @@ import os
 from typing import Any
 
 
+def _state_api_for_this_cluster() -> dict[str, Any]:
+    """ray.init arguments (and one environment variable) that point Ray's state API at the cluster we start.
+
+    Ray Train's PlacementGroupCleaner, a detached actor, asks the state API
+    whether a trainer's controller is still alive, and frees the trainer's
+    placement group when it is not (e.g. a Tune trial stopped early by
+    ASHA). Left alone, the state API finds "the" cluster through
+    /tmp/ray/ray_current_cluster, which an earlier `ray start` may have left
+    pointing at a dead cluster; the cleaner then crashed, the placement group
+    stayed reserved, and the next trial waited forever (seen on 2 CPUs). So
+    the local cluster gets a dashboard (which serves the state API) on a
+    free port, and RAY_API_SERVER_ADDRESS, inherited by every Ray process
+    started from here, names it.
+    """
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    return {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, progress_bars: bool = False) -> Any:
     import ray
 
@@ -23,7 +46,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, progress_b
             # "local": always a fresh cluster for this process, never a stale
             # one recorded in /tmp/ray by an earlier `ray start`.
             kwargs["address"] = "local"
-            kwargs["include_dashboard"] = False
+            kwargs.update(_state_api_for_this_cluster())
             if num_cpus:
                 kwargs["num_cpus"] = num_cpus
         ray.init(**kwargs)
