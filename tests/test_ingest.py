@@ -233,3 +233,16 @@ def test_real_dataset_matches_its_readme(ray_local, tmp_path):
     assert all(len(s) == 1 for s in splits_of.values())
     val_share = sum(1 for r in rows if r["split"] == "val") / sum(1 for r in rows if r["split"] in ("train", "val"))
     assert 0.07 < val_share < 0.13
+
+
+def test_size_grouped_blocks_keep_every_size_in_one_block():
+    from cxr_ray.data.ingest import size_grouped_blocks
+
+    rng = np.random.default_rng(0)
+    items = [{"path": f"f{i:04d}", "size": int(s)} for i, s in enumerate(rng.integers(100, 140, size=500))]
+    blocks = size_grouped_blocks(items, 4)
+    assert sorted(i["path"] for b in blocks for i in b) == sorted(i["path"] for i in items)
+    sizes = [{i["size"] for i in b} for b in blocks]
+    assert all(not (a & b) for n, a in enumerate(sizes) for b in sizes[n + 1 :])  # duplicates always meet
+    assert 3 <= len(blocks) <= 5 and max(len(b) for b in blocks) <= 125 + 30
+    assert size_grouped_blocks([], 4) == [] and len(size_grouped_blocks(items[:1], 4)) == 1

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import math
 import time
+import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
@@ -181,22 +182,42 @@ def _num_blocks(n_files: int, batch_size: int) -> int:
     return max(1, min(n_files, cpus * rounds))
 
 
-def _metadata(ds: Any) -> list[dict[str, Any]]:
-    """The small columns of a materialised dataset, read block by block without another Ray Data execution.
+def size_grouped_blocks(items: list[dict[str, Any]], n_blocks: int) -> list[list[dict[str, Any]]]:
+    """Items in about `n_blocks` blocks of contiguous file sizes; one size never spans two blocks.
 
-    Each block is reduced to its metadata columns where it lives (a tiny task
-    per block), so only paths, hashes and flags travel to the driver, never
-    the pixels.
+    Byte-identical files have the same size, so every group of duplicates
+    meets inside one block: each decode task can keep one copy of each and
+    write its rows straight away, with no second pass over the pixels.
     """
-    import ray
+    ordered = sorted(items, key=lambda item: (item["size"], item["path"]))
+    target = max(1, math.ceil(len(ordered) / max(1, n_blocks)))
+    blocks: list[list[dict[str, Any]]] = [[]]
+    for item in ordered:
+        current = blocks[-1]
+        if len(current) >= target and item["size"] != current[-1]["size"]:
+            blocks.append([])
+        blocks[-1].append(item)
+    return [block for block in blocks if block]
 
-    @ray.remote(num_cpus=0)
-    def select(block: pa.Table) -> pa.Table:
-        return block.select(_META_COLUMNS)
 
-    tables = ray.get([select.remote(ref) for ref in ds.to_arrow_refs()])
-    tables = [t for t in tables if t.num_rows]
-    return pa.concat_tables(tables).to_pylist() if tables else []
+def decode_dedupe_write(
+    batch: pa.Table, resolution: int, s3: dict[str, Any], src_uri: str, images_dir: str, run_token: str
+) -> pa.Table:
+    """Ray Data UDF: decode a block, drop duplicates within it, write its image rows; return its metadata.
+
+    Rows are written to `images_dir` (the staging folder's images/) as one
+    Parquet file per block, named by this run's token and the block's first
+    path; only the small metadata columns travel back.
+    """
+    decoded = decode_batch(batch, resolution, s3, src_uri)
+    meta = decoded.select(_META_COLUMNS)
+    drop = pa.array([d["path"] for d in find_duplicates(meta.to_pylist())], pa.string())
+    rows = _keep_rows(decoded, drop)
+    if rows.num_rows:
+        settings = S3Settings(**s3)
+        name = hashlib.sha1(batch.column("path")[0].as_py().encode()).hexdigest()[:16]
+        _write_table(rows, storage.join(images_dir, f"part-{run_token}-{name}.parquet"), settings)
+    return meta
 
 
 _META_COLUMNS = ["path", "sha256", "ok", "reason", "split", "size"]
@@ -250,48 +271,46 @@ def run_ingest(cfg: IngestConfig, *, log=print, address: str | None = None) -> d
 
     quarantine = list(misplaced)
     dups: list[dict[str, str]] = []
-    t_decode = time.perf_counter()
-    images_ds = None
-    if planned:
-        size_by_path = {f.path: f.size for f in files}
-        items = [
-            {
-                "path": p.path,
-                "size": size_by_path[p.path],
-                "label": p.label,
-                "class_name": p.class_name,
-                "patient_id": p.patient_id,
-                "split": p.split,
-            }
-            for p in planned
-        ]
-        # Datasets keep the DataContext they were created under: create them inside.
-        with _all_cpus_for_one_operator():
-            ds = ray.data.from_items(items, override_num_blocks=_num_blocks(len(items), cfg.batch_size))
-            ds = ds.map_batches(
-                decode_batch,
-                batch_size=None,  # one block = one batch: fewest tasks, least overhead
-                batch_format="pyarrow",
-                fn_kwargs={"resolution": cfg.resolution, "s3": cfg.s3.to_dict(), "src_uri": cfg.src},
-            ).materialize()
-        meta = _metadata(ds)
-        quarantine.extend(
-            {"path": r["path"], "reason": r["reason"], "size": int(r["size"])} for r in meta if not r["ok"]
-        )
-        dups = find_duplicates(meta)
-        drop = pa.array([d["path"] for d in dups], pa.string())
-        with _all_cpus_for_one_operator():
-            images_ds = ds.map_batches(_keep_rows, batch_size=None, batch_format="pyarrow", fn_kwargs={"drop": drop})
-    decode_seconds = time.perf_counter() - t_decode
-
     # Built in a private staging folder, published whole: nothing half-made is ever visible.
     with storage.staged_output(cfg.dest, cfg.s3, cfg.overwrite) as staging:
-        if images_ds is not None:
-            fs, images_path = storage.resolve(storage.join(staging, schema.IMAGES_DIR), cfg.s3)
-            images_ds.write_parquet(images_path, filesystem=fs)
-            rows = _count_rows(storage.join(staging, schema.IMAGES_DIR), cfg.s3)
-        else:
-            rows = _empty_counts()
+        images_uri = storage.join(staging, schema.IMAGES_DIR)
+        images_fs, images_path = storage.resolve(images_uri, cfg.s3)
+        images_fs.create_dir(images_path, recursive=True)
+        t_decode = time.perf_counter()
+        if planned:
+            size_by_path = {f.path: f.size for f in files}
+            items = [
+                {
+                    "path": p.path,
+                    "size": size_by_path[p.path],
+                    "label": p.label,
+                    "class_name": p.class_name,
+                    "patient_id": p.patient_id,
+                    "split": p.split,
+                }
+                for p in planned
+            ]
+            blocks = size_grouped_blocks(items, _num_blocks(len(items), cfg.batch_size))
+            # One pass: read, hash, decode, dedupe and write in the same task per block.
+            # Datasets keep the DataContext they were created under: create them inside.
+            with _all_cpus_for_one_operator():
+                ds = ray.data.from_arrow([pa.Table.from_pylist(block) for block in blocks]).map_batches(
+                    decode_dedupe_write,
+                    batch_size=None,  # one block = one batch = one Parquet file
+                    batch_format="pyarrow",
+                    fn_kwargs={
+                        "resolution": cfg.resolution, "s3": cfg.s3.to_dict(), "src_uri": cfg.src,
+                        "images_dir": storage.absolute(images_uri), "run_token": uuid.uuid4().hex[:12],
+                    },
+                )
+                tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+            meta = pa.concat_tables(tables).to_pylist() if tables else []
+            quarantine.extend(
+                {"path": r["path"], "reason": r["reason"], "size": int(r["size"])} for r in meta if not r["ok"]
+            )
+            dups = find_duplicates(meta)  # the same groups the tasks found: duplicates share a block
+        decode_seconds = time.perf_counter() - t_decode
+        rows = _count_rows(images_uri, cfg.s3) if _has_files(images_uri, cfg.s3) else _empty_counts()
         _write_table(pa.Table.from_pylist(quarantine, schema.QUARANTINE_SCHEMA), storage.join(staging, schema.QUARANTINE_FILE), cfg.s3)
         _write_table(pa.Table.from_pylist(dups, schema.DUPLICATE_SCHEMA), storage.join(staging, schema.DUPLICATES_FILE), cfg.s3)
         elapsed = time.perf_counter() - t0
@@ -304,6 +323,10 @@ def _keep_rows(batch: pa.Table, drop: pa.Array) -> pa.Table:
     """Keep decoded, non-duplicate rows, in the shared image schema."""
     mask = pc.and_(batch.column("ok"), pc.invert(pc.is_in(batch.column("path"), value_set=drop)))
     return batch.filter(mask).select(schema.IMAGE_SCHEMA.names).cast(schema.IMAGE_SCHEMA)
+
+
+def _has_files(uri: str, s3: S3Settings) -> bool:
+    return storage.is_dir(uri, s3) and bool(storage.list_files(uri, s3))
 
 
 def _empty_counts() -> dict[str, Any]:

@@ -50,6 +50,9 @@ class ClassifierConfig:
     num_workers: int = 2
     use_gpu: bool | None = None
     max_failures: int = 2
+    # CPUs per worker (None: 1). Trainings that share a CPU-only node take less, so
+    # the Ray Data tasks that feed each new training's workers still find a CPU.
+    cpus_per_worker: float | None = None
     n_boot: int = 1000
     inject_failure: dict | None = field(default=None, compare=False)
 
@@ -67,6 +70,8 @@ class ClassifierConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.aug_strength <= 1:
             raise ConfigError(f"aug_strength must be in [0, 1], got {self.aug_strength}")
+        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
+            raise ConfigError(f"cpus_per_worker must be positive, got {self.cpus_per_worker}")
         if not 0 <= self.robust_aug <= 1:
             raise ConfigError(f"robust_aug must be in [0, 1], got {self.robust_aug}")
         from cxr_ray.models import list_models
@@ -78,7 +83,7 @@ class ClassifierConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that change what is learnt (hashed into the default run name)."""
-        skip = {"storage", "name", "num_workers", "use_gpu", "max_failures", "n_boot", "inject_failure"}
+        skip = {"storage", "name", "num_workers", "use_gpu", "max_failures", "cpus_per_worker", "n_boot", "inject_failure"}
         if not self.robust_aug:
             skip.add("robust_aug")  # off: keep the names runs had before the option existed
         return {k: v for k, v in asdict(self).items() if k not in skip}
@@ -267,6 +272,7 @@ def train_classifier(
         num_workers=cfg.num_workers,
         use_gpu=cfg.use_gpu,
         max_failures=cfg.max_failures,
+        cpus_per_worker=cfg.cpus_per_worker or 1.0,
         score_attribute="val_auc",
     )
     log(f"[train] {name}: {cfg.task}/{cfg.model} on {cfg.num_workers} workers, {cfg.epochs} epochs -> {run_uri}")
