@@ -90,7 +90,7 @@ def test_small_dcgan_search_scores_trials_on_validation_fd(real64, tmp_path):
     root = tmp_path / cfg.search_name()
     best = json.loads((root / "best_config.json").read_text())
     trials = pd.read_csv(root / "trials.csv")
-    assert len(trials) == 2 and (trials["error"].fillna("") == "").all()
+    assert len(trials) == 2 and (trials["error"].isna() | (trials["error"].astype(str) == "")).all()
     assert best["best_val_fd"] == pytest.approx(trials["val_fd"].min()) and out["best_val_fd"] > 0
     assert trials["width"].isin([8, 16]).all() and trials["lr"].between(1e-4, 5e-4).all()
     assert set(best["best_config"]) == {"lr", "beta1", "width", "epochs"}
