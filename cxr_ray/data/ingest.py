@@ -230,8 +230,8 @@ def _all_cpus_for_one_operator() -> Iterator[None]:
     Ray Data reserves part of the cluster per operator so that multi-stage
     pipelines cannot starve each other; on a small node that reservation
     leaves a lone map operator one task at a time (seen here: 2 decode tasks
-    on 2 CPUs ran one after the other). Ingest's decode and write are each a
-    single operator over already-materialised blocks, so nothing can starve.
+    on 2 CPUs ran one after the other). Ingest's one pass (decode, dedupe,
+    write) is a single operator over in-memory blocks, so nothing can starve.
     """
     import ray
 
