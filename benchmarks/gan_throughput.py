@@ -35,6 +35,7 @@ def plain_loop(images, args) -> dict:
     from cxr_ray.train.loop import autocast, to_input
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as the Ray workers do
     torch.manual_seed(0)
     cfg = GanConfig(data="-", image_size=int(images.shape[-1]), nz=args.nz, ngf=args.ngf, ndf=args.ndf, lr=2e-4)
     generator, discriminator = build_dcgan(cfg.image_size, nz=cfg.nz, ngf=cfg.ngf, ndf=cfg.ndf)

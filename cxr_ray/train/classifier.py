@@ -173,10 +173,12 @@ def classifier_worker(config: dict[str, Any]) -> None:
             optimizer.step()
             loss_sum += loss.detach()
         scheduler.step()
+        # .item() waits for the GPU's queued steps: without it the timer stops early.
+        train_loss = float(loss_sum.item() / steps)
         seconds = time.perf_counter() - t0
         metrics: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": float(loss_sum.item() / steps),
+            "train_loss": train_loss,
             "lr": float(optimizer.param_groups[0]["lr"]),
             "epoch_seconds": seconds,
             "train_images_per_s": steps * cfg.batch_size * world_size / seconds,

@@ -44,6 +44,8 @@ def device_for_worker(use_gpu: bool) -> torch.device:
     if use_gpu and torch.cuda.is_available():
         import ray.train.torch
 
+        # Fixed-size batches: let cuDNN time its conv algorithms once and keep the fastest.
+        torch.backends.cudnn.benchmark = True
         return ray.train.torch.get_device()
     return torch.device("cpu")
 
