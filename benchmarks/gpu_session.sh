@@ -46,7 +46,7 @@ train() {  # train MODEL RESOLUTION
 }
 
 train resnet18 128
-for batch in "${GAN_BATCHES[@]}"; do
+[ -n "${SKIP_GAN:-}" ] || for batch in "${GAN_BATCHES[@]}"; do
   step "gan-b$batch" 150 "$PY" benchmarks/gan_throughput.py --data "$DATA" --class-name PNEUMONIA \
     --batch-size "$batch" --workers 1 --ray-epochs "$GAN_EPOCHS" --plain-steps "$STEPS" \
     --address local --out "$OUT/gan_b${batch}.json"

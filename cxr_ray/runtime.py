@@ -26,8 +26,13 @@ def _state_api_for_this_cluster() -> dict[str, Any]:
     free port, and RAY_API_SERVER_ADDRESS, inherited by every Ray process
     started from here, names it.
     """
+    import importlib.util
     import socket
 
+    if importlib.util.find_spec("aiohttp_cors") is None:
+        # A minimal Ray (no ray[default]) has no dashboard to start; only the
+        # early-stopped Tune trial case above is then exposed.
+        return {"include_dashboard": False}
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

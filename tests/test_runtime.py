@@ -1,0 +1,25 @@
+"""How a local Ray is started: the dashboard that Ray Train's cleaner needs, only where Ray has one."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from cxr_ray import runtime
+
+
+def test_local_cluster_gets_a_dashboard_on_a_free_port(monkeypatch):
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    options = runtime._state_api_for_this_cluster()
+    assert options["include_dashboard"] is True
+    assert os.environ["RAY_API_SERVER_ADDRESS"] == f"http://127.0.0.1:{options['dashboard_port']}"
+
+
+def test_ray_without_dashboard_dependencies_starts_without_one(monkeypatch):
+    # A minimal `ray` (no [default] extra) lacks aiohttp_cors; asking it for a
+    # dashboard makes ray.init() fail (seen on the GPU machine's slim Ray).
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "aiohttp_cors" else real_find_spec(name, *a))
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    assert runtime._state_api_for_this_cluster() == {"include_dashboard": False}
+    assert "RAY_API_SERVER_ADDRESS" not in os.environ
