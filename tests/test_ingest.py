@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +80,14 @@ def test_ingest_accounts_for_every_file(ray_local, kaggle_tree, tmp_path):
     for r in rows:
         assert r["height"] == r["width"] == 64 and len(r["image"]) == 64 * 64
         assert r["source"] == "real" and r["label"] == ("NORMAL", "PNEUMONIA").index(r["class_name"])
+    # The summary's counts (from what the tasks report) match the written table.
+    by_split_class: dict = defaultdict(dict)
+    for (split, cls), n in Counter((r["split"], r["class_name"]) for r in rows).items():
+        by_split_class[split][cls] = n
+    assert summary["by_split_class"] == dict(by_split_class)
+    assert summary["patients_by_split"] == {
+        split: len({r["patient_id"] for r in rows if r["split"] == split}) for split in by_split_class
+    }
     # Every input path is in exactly one of: rows, quarantine, duplicates.
     all_paths = [r["path"] for r in rows] + [q["path"] for q in quarantine] + [d["path"] for d in dups]
     assert len(all_paths) == len(set(all_paths)) == n_files
@@ -246,3 +254,16 @@ def test_size_grouped_blocks_keep_every_size_in_one_block():
     assert all(not (a & b) for n, a in enumerate(sizes) for b in sizes[n + 1 :])  # duplicates always meet
     assert 3 <= len(blocks) <= 5 and max(len(b) for b in blocks) <= 125 + 30
     assert size_grouped_blocks([], 4) == [] and len(size_grouped_blocks(items[:1], 4)) == 1
+
+
+def test_size_grouped_blocks_balance_decode_cost_not_file_count():
+    from cxr_ray.data.ingest import _PER_FILE_COST_BYTES, size_grouped_blocks
+
+    # Half small files, half five times larger: equal counts would give one
+    # block far more bytes to decode than the other.
+    items = [{"path": f"s{i:04d}", "size": 4_000 + i} for i in range(1000)]
+    items += [{"path": f"l{i:04d}", "size": 20_000 + i} for i in range(1000)]
+    blocks = size_grouped_blocks(items, 2)
+    costs = [sum(i["size"] + _PER_FILE_COST_BYTES for i in b) for b in blocks]
+    assert len(blocks) == 2 and max(costs) / min(costs) < 1.01
+    assert len(blocks[0]) > len(blocks[1])  # the small files' block holds more of them
