@@ -23,3 +23,15 @@ def test_ray_without_dashboard_dependencies_starts_without_one(monkeypatch):
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
     assert runtime._state_api_for_this_cluster() == {"include_dashboard": False}
     assert "RAY_API_SERVER_ADDRESS" not in os.environ
+
+
+def test_local_means_a_fresh_cluster_like_no_address(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert runtime.cluster_to_join(None) is None
+    assert runtime.cluster_to_join("local") is None
+    assert runtime.cluster_to_join("127.0.0.1:6379") == "127.0.0.1:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert runtime.cluster_to_join(None) == "10.0.0.5:6379"
+    assert runtime.cluster_to_join("local") is None  # an explicit argument wins over the environment
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    assert runtime.cluster_to_join(None) is None
