@@ -242,19 +242,27 @@ def decode_dedupe_write(
     duplicate_of = {
         d["path"]: d["duplicate_of"] for d in find_duplicates(decoded.select(["path", "sha256", "ok", "split"]).to_pylist())
     }
-    rows = _keep_rows(decoded, pa.array(list(duplicate_of), pa.string()))
+    decoded = decoded.append_column(
+        "duplicate_of", pa.array([duplicate_of.get(p) for p in decoded.column("path").to_pylist()], pa.string())
+    )
+    rows = decoded.filter(_written(decoded)).select(schema.IMAGE_SCHEMA.names).cast(schema.IMAGE_SCHEMA)
     if rows.num_rows:
         settings = S3Settings(**s3)
         name = hashlib.sha1(batch.column("path")[0].as_py().encode()).hexdigest()[:16]
         _write_table(rows, storage.join(images_dir, f"part-{run_token}-{name}.parquet"), settings)
-    paths = decoded.column("path").to_pylist()
-    return decoded.select(_META_COLUMNS).append_column(
-        "duplicate_of", pa.array([duplicate_of.get(p) for p in paths], pa.string())
-    )
+    return decoded.select(_META_COLUMNS)
 
 
 # What the driver needs back per file: quarantine reasons, duplicates and the counts of written rows.
-_META_COLUMNS = ["path", "sha256", "ok", "reason", "split", "size", "class_name", "patient_id"]
+_META_COLUMNS = ["path", "sha256", "ok", "reason", "split", "size", "class_name", "patient_id", "duplicate_of"]
+
+
+def _written(table: pa.Table) -> pa.Array:
+    """Which rows become image rows: decoded, and not a duplicate of a kept one.
+
+    The one rule for both the task that writes them and the driver that counts them.
+    """
+    return pc.and_(table.column("ok"), pc.is_null(table.column("duplicate_of")))
 
 
 @contextlib.contextmanager
@@ -349,11 +357,13 @@ def _ingest(cfg: IngestConfig, log, address: str | None) -> dict[str, Any]:
                     meta.filter(pc.invert(meta.column("ok"))).select(["path", "reason", "size"]).to_pylist()
                 )
                 # Duplicates always share a block, so each task found its groups whole.
-                is_dup = pc.is_valid(meta.column("duplicate_of"))
                 dups = sorted(
-                    meta.filter(is_dup).select(["path", "duplicate_of", "sha256"]).to_pylist(), key=lambda d: d["path"]
+                    meta.filter(pc.is_valid(meta.column("duplicate_of")))
+                    .select(["path", "duplicate_of", "sha256"])
+                    .to_pylist(),
+                    key=lambda d: d["path"],
                 )
-                written = meta.filter(pc.and_(meta.column("ok"), pc.invert(is_dup)))
+                written = meta.filter(_written(meta))
         decode_seconds = time.perf_counter() - t_decode
         rows = _count_rows(written) if written is not None else _empty_counts()
         _write_table(pa.Table.from_pylist(quarantine, schema.QUARANTINE_SCHEMA), storage.join(staging, schema.QUARANTINE_FILE), cfg.s3)
@@ -362,12 +372,6 @@ def _ingest(cfg: IngestConfig, log, address: str | None) -> dict[str, Any]:
         summary = _summary(cfg, files, planned, rows, quarantine, dups, elapsed, decode_seconds)
         storage.write_json_atomic(storage.join(staging, schema.SUMMARY_FILE), summary, cfg.s3)
     return summary
-
-
-def _keep_rows(batch: pa.Table, drop: pa.Array) -> pa.Table:
-    """Keep decoded, non-duplicate rows, in the shared image schema."""
-    mask = pc.and_(batch.column("ok"), pc.invert(pc.is_in(batch.column("path"), value_set=drop)))
-    return batch.filter(mask).select(schema.IMAGE_SCHEMA.names).cast(schema.IMAGE_SCHEMA)
 
 
 def _empty_counts() -> dict[str, Any]:
