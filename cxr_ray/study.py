@@ -163,16 +163,14 @@ def slots(ray: Any, workers_per_job: int) -> int:
 def cpu_share(ray: Any, workers_per_job: int, width: int) -> float | None:
     """CPUs per training worker when `width` trainings share a CPU-only cluster; None on GPUs or alone.
 
-    A worker holds its CPUs for the whole run. With every CPU held by
-    workers, a training that starts next to another cannot run the Ray Data
-    tasks that load its shard, and waits for the other to finish: on 2 CPUs
-    the "parallel" quick study ran its trainings 3x slower than one by one.
-    One CPU is therefore left out of the workers' share.
+    See `launch.cpus_per_worker`: one CPU stays free for the Ray Data tasks
+    that load each new training's shard.
     """
-    res = ray.cluster_resources()
-    if res.get("GPU", 0) >= 1 or width <= 1:
+    from cxr_ray.train.launch import cpus_per_worker
+
+    if ray.cluster_resources().get("GPU", 0) >= 1 or width <= 1:
         return None
-    return round(max(0.1, (float(res.get("CPU", 1)) - 1.0) / (width * workers_per_job)), 3)
+    return cpus_per_worker(workers_per_job, concurrent=width)
 
 
 def run_study(args: argparse.Namespace, log=print) -> dict[str, Any]:

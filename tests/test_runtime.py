@@ -35,3 +35,13 @@ def test_local_means_a_fresh_cluster_like_no_address(monkeypatch):
     assert runtime.cluster_to_join("local") is None  # an explicit argument wins over the environment
     monkeypatch.setenv("RAY_ADDRESS", "local")
     assert runtime.cluster_to_join(None) is None
+
+
+def test_training_workers_leave_one_cpu_to_ray_data(ray_local):
+    from cxr_ray.train.launch import cpus_per_worker
+
+    assert ray_local.cluster_resources()["CPU"] == 2  # the session cluster
+    assert cpus_per_worker(1) == 1.0  # alone, one spare CPU left: a whole CPU
+    assert cpus_per_worker(2) == 0.5  # alone but 2 workers: they share the one non-spare CPU
+    assert cpus_per_worker(1, concurrent=2) == 0.5
+    assert cpus_per_worker(2, concurrent=2) == 0.25

@@ -572,21 +572,6 @@ def finished_summary(cfg: GanConfig, run_uri: str, s3: S3Settings | None) -> dic
     return summary if int(summary.get("epochs", 0)) >= cfg.epochs else None
 
 
-def cpus_per_worker(num_workers: int) -> float:
-    """1 CPU per worker, unless that leaves Ray Data no CPU to read the shards with.
-
-    Workers hold their CPUs for the whole run; on a 2-CPU machine two 1-CPU
-    workers would leave the Parquet read tasks unschedulable and the workers
-    would wait for their shards forever.
-    """
-    import ray
-
-    total = float(ray.cluster_resources().get("CPU", 0.0))
-    if total - num_workers >= 1.0:
-        return 1.0
-    return max(0.1, (total - 1.0) / num_workers)
-
-
 def checkpoint_uri(checkpoint: Any, cfg: GanConfig) -> str:
     path = checkpoint.path
     return f"s3://{path.lstrip('/')}" if storage.is_s3(cfg.storage) else path
@@ -595,7 +580,7 @@ def checkpoint_uri(checkpoint: Any, cfg: GanConfig) -> str:
 def train_gan(cfg: GanConfig, s3: S3Settings | None = None, *, address: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or resume) one DCGAN with Ray Train; returns the summary also written to {run}/gan_summary.json."""
     from cxr_ray.runtime import init_ray
-    from cxr_ray.train.launch import LaunchSpec, cluster_has_gpus, read_state, run_trainer
+    from cxr_ray.train.launch import LaunchSpec, cluster_has_gpus, cpus_per_worker, read_state, run_trainer
 
     t0 = time.perf_counter()
     s3 = s3 or S3Settings.from_env()

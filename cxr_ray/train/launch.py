@@ -38,6 +38,23 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) >= 1
 
 
+def cpus_per_worker(num_workers: int, concurrent: int = 1) -> float:
+    """CPUs for each training worker that leave one CPU of the cluster to Ray Data.
+
+    Workers hold their CPUs for the whole run; with every CPU held, the Ray
+    Data tasks that load a training's shard cannot be scheduled and its
+    workers wait (on 2 CPUs: a lone 2-worker GAN forever, two trainings side
+    by side 3x slower than one by one). A training alone gets 1 CPU per worker
+    when that leaves one spare, less otherwise; `concurrent` trainings split
+    all but one CPU between their workers.
+    """
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    share = (total - 1.0) / (num_workers * max(1, concurrent))
+    return round(max(0.1, min(1.0, share) if concurrent <= 1 else share), 3)
+
+
 def ray_storage(uri: str, s3: S3Settings | None) -> tuple[str, Any]:
     """(storage_path, storage_filesystem) for RunConfig: explicit S3 filesystem, never env vars."""
     fs, path = storage.resolve(uri, s3)
