@@ -53,7 +53,13 @@ class S3Settings:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The form Ray tasks, actors and train workers receive (`from_dict` rebuilds it there)."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "S3Settings":
+        """Inverse of `to_dict`; None (no settings were sent) reads this process's environment."""
+        return cls(**data) if data else cls.from_env()
 
     def redacted(self) -> str:
         """A description safe for logs and reports: never prints the keys."""
@@ -106,6 +112,16 @@ def absolute(uri: str) -> str:
     handed to a worker would land somewhere else.
     """
     return uri if is_s3(uri) else resolve(uri)[1]
+
+
+def uri_for(like: str, fs_path: str) -> str:
+    """A filesystem path that pyarrow returned for something under `like`, as a URI of the same kind.
+
+    pyarrow's S3 paths are `bucket/key` with no scheme; local paths are already usable.
+    """
+    if is_s3(like) and not is_s3(fs_path):
+        return f"s3://{fs_path.lstrip('/')}"
+    return fs_path
 
 
 def join(uri: str, *parts: str) -> str:
@@ -164,6 +180,42 @@ def read_bytes(uri: str, s3: S3Settings | None = None) -> bytes:
             return f.read()
     except OSError as exc:
         raise StorageError(describe_error(uri, exc, s3)) from exc
+
+
+def read_many(uris: list[str], s3: S3Settings | None = None, threads: int = 16) -> list[bytes | OSError]:
+    """The bytes of each file (path or s3:// URI); an unreadable one gives its OSError instead of raising.
+
+    For jobs that must not stop at one bad file (ingest, scan). S3 reads are
+    latency-bound, so they overlap on threads; local reads run in order.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    s3_fs = make_s3_filesystem(s3 or S3Settings.from_env()) if any(is_s3(u) for u in uris) else None
+
+    def read(uri: str) -> bytes | OSError:
+        try:
+            if is_s3(uri):
+                with s3_fs.open_input_stream(uri[len("s3://") :]) as f:
+                    return f.read()
+            with open(uri, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            return exc
+
+    if s3_fs is None:
+        return [read(u) for u in uris]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(read, uris))
+
+
+def check_destination(dest: str, s3: S3Settings | None = None, overwrite: bool = False) -> None:
+    """Refuse an existing output unless `overwrite`; on S3 the bucket must exist. Nothing is written."""
+    if exists(dest, s3) and not overwrite:
+        raise StorageError(f"{dest}: already exists; pass --overwrite to replace it")
+    if is_s3(dest):
+        bucket = dest[len("s3://") :].split("/")[0]
+        if not exists(f"s3://{bucket}", s3):
+            raise StorageError(f"s3://{bucket}: destination bucket does not exist ({(s3 or S3Settings.from_env()).redacted()})")
 
 
 def write_bytes_atomic(uri: str, data: bytes, s3: S3Settings | None = None) -> None:
