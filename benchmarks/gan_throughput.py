@@ -31,8 +31,8 @@ def plain_loop(images, args) -> dict:
     import torch
 
     from cxr_ray.models.dcgan import build_dcgan
+    from cxr_ray.pixels import autocast, to_input
     from cxr_ray.train.gan import GanConfig, RealFakeDiscriminator, StepModels, make_optimizers, train_step
-    from cxr_ray.train.loop import autocast, to_input
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as the Ray workers do
@@ -69,6 +69,7 @@ def plain_loop(images, args) -> dict:
 
 
 def ray_loop(args, storage_root: str) -> dict:
+    from cxr_ray.filenames import GAN_LOSSES_FILE
     from cxr_ray.train.gan import GanConfig, train_gan
 
     cfg = GanConfig(
@@ -77,7 +78,7 @@ def ray_loop(args, storage_root: str) -> dict:
         name="gan-throughput",
     )
     summary = train_gan(cfg, log=lambda m: None)
-    history = json.loads(Path(storage_root, "gan-throughput", "losses.json").read_text())["epochs"]
+    history = json.loads(Path(storage_root, "gan-throughput", GAN_LOSSES_FILE).read_text())["epochs"]
     steady = [e["images_per_s"] for e in history[1:]] or [history[0]["images_per_s"]]
     images = sum(e["images"] for e in history)
     return {

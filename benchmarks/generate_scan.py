@@ -33,8 +33,10 @@ def make_generators(root: Path) -> tuple[str, ...]:
     import torch
 
     from cxr_ray.checkpoint import save_state
+    from cxr_ray.filenames import STATE_FILE
+    from cxr_ray.gan_state import build_gan_state
     from cxr_ray.models.dcgan import build_dcgan
-    from cxr_ray.train.gan import GanConfig, gan_state
+    from cxr_ray.train.gan import GanConfig
 
     runs = []
     for seed, class_name in enumerate(("NORMAL", "PNEUMONIA")):
@@ -42,23 +44,25 @@ def make_generators(root: Path) -> tuple[str, ...]:
         cfg = GanConfig(data="unused", class_name=class_name, image_size=64, name=name)
         torch.manual_seed(seed)
         generator, discriminator = build_dcgan(64, nz=cfg.nz, ngf=cfg.ngf, ndf=cfg.ndf)
-        save_state(gan_state(cfg, 0, generator, discriminator, None, None, []), str(root / name / "checkpoint_0" / "state.pt"))
+        save_state(build_gan_state(cfg, 0, generator, discriminator, None, None, []), str(root / name / "checkpoint_0" / STATE_FILE))
         runs.append(str(root / name))
     return tuple(runs)
 
 
 def make_detector(root: Path, model_name: str = "cnn") -> str:
     from cxr_ray.checkpoint import model_state, save_state
+    from cxr_ray.classifier_state import build_classifier_state
+    from cxr_ray.filenames import STATE_FILE
     from cxr_ray.models import create_model
 
     kwargs = {"num_classes": 2, "in_channels": 1, "image_size": 64}
     model = create_model(model_name, **kwargs)
-    state = {
-        "kind": "classifier", "task": "deepfake", "model_name": model_name, "model_kwargs": kwargs,
-        "model_state": model_state(model), "threshold": 0.5, "config": {}, "val_metrics": {},
-    }
+    state = build_classifier_state(
+        config={}, task="deepfake", model_name=model_name, model_kwargs=kwargs, model_state=model_state(model),
+        optimizer_state=None, scheduler_state=None, epoch=0, val_metrics={}, threshold=0.5, history=[],
+    )
     folder = root / f"bench-detector-{model_name}"
-    save_state(state, str(folder / "state.pt"))
+    save_state(state, str(folder / STATE_FILE))
     return str(folder)
 
 
@@ -91,12 +95,13 @@ def plain_scan(src: Path, detector_dir: str, dest: Path) -> int:
 
     import numpy as np
 
-    from cxr_ray.checkpoint import load_state
+    from cxr_ray.classifier_state import load_classifier_state
     from cxr_ray.data.decode import DecodeError
+    from cxr_ray.filenames import STATE_FILE
     from cxr_ray.inference import build_model, predict_proba
     from cxr_ray.scan import decode_file
 
-    state = load_state(os.path.join(detector_dir, "state.pt"))
+    state = load_classifier_state(os.path.join(detector_dir, STATE_FILE))
     model, size = build_model(state), int(state["model_kwargs"]["image_size"])
     paths = sorted(str(p) for p in src.rglob("*") if p.is_file())
     rows = []

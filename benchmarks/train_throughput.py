@@ -27,6 +27,7 @@ def plain_loop(images, targets, model_name: str, batch_size: int, epochs: int, t
     import torch.nn.functional as F
 
     from cxr_ray.models import create_model
+    from cxr_ray.pixels import autocast, to_input
     from cxr_ray.train import loop
 
     torch.set_num_threads(threads)
@@ -49,8 +50,8 @@ def plain_loop(images, targets, model_name: str, batch_size: int, epochs: int, t
         t0 = time.perf_counter()
         for idx in loop.batches(n, batch_size, steps, gen):
             idx = idx.to(device)
-            x = loop.augment(loop.to_input(x_all[idx], channels_last), 0.5, gen)
-            with loop.autocast(device):
+            x = loop.augment(to_input(x_all[idx], channels_last), 0.5, gen)
+            with autocast(device):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y_all[idx])
             opt.zero_grad(set_to_none=True)
@@ -63,21 +64,15 @@ def plain_loop(images, targets, model_name: str, batch_size: int, epochs: int, t
 
 
 def ray_loop(data: str, model_name: str, batch_size: int, epochs: int, workers: int, cpus_per_worker: float, storage: str) -> dict:
-    from cxr_ray.data.datasets import read_split
-    from cxr_ray.train.classifier import ClassifierConfig, classifier_worker, task_data
-    from cxr_ray.train.launch import LaunchSpec, read_state, run_trainer
+    from cxr_ray.train.classifier import ClassifierConfig, launch_classifier
+    from cxr_ray.train.launch import read_state
 
-    cfg = ClassifierConfig(data=data, model=model_name, epochs=epochs, batch_size=batch_size, num_workers=workers, storage=storage)
-    spec = LaunchSpec(
-        name=f"bench-{model_name}-{workers}w-{time.time_ns()}", storage=storage, num_workers=workers,
-        cpus_per_worker=cpus_per_worker, max_failures=0,
+    cfg = ClassifierConfig(
+        data=data, model=model_name, epochs=epochs, batch_size=batch_size, num_workers=workers, storage=storage,
+        name=f"bench-{model_name}-{workers}w-{time.time_ns()}", cpus_per_worker=cpus_per_worker, max_failures=0,
     )
     t0 = time.perf_counter()
-    d = task_data(cfg)
-    result = run_trainer(
-        classifier_worker, cfg.__dict__, spec,
-        datasets={"train": read_split(d, ["train"]), "val": read_split(d, ["val"])}, datasets_to_split=["train"],
-    )
+    result = launch_classifier(cfg)
     wall = time.perf_counter() - t0
     history = read_state(result.checkpoint)["history"]
     return {

@@ -11,10 +11,8 @@ import dataclasses
 import hashlib
 import json
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
-
-from cxr_ray.storage import S3Settings
 
 T = TypeVar("T")
 
@@ -71,7 +69,6 @@ class IngestConfig:
     overwrite: bool = False
     # Files per decode batch: large enough to amortise Ray task overhead.
     batch_size: int = 512
-    s3: S3Settings = field(default_factory=S3Settings.from_env)
 
     def __post_init__(self) -> None:
         from cxr_ray.data.decode import SUPPORTED_RESOLUTIONS

@@ -207,8 +207,8 @@ def run_freq_baseline(
     report, its description and the threshold.
     """
     from cxr_ray.data.datasets import DatasetError, TaskData, load_arrays
-    from cxr_ray.evaluate import DETECTION_TEST, metric_rows
     from cxr_ray.perturb import apply_perturbation
+    from cxr_ray.scoring import DETECTION_TEST, metric_rows
 
     data = TaskData(task="deepfake", real=real, fake=fakes)
     train, val, test = (load_arrays(data, [split], s3) for split in ("train", "val", "test"))

@@ -4,7 +4,7 @@ A run keeps only its last checkpoints, but it writes an 8 x 8 grid of the
 same 64 noise vectors every epoch (`samples/epoch_NNN.png`, epoch 0 = the
 untrained generator). Cut back into its 64 tiles, each grid is a fixed-size
 set of fakes in the pipeline's pixel format (`make_grid`'s [-1, 1] -> [0, 255]
-mapping equals `to_uint8` up to rounding), so the metric of
+mapping equals `pixels.to_uint8` up to rounding), so the metric of
 `cxr_ray.gan_quality` can be followed epoch by epoch without re-training.
 64 fakes are fewer than the 128 feature dimensions: the Fréchet distance is
 then rank-deficient and only indicative; KID is unbiased at any n and is
@@ -23,6 +23,8 @@ import torch
 
 from cxr_ray import storage
 from cxr_ray.config import ConfigError
+from cxr_ray.filenames import GAN_CONFIG_FILE, SAMPLES_DIR
+from cxr_ray.gan_state import GRID_SIDE
 from cxr_ray.storage import S3Settings
 
 GRID_PADDING = 2  # cxr_ray.train.gan.grid_png: make_grid(padding=2)
@@ -30,7 +32,7 @@ CURVE_FILE = "quality_curve.json"
 CURVE_PLOT = "quality_curve.png"
 
 
-def grid_tiles(png: bytes, image_size: int, side: int = 8, padding: int = GRID_PADDING) -> np.ndarray:
+def grid_tiles(png: bytes, image_size: int, side: int = GRID_SIDE, padding: int = GRID_PADDING) -> np.ndarray:
     """An epoch's sample grid PNG -> its side*side tiles as uint8 (N, H, W)."""
     from PIL import Image
 
@@ -50,8 +52,6 @@ def grid_tiles(png: bytes, image_size: int, side: int = 8, padding: int = GRID_P
 def sample_grids(run_uri: str, s3: S3Settings | None) -> list[tuple[int, str]]:
     """(epoch, uri) of every samples/epoch_NNN.png of a run, in epoch order."""
     import pyarrow.fs as pafs
-
-    from cxr_ray.train.gan import SAMPLES_DIR
 
     samples = storage.join(run_uri, SAMPLES_DIR)
     if not storage.is_dir(samples, s3):
@@ -87,13 +87,12 @@ def quality_curve(
         real_images,
         subsample,
     )
-    from cxr_ray.train.gan import CONFIG_FILE
 
     if split not in ("test", "val"):
         raise ConfigError(f"split must be test or val (the GAN trained on train), got {split!r}")
-    config_uri = storage.join(run_uri, CONFIG_FILE)
+    config_uri = storage.join(run_uri, GAN_CONFIG_FILE)
     if not storage.exists(config_uri, s3):
-        raise ConfigError(f"{run_uri}: no {CONFIG_FILE} (not a GAN run folder?)")
+        raise ConfigError(f"{run_uri}: no {GAN_CONFIG_FILE} (not a GAN run folder?)")
     config = storage.read_json(config_uri, s3)
     data = data or config["data"]
     class_name = config["class_name"]

@@ -49,10 +49,12 @@ import torch
 import torch.nn as nn
 
 from cxr_ray import storage
-from cxr_ray.checkpoint import CheckpointError, load_state, model_state, save_state
+from cxr_ray.checkpoint import load_state, model_state, save_state
 from cxr_ray.config import ConfigError
 from cxr_ray.data.layout import CLASS_NAMES
+from cxr_ray.gan_state import generator_from_state, load_gan_state
 import cxr_ray.models  # noqa: F401,E402  (registers every architecture for create_model)
+from cxr_ray.pixels import to_input, to_uint8
 from cxr_ray.storage import S3Settings
 
 ENCODER_WIDTHS = (8, 16, 32, 64)  # feature dim 8 + 8+16+32+64 = 128
@@ -147,8 +149,6 @@ def _class_weights(targets: np.ndarray) -> torch.Tensor:
 
 
 def _accuracy(model: nn.Module, images: np.ndarray, targets: np.ndarray) -> float:
-    from cxr_ray.train.loop import to_input
-
     model.eval()
     with torch.no_grad():
         x = torch.from_numpy(images.copy()).unsqueeze(1)
@@ -170,7 +170,6 @@ def train_encoder(
     """Train the feature encoder on the real train split (plain PyTorch, this process); returns its checkpoint."""
     from cxr_ray.data.datasets import TaskData, load_arrays
     from cxr_ray.models.registry import create_model
-    from cxr_ray.train.loop import to_input
 
     task = TaskData(task="pneumonia", real=data)
     train = load_arrays(task, ["train"], s3)
@@ -251,8 +250,6 @@ def feature_description(model: nn.Module, model_name: str) -> str:
 @torch.no_grad()
 def encode(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """uint8 images (N, H, W) or (N, 1, H, W) -> features (N, d), float64 (see `feature_modules`)."""
-    from cxr_ray.train.loop import to_input
-
     if images.dim() == 3:
         images = images.unsqueeze(1)
     captured: list[torch.Tensor] = []
@@ -307,21 +304,9 @@ def inception_features(model: nn.Module, images: torch.Tensor, batch_size: int =
 # ---------------------------------------------------------------- generators and images
 
 
-def load_generator_state(uri: str, s3: S3Settings | None = None) -> dict[str, Any]:
-    """A GAN checkpoint from a run folder (its gan_summary.json), a checkpoint folder, or a state file."""
-    from cxr_ray.train.gan import SUMMARY_FILE
-
-    summary_uri = storage.join(uri, SUMMARY_FILE)
-    if storage.exists(summary_uri, s3):
-        uri = storage.read_json(summary_uri, s3)["checkpoint"]
-    if storage.is_dir(uri, s3):
-        uri = storage.join(uri, "state.pt")
-    return load_state(uri, s3)
-
-
 def fake_images(generator: nn.Module, n: int, labels: torch.Tensor | None, seed: int, batch_size: int = 256) -> torch.Tensor:
     """n uint8 fakes (N, H, W) from fixed-seed noise, drawn as the generation stage draws them."""
-    from cxr_ray.train.gan import sample, to_uint8
+    from cxr_ray.train.gan import sample
 
     noise = torch.randn(n, generator.nz, generator=torch.Generator().manual_seed(seed))
     chunks = []
@@ -392,6 +377,41 @@ def default_encoder_uri(generator_uri: str, image_size: int) -> str:
     return storage.join(parent, f"quality-encoder-{image_size}px.pt")
 
 
+def comparison_sets(
+    state: dict[str, Any], data: str, split: str, reference_labels: torch.Tensor, n: int, baselines: bool, seed: int,
+    s3: S3Settings | None,
+) -> dict[str, torch.Tensor]:
+    """The uint8 image sets compared with the reference, by row name, in table order.
+
+    The trained generator's fakes; with `baselines`, also as many real train
+    images as the reference has (before) and an untrained generator's fakes (after).
+    """
+    config = state["config"]
+    # Fakes follow the reference's class mix (conditional GAN); a per-class GAN takes no labels.
+    fake_labels = reference_labels[torch.arange(n) % len(reference_labels)] if config.get("conditional") else None
+    trained_name = f"generator (epoch {state['epoch']}) vs real {split}"
+    trained = fake_images(generator_from_state(state), n, fake_labels, seed)
+    if not baselines:
+        return {trained_name: trained}
+    train_images, train_labels = real_images(data, "train", config["class_name"], s3)
+    return {
+        f"real train vs real {split}": subsample(train_images, train_labels, len(reference_labels), seed)[0],
+        trained_name: trained,
+        f"untrained generator vs real {split}": fake_images(untrained_generator(state, seed), n, fake_labels, seed),
+    }
+
+
+def inception_comparison(weights: str, reference: torch.Tensor, sets: dict[str, torch.Tensor], seed: int) -> dict[str, Any]:
+    """The same rows in torchvision Inception-v3's 2048-d pool features (see the module docstring)."""
+    inception = load_inception(weights)
+    ref_features = inception_features(inception, reference)
+    return {
+        "dim": int(ref_features.shape[1]),
+        "weights": weights,
+        "rows": [compare(name, ref_features, inception_features(inception, images), seed) for name, images in sets.items()],
+    }
+
+
 def evaluate_generator(
     generator_uri: str,
     *,
@@ -406,46 +426,26 @@ def evaluate_generator(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """FD and KID of a GAN checkpoint's fakes against real `split` images of its class, with baselines."""
-    from cxr_ray.train.gan import generator_from_state
-
     if split not in ("test", "val"):
         raise ConfigError(f"split must be test or val (the GAN trained on train), got {split!r}")
-    state = load_generator_state(generator_uri, s3)
-    try:
-        generator = generator_from_state(state)
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"{generator_uri}: {exc}") from None
+    state = load_gan_state(generator_uri, s3)
     config = state["config"]
     data = data or config["data"]
-    class_name = config["class_name"]
     encoder_uri = encoder_uri or default_encoder_uri(generator_uri, int(config["image_size"]))
     encoder, encoder_state = load_or_train_encoder(encoder_uri, data, s3, log)
-
-    reference, reference_labels = real_images(data, split, class_name, s3)
+    reference, reference_labels = real_images(data, split, config["class_name"], s3)
     n = n_fake or len(reference)
-    # Fakes follow the reference's class mix (conditional GAN); a per-class GAN takes no labels.
-    fake_labels = reference_labels[torch.arange(n) % len(reference_labels)] if config.get("conditional") else None
-    sets: dict[str, torch.Tensor] = {"trained": fake_images(generator, n, fake_labels, seed)}
-    if baselines:
-        train_images, train_labels = real_images(data, "train", class_name, s3)
-        sets["real_train"] = subsample(train_images, train_labels, len(reference), seed)[0]
-        sets["untrained"] = fake_images(untrained_generator(state, seed), n, fake_labels, seed)
-    names = {
-        "real_train": f"real train vs real {split}",
-        "trained": f"generator (epoch {state['epoch']}) vs real {split}",
-        "untrained": f"untrained generator vs real {split}",
-    }
-    order = [key for key in ("real_train", "trained", "untrained") if key in sets]
+    sets = comparison_sets(state, data, split, reference_labels, n, baselines, seed, s3)
 
     ref_features = encode(encoder, reference)
-    rows = [compare(names[key], ref_features, encode(encoder, sets[key]), seed) for key in order]
+    rows = [compare(name, ref_features, encode(encoder, images), seed) for name, images in sets.items()]
     if baselines:
         rows.insert(0, split_half_row(ref_features, f"real {split} half vs other half", seed))
     dim = int(ref_features.shape[1])
     result: dict[str, Any] = {
         "generator": generator_uri,
         "epoch": int(state["epoch"]),
-        "class_name": class_name,
+        "class_name": config["class_name"],
         "data": data,
         "split": split,
         "n_real": int(len(reference)),
@@ -462,13 +462,7 @@ def evaluate_generator(
     if len(reference) <= dim:
         result["notes"].append(f"{len(reference)} reference images <= {dim} feature dims: the covariance is rank-deficient; trust KID")
     if inception_weights:
-        inception = load_inception(inception_weights)
-        ref_inception = inception_features(inception, reference)
-        result["inception"] = {
-            "dim": int(ref_inception.shape[1]),
-            "weights": inception_weights,
-            "rows": [compare(names[key], ref_inception, inception_features(inception, sets[key]), seed) for key in order],
-        }
+        result["inception"] = inception_comparison(inception_weights, reference, sets, seed)
     return result
 
 

@@ -9,9 +9,9 @@ whatever the batch size or the number of actors (on the same device type).
 Two disjoint seed ranges per class keep the detector honest: the training
 range is split into train and val (val = its last `val_fraction` seeds); the
 test range gives held-out fakes (split `test`) that no detector ever trains
-on. Pixels go through the inverse of `loop.to_input`, so reals and fakes
-share one pixel pipeline. The table is built in a staging folder and
-published with `_SUCCESS` and `summary.json`, like ingest.
+on. Pixels go through `pixels.to_uint8`, the inverse of `pixels.to_input`,
+so reals and fakes share one pixel pipeline. The table is built in a staging
+folder and published with `_SUCCESS` and `summary.json`, like ingest.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import hashlib
 import math
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pyarrow as pa
@@ -29,10 +29,9 @@ from cxr_ray import storage
 from cxr_ray.config import ConfigError
 from cxr_ray.data import schema
 from cxr_ray.data.layout import CLASS_NAMES
+from cxr_ray.runtime import pool_size
 from cxr_ray.storage import S3Settings, StorageError
 
-STATE_FILE = "state.pt"
-GAN_SUMMARY_FILE = "gan_summary.json"  # written by cxr_ray.train.gan at the end of a run
 TEST_SEED_START = 1_000_000
 # Every generator forward sees exactly this many noise vectors (padded): the
 # batch size a kernel sees can change its floating-point results, the seed alone must not.
@@ -51,7 +50,6 @@ class GenerateConfig:
     batch_size: int = 64  # rows per actor call
     max_actors: int | None = None  # None: one per GPU, else CPUs - 1
     overwrite: bool = False
-    s3: S3Settings = field(default_factory=S3Settings.from_env)
 
     def __post_init__(self) -> None:
         if not self.generators:
@@ -106,50 +104,6 @@ class GeneratorSpec:
     epoch: int
 
 
-
-def latest_checkpoint_state(run_uri: str, s3: S3Settings | None) -> str | None:
-    """`{run}/checkpoint_*/state.pt` of the newest checkpoint (names sort by time), if any."""
-    import pyarrow.fs as pafs
-
-    fs, path = storage.resolve(run_uri, s3)
-    try:
-        entries = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    except OSError as exc:
-        raise StorageError(storage.describe_error(run_uri, exc, s3)) from None
-    names = sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_"))
-    for name in reversed(names):
-        state_uri = storage.join(run_uri, name, STATE_FILE)
-        if storage.exists(state_uri, s3):
-            return state_uri
-    return None
-
-
-def resolve_generator_state(uri: str, s3: S3Settings | None) -> str:
-    """A state.pt file, a checkpoint dir holding one, or a GAN run dir (its summary's checkpoint, else the newest)."""
-    if uri.rstrip("/").endswith(".pt"):
-        if not storage.exists(uri, s3):
-            raise ConfigError(f"{uri}: generator checkpoint file does not exist")
-        return uri
-    if not storage.is_dir(uri, s3):
-        raise ConfigError(f"{uri}: no such GAN run or checkpoint folder")
-    direct = storage.join(uri, STATE_FILE)
-    if storage.exists(direct, s3):
-        return direct
-    summary_uri = storage.join(uri, GAN_SUMMARY_FILE)
-    if storage.exists(summary_uri, s3):
-        checkpoint = str(storage.read_json(summary_uri, s3).get("checkpoint") or "")
-        if checkpoint:
-            state_uri = storage.join(checkpoint, STATE_FILE)
-            if storage.exists(state_uri, s3):
-                return state_uri
-    newest = latest_checkpoint_state(uri, s3)
-    if newest is None:
-        raise ConfigError(
-            f"{uri}: no generator checkpoint found (expected {STATE_FILE}, {GAN_SUMMARY_FILE} or checkpoint_*/{STATE_FILE})"
-        )
-    return newest
-
-
 def _run_name(state: dict[str, Any], state_uri: str) -> str:
     """The GAN run's name from its config, else the folder above the checkpoint folder."""
     name = (state.get("config") or {}).get("name")
@@ -160,16 +114,12 @@ def _run_name(state: dict[str, Any], state_uri: str) -> str:
 
 
 def describe_generator(state: dict[str, Any], source: str, state_uri: str) -> GeneratorSpec:
-    """Check a loaded GAN state and read what generation needs from it.
+    """Read what generation needs from a GAN state that `gan_state.load_gan_state` has checked.
 
-    Format (cxr_ray.train.gan.gan_state): {"format": "cxr_ray.dcgan/1",
+    Format (cxr_ray.gan_state.build_gan_state):
     "generator": {"model_kwargs": {nz, ngf, nc, image_size, num_classes}, "model_state": ...},
-    "config": GanConfig as a dict (class_name, conditional, name, ...), "class_names", "epoch", ...}.
+    "config": GanConfig as a dict (class_name, conditional, name, ...), "class_names", "epoch", ...
     """
-    from cxr_ray.train.gan import STATE_FORMAT
-
-    if state.get("format") != STATE_FORMAT:
-        raise ConfigError(f"{state_uri}: not a DCGAN checkpoint (format {state.get('format')!r}, expected {STATE_FORMAT!r})")
     try:
         kwargs = state["generator"]["model_kwargs"]
         config = state["config"]
@@ -201,11 +151,10 @@ def describe_generator(state: dict[str, Any], source: str, state_uri: str) -> Ge
 
 def load_generator(uri: str, s3: S3Settings | None = None, device: Any = "cpu") -> tuple[Any, GeneratorSpec]:
     """(Generator in eval mode, its GeneratorSpec) from a GAN run dir, checkpoint dir or state.pt."""
-    from cxr_ray.checkpoint import load_state
-    from cxr_ray.train.gan import generator_from_state
+    from cxr_ray.gan_state import generator_from_state, load_gan_state, resolve_gan_state_uri
 
-    state_uri = resolve_generator_state(uri, s3)
-    state = load_state(state_uri, s3)
+    state_uri = resolve_gan_state_uri(uri, s3)
+    state = load_gan_state(state_uri, s3)
     spec = describe_generator(state, uri, state_uri)
     return generator_from_state(state, device), spec
 
@@ -253,7 +202,7 @@ def images_from_seeds(generator: Any, seeds: list[int], labels: list[int] | None
     import numpy as np
     import torch
 
-    from cxr_ray.train.gan import to_uint8
+    from cxr_ray.pixels import to_uint8
 
     size = int(generator.image_size)
     out = np.zeros((len(seeds), size, size), np.uint8)
@@ -300,17 +249,16 @@ class FakeImageMaker:
     def __init__(self, generators: list[dict[str, Any]], s3: dict[str, Any] | None) -> None:
         import torch
 
-        from cxr_ray.checkpoint import load_state
+        from cxr_ray.gan_state import generator_from_state, load_gan_state
         from cxr_ray.inference import pick_device
-        from cxr_ray.train.gan import generator_from_state
 
         # Same algorithms on every call: reproducible bytes on GPUs too.
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-        settings = S3Settings(**s3) if s3 else None
+        settings = S3Settings.from_dict(s3)
         self.device = pick_device()
         self.specs = generators
-        self.generators = [generator_from_state(load_state(g["state_uri"], settings), self.device) for g in generators]
+        self.generators = [generator_from_state(load_gan_state(g["state_uri"], settings), self.device) for g in generators]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         items = batch.to_pylist()
@@ -343,10 +291,6 @@ def plan_items(specs: list[GeneratorSpec], cfg: GenerateConfig) -> list[dict[str
     return items
 
 
-def pool_size(options: dict[str, Any]) -> int:
-    return int(options["compute"].max_size)
-
-
 def count_by_split_class(images_uri: str, s3: S3Settings | None) -> dict[str, Any]:
     """Counts read back from what was written, not from what was planned."""
     import pyarrow.parquet as pq
@@ -360,29 +304,25 @@ def count_by_split_class(images_uri: str, s3: S3Settings | None) -> dict[str, An
     return {"total": table.num_rows, "by_split_class": dict(nested)}
 
 
-def _check_destination(cfg: GenerateConfig) -> None:
-    if storage.exists(cfg.dest, cfg.s3) and not cfg.overwrite:
-        raise StorageError(f"{cfg.dest}: already exists; pass --overwrite to replace it")
-    if storage.is_s3(cfg.dest):
-        bucket = cfg.dest[len("s3://") :].split("/")[0]
-        if not storage.exists(f"s3://{bucket}", cfg.s3):
-            raise StorageError(f"s3://{bucket}: destination bucket does not exist ({cfg.s3.redacted()})")
-
-
-def run_generate(cfg: GenerateConfig, *, log: Callable[[str], None] = print, address: str | None = None) -> dict[str, Any]:
+def run_generate(
+    cfg: GenerateConfig,
+    *,
+    s3: S3Settings | None = None,
+    log: Callable[[str], None] = print,
+    address: str | None = None,
+) -> dict[str, Any]:
     """Generate the fakes of every generator's class(es) into cfg.dest; returns the summary (also summary.json).
 
     Generators and destination are checked before Ray starts.
     """
-    from cxr_ray.runtime import init_ray
+    from cxr_ray.runtime import actor_pool_options, init_ray
 
     t0 = time.perf_counter()
-    _check_destination(cfg)
-    specs = inspect_generators(cfg.generators, cfg.s3)
+    s3 = s3 or S3Settings.from_env()
+    storage.check_destination(cfg.dest, s3, cfg.overwrite)
+    specs = inspect_generators(cfg.generators, s3)
     items = plan_items(specs, cfg)
     ray = init_ray(address)
-    from cxr_ray.runtime import actor_pool_options
-
     pool = actor_pool_options(cfg.max_actors)
     log(
         f"generate: {len(items)} fakes of {', '.join(c for s in specs for c in s.classes)} at {specs[0].image_size}px "
@@ -393,19 +333,19 @@ def run_generate(cfg: GenerateConfig, *, log: Callable[[str], None] = print, add
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), blocks))
     ds = ds.map_batches(
         FakeImageMaker,
-        fn_constructor_kwargs={"generators": spec_dicts, "s3": cfg.s3.to_dict()},
+        fn_constructor_kwargs={"generators": spec_dicts, "s3": s3.to_dict()},
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         **pool,
     )
-    with storage.staged_output(cfg.dest, cfg.s3, cfg.overwrite) as staging:
+    with storage.staged_output(cfg.dest, s3, cfg.overwrite) as staging:
         t_gen = time.perf_counter()
-        fs, images_path = storage.resolve(storage.join(staging, schema.IMAGES_DIR), cfg.s3)
+        fs, images_path = storage.resolve(storage.join(staging, schema.IMAGES_DIR), s3)
         ds.write_parquet(images_path, filesystem=fs)
         generate_seconds = time.perf_counter() - t_gen
-        counts = count_by_split_class(storage.join(staging, schema.IMAGES_DIR), cfg.s3)
+        counts = count_by_split_class(storage.join(staging, schema.IMAGES_DIR), s3)
         summary = _summary(cfg, specs, counts, pool, time.perf_counter() - t0, generate_seconds)
-        storage.write_json_atomic(storage.join(staging, schema.SUMMARY_FILE), summary, cfg.s3)
+        storage.write_json_atomic(storage.join(staging, schema.SUMMARY_FILE), summary, s3)
     return summary
 
 

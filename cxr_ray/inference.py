@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from cxr_ray.models import create_model
+from cxr_ray.pixels import autocast, to_input
 
 
 def build_model(state: dict[str, Any]) -> torch.nn.Module:
@@ -31,8 +32,6 @@ def predict_proba(
     model: torch.nn.Module, images: np.ndarray, device: torch.device | None = None, batch_size: int = 256
 ) -> np.ndarray:
     """Probability of class 1 for (N, H, W) uint8 images."""
-    from cxr_ray.train.loop import autocast, to_input
-
     device = device or pick_device()
     model = model.to(device)
     channels_last = device.type == "cuda"

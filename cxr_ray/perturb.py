@@ -142,6 +142,11 @@ def apply_perturbation(name: str, images: np.ndarray, seed: int = 0) -> np.ndarr
 # ---------------------------------------------------------------- training augmentation
 
 
+def _check_probability(probability: float) -> None:
+    if not 0.0 <= probability <= 1.0:
+        raise ConfigError(f"augmentation probability must be in [0, 1], got {probability}")
+
+
 def random_blur_jpeg(images: np.ndarray, probability: float, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     """Robustness augmentation: each image, with ``probability``, gets a random blur or JPEG round trip.
 
@@ -151,8 +156,7 @@ def random_blur_jpeg(images: np.ndarray, probability: float, seed: int = 0) -> t
     description per image ("" when untouched), e.g. "blur0.83" or "jpeg47".
     """
     images = _check_images(images)
-    if not 0.0 <= probability <= 1.0:
-        raise ConfigError(f"augmentation probability must be in [0, 1], got {probability}")
+    _check_probability(probability)
     out = images.copy()
     applied: list[str] = []
     for i, image in enumerate(images):
@@ -215,11 +219,9 @@ def augment_table(
     from cxr_ray.runtime import init_ray
 
     s3 = s3 or S3Settings.from_env()
-    if not 0.0 <= probability <= 1.0:
-        raise ConfigError(f"augmentation probability must be in [0, 1], got {probability}")
+    _check_probability(probability)
     require_complete(src_uri, s3)
-    if storage.exists(dest_uri, s3) and not overwrite:
-        raise storage.StorageError(f"{dest_uri}: already exists; pass overwrite=True to replace it")
+    storage.check_destination(dest_uri, s3, overwrite)
     ray = init_ray(address)
     t0 = time.perf_counter()
     fs, src_path = storage.resolve(images_uri(src_uri), s3)

@@ -95,3 +95,8 @@ def actor_pool_options(max_actors: int | None = None) -> dict[str, Any]:
     if max_actors:
         size = min(size, max_actors)
     return {"compute": ray.data.ActorPoolStrategy(size=size), **options}
+
+
+def pool_size(options: dict[str, Any]) -> int:
+    """How many actors an `actor_pool_options` pool holds."""
+    return int(options["compute"].max_size)

@@ -17,8 +17,7 @@ import hashlib
 import io
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -26,6 +25,7 @@ import pyarrow as pa
 
 from cxr_ray import storage
 from cxr_ray.config import ConfigError
+from cxr_ray.filenames import STATE_FILE, TEST_METRICS_FILE
 from cxr_ray.storage import S3Settings
 
 RESULTS_NAME = "results"
@@ -53,7 +53,6 @@ class ScanConfig:
     max_actors: int | None = None
     progress: bool = True
     overwrite: bool = False
-    s3: S3Settings = field(default_factory=S3Settings.from_env)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -71,11 +70,12 @@ class Detector:
 
 def load_detector(uri: str, s3: S3Settings | None) -> Detector:
     """A finished deepfake run (its best checkpoint) or a checkpoint folder; refuses pneumonia models."""
-    from cxr_ray.checkpoint import CheckpointError, load_state
+    from cxr_ray.checkpoint import CheckpointError
+    from cxr_ray.classifier_state import load_classifier_state
     from cxr_ray.data.decode import SUPPORTED_RESOLUTIONS
-    from cxr_ray.evaluate import STATE_FILE, TEST_METRICS_FILE, checkpoint_state_uri
+    from cxr_ray.scoring import checkpoint_state_uri, is_finished_run
 
-    if storage.exists(storage.join(uri, TEST_METRICS_FILE), s3):
+    if is_finished_run(uri, s3):
         recorded = str(storage.read_json(storage.join(uri, TEST_METRICS_FILE), s3).get("checkpoint") or "")
         state_uri = checkpoint_state_uri(uri, recorded, s3)
     elif storage.exists(storage.join(uri, STATE_FILE), s3):
@@ -83,10 +83,10 @@ def load_detector(uri: str, s3: S3Settings | None) -> Detector:
     else:
         raise ConfigError(f"{uri}: not a finished detector run ({TEST_METRICS_FILE}) or checkpoint folder ({STATE_FILE})")
     try:
-        state = load_state(state_uri, s3)
+        state = load_classifier_state(state_uri, s3)
     except CheckpointError as exc:
         raise ConfigError(str(exc)) from None
-    if state.get("kind") != "classifier" or state.get("task") != "deepfake":
+    if state.get("task") != "deepfake":
         raise ConfigError(f"{uri}: not a deepfake detector (task {state.get('task')!r}); train one with --task deepfake")
     resolution = int(state["model_kwargs"]["image_size"])
     if resolution not in SUPPORTED_RESOLUTIONS:
@@ -109,8 +109,7 @@ def list_inputs(src: str, s3: S3Settings | None) -> list[dict[str, Any]]:
         raise ConfigError(f"{src}: nothing to scan there (no such file, folder or prefix)")
     if info.type == pafs.FileType.File:
         return [{"path": src, "size": int(info.size or 0)}]
-    to_uri = (lambda p: f"s3://{p}") if storage.is_s3(src) else (lambda p: p)
-    return [{"path": to_uri(f.path), "size": int(f.size or 0)} for f in storage.list_files(src, s3)]
+    return [{"path": storage.uri_for(src, f.path), "size": int(f.size or 0)} for f in storage.list_files(src, s3)]
 
 
 # ---------------------------------------------------------------- read + decode
@@ -156,33 +155,12 @@ def decode_file(path: str, blob: bytes, resolution: int) -> np.ndarray:
     return decode_to_gray(blob, resolution)
 
 
-def _reader(s3: dict[str, Any] | None, src: str) -> Callable[[str], bytes | Exception]:
-    fs = storage.make_s3_filesystem(S3Settings(**(s3 or {}))) if storage.is_s3(src) else None
-
-    def read(uri: str) -> bytes | Exception:
-        try:
-            if fs is None:
-                with open(uri, "rb") as f:
-                    return f.read()
-            with fs.open_input_stream(uri[len("s3://") :]) as f:
-                return f.read()
-        except OSError as exc:
-            return exc
-
-    return read
-
-
-def read_and_decode(batch: pa.Table, resolution: int, s3: dict[str, Any] | None, src: str) -> pa.Table:
+def read_and_decode(batch: pa.Table, resolution: int, s3: dict[str, Any] | None) -> pa.Table:
     """Ray Data UDF: read, hash and decode files; failures become rows with an empty image and a reason."""
     from cxr_ray.data.decode import DecodeError
 
     paths = batch.column("path").to_pylist()
-    read = _reader(s3, src)
-    if storage.is_s3(src):  # S3 reads are latency-bound: overlap them
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            blobs = list(pool.map(read, paths))
-    else:
-        blobs = [read(p) for p in paths]
+    blobs = storage.read_many(paths, S3Settings.from_dict(s3))
     images, shas, reasons = [], [], []
     for path, blob in zip(paths, blobs):
         if isinstance(blob, Exception):
@@ -243,17 +221,22 @@ def _set_progress_bars(enabled: bool) -> bool:
     return previous
 
 
-def run_scan(cfg: ScanConfig, *, log: Callable[[str], None] = print, address: str | None = None) -> dict[str, Any]:
+def run_scan(
+    cfg: ScanConfig,
+    *,
+    s3: S3Settings | None = None,
+    log: Callable[[str], None] = print,
+    address: str | None = None,
+) -> dict[str, Any]:
     """Scan cfg.src with the detector; write results (CSV + Parquet) and summary.json to cfg.out."""
-    from cxr_ray.evaluate import ModelScorer, check_destination, collect, write_output_folder
-    from cxr_ray.generate import pool_size
-    from cxr_ray.runtime import actor_pool_options
-    from cxr_ray.runtime import init_ray
+    from cxr_ray.runtime import actor_pool_options, init_ray, pool_size
+    from cxr_ray.scoring import ModelScorer, collect, write_output_folder
 
+    s3 = s3 or S3Settings.from_env()
     t0 = time.perf_counter()
-    check_destination(cfg.out, cfg.s3, cfg.overwrite)
-    detector = load_detector(cfg.detector, cfg.s3)
-    files = list_inputs(cfg.src, cfg.s3)
+    storage.check_destination(cfg.out, s3, cfg.overwrite)
+    detector = load_detector(cfg.detector, s3)
+    files = list_inputs(cfg.src, s3)
     if not files:
         raise ConfigError(f"{cfg.src}: no files to scan")
     ray = init_ray(address)
@@ -268,10 +251,10 @@ def run_scan(cfg: ScanConfig, *, log: Callable[[str], None] = print, address: st
         read_and_decode,
         batch_format="pyarrow",
         batch_size=cfg.batch_size,
-        fn_kwargs={"resolution": detector.resolution, "s3": cfg.s3.to_dict(), "src": cfg.src},
+        fn_kwargs={"resolution": detector.resolution, "s3": s3.to_dict()},
     ).map_batches(
         ModelScorer,
-        fn_constructor_kwargs={"state_uris": [detector.state_uri], "s3": cfg.s3.to_dict()},
+        fn_constructor_kwargs={"state_uris": [detector.state_uri], "s3": s3.to_dict()},
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         **pool,
@@ -284,7 +267,7 @@ def run_scan(cfg: ScanConfig, *, log: Callable[[str], None] = print, address: st
     finally:
         _set_progress_bars(previous)
     summary = scan_summary(cfg, detector, results, scan_seconds, time.perf_counter() - t0)
-    write_output_folder(cfg.out, {RESULTS_NAME: results}, summary, cfg.s3, cfg.overwrite, csv=(RESULTS_NAME,))
+    write_output_folder(cfg.out, {RESULTS_NAME: results}, summary, s3, cfg.overwrite, csv=(RESULTS_NAME,))
     return summary
 
 

@@ -218,6 +218,31 @@ def check_destination(dest: str, s3: S3Settings | None = None, overwrite: bool =
             raise StorageError(f"s3://{bucket}: destination bucket does not exist ({(s3 or S3Settings.from_env()).redacted()})")
 
 
+def _location(uri: str) -> tuple[str, tuple[str, ...]]:
+    """(filesystem kind, path parts) with links resolved locally, for comparing two locations."""
+    if is_s3(uri):
+        return "s3", tuple(p for p in uri[len("s3://") :].split("/") if p)
+    path = os.path.realpath(resolve(uri)[1])
+    return "local", tuple(p for p in path.split(os.sep) if p)
+
+
+def check_separate(dest: str, sources: list[str] | tuple[str, ...], what: str = "source") -> None:
+    """Refuse an output folder that is, contains or lies inside one of the inputs, before anything is written.
+
+    An overwrite of a folder that holds the input deletes the input; an output
+    inside the input tree is read back as input by the next run.
+    """
+    kind, target = _location(dest)
+    for src in sources:
+        other_kind, other = _location(src)
+        if kind != other_kind:
+            continue
+        shared = min(len(target), len(other))
+        if target[:shared] == other[:shared]:
+            relation = "is" if len(target) == len(other) else "is inside" if len(target) > len(other) else "contains"
+            raise StorageError(f"{dest}: the output {relation} the {what} {src}; choose a folder outside it")
+
+
 def write_bytes_atomic(uri: str, data: bytes, s3: S3Settings | None = None) -> None:
     """Write so that ``uri`` shows either its old content or all of the new.
 

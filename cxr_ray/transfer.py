@@ -20,19 +20,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cxr_ray import storage
 from cxr_ray.config import ConfigError
-from cxr_ray.evaluate import (
+from cxr_ray.scoring import (
     FAKE_TEST,
+    PREDICTIONS_NAME,
     REAL_TEST,
     ModelRun,
     ScoringConfig,
-    check_destination,
     check_inputs,
     load_runs,
     metrics_table,
     score_runs,
     write_output_folder,
 )
+from cxr_ray.storage import S3Settings
 
 MATRIX_NAME = "transfer"
 PER_CLASS_NAME = "per_class"
@@ -200,20 +202,27 @@ def majority_share_of_fakes(predictions: pa.Table) -> float:
     return float(max(labels.mean(), 1 - labels.mean())) if labels.size else float("nan")
 
 
-def run_transfer(cfg: TransferConfig, *, log: Callable[[str], None] = print, address: str | None = None) -> dict[str, Any]:
+def run_transfer(
+    cfg: TransferConfig,
+    *,
+    s3: S3Settings | None = None,
+    log: Callable[[str], None] = print,
+    address: str | None = None,
+) -> dict[str, Any]:
     """Score the pneumonia runs on real and fake test data; write the matrix, per-class table and Markdown."""
     from cxr_ray.runtime import init_ray
 
+    s3 = s3 or S3Settings.from_env()
     t0 = time.perf_counter()
-    check_destination(cfg.dest, cfg.s3, cfg.overwrite)
-    runs = [r for r in load_runs(cfg.runs, cfg.s3) if r.task == "pneumonia"]
+    storage.check_destination(cfg.dest, s3, cfg.overwrite)
+    runs = [r for r in load_runs(cfg.runs, s3) if r.task == "pneumonia"]
     if not runs:
         raise ConfigError(f"no finished pneumonia runs under {', '.join(cfg.runs)}")
-    check_inputs(cfg.tables(), runs, cfg.s3)
+    check_inputs(cfg.tables(), runs, s3)
     init_ray(address)
     log(f"transfer: {len(runs)} pneumonia run(s) on the real and fake test splits -> {cfg.dest}")
     predictions = score_runs(
-        runs, cfg.tables(), ("none",), cfg.s3, seed=cfg.seed, batch_size=cfg.batch_size, max_actors=cfg.max_actors
+        runs, cfg.tables(), ("none",), s3, seed=cfg.seed, batch_size=cfg.batch_size, max_actors=cfg.max_actors
     )
     matrix = metrics_table(predictions, runs, cfg.n_boot, cfg.seed).drop_columns(["perturbation", "task"])
     per_class = per_class_table(predictions, runs)
@@ -229,9 +238,9 @@ def run_transfer(cfg: TransferConfig, *, log: Callable[[str], None] = print, add
     }
     write_output_folder(
         cfg.dest,
-        {MATRIX_NAME: matrix, PER_CLASS_NAME: per_class, "predictions": predictions},
+        {MATRIX_NAME: matrix, PER_CLASS_NAME: per_class, PREDICTIONS_NAME: predictions},
         summary,
-        cfg.s3,
+        s3,
         cfg.overwrite,
         texts={MARKDOWN_FILE: markdown},
         csv=(MATRIX_NAME, PER_CLASS_NAME),

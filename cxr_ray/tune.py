@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 from cxr_ray import storage
 from cxr_ray.config import ConfigError
+from cxr_ray.filenames import BEST_CONFIG_FILE
 from cxr_ray.storage import S3Settings
 
-BEST_CONFIG_FILE = "best_config.json"
 TRIALS_TABLE = "trials.csv"
 # Tune needs a non-empty request per trial; the driver only waits on its trainer.
 TRIAL_DRIVER_CPU = 0.01
@@ -67,117 +67,130 @@ def search_space(cfg: SearchConfig) -> dict[str, Any]:
     }
 
 
+def trial_base(cfg: SearchConfig) -> dict[str, Any]:
+    """The ClassifierConfig fields every trial shares (a trial adds its sampled values and its name).
+
+    Paths are made absolute here, on the driver: a trial runs in its own folder.
+    """
+    return {
+        "data": storage.absolute(cfg.data),
+        "task": cfg.task,
+        "model": cfg.model,
+        "fakes": storage.absolute(cfg.fakes) if cfg.fakes else None,
+        "source": cfg.source,
+        "num_workers": cfg.workers_per_trial,
+        "storage": storage.absolute(storage.join(cfg.storage, cfg.search_name(), "trials")),
+        "seed": cfg.seed,
+        "max_failures": 1,
+    }
+
+
 def trial_driver(sampled: dict[str, Any], base: dict[str, Any], s3: dict[str, Any] | None) -> None:
-    """One Tune trial: a TorchTrainer over the classifier worker, metrics to Tune via the callback."""
+    """One Tune trial: the classifier launch under the trial's name, metrics to Tune via the callback."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from cxr_ray.config import from_dict
-    from cxr_ray.data.datasets import read_split
-    from cxr_ray.train.classifier import ClassifierConfig, classifier_worker, task_data
-    from cxr_ray.train.launch import LaunchSpec, run_trainer
+    from cxr_ray.train.classifier import ClassifierConfig, launch_classifier
 
-    settings = S3Settings(**s3) if s3 else None
     trial_id = tune.get_context().get_trial_id()
     cfg = from_dict(ClassifierConfig, {**base, **sampled, "name": f"trial-{trial_id}"})
-    data = task_data(cfg)
-    spec = LaunchSpec(
-        name=cfg.run_name(),
-        storage=cfg.storage,
-        num_workers=cfg.num_workers,
-        use_gpu=cfg.use_gpu,
-        max_failures=1,
-        num_to_keep=1,
-        score_attribute="val_auc",
-    )
-    run_trainer(
-        classifier_worker,
-        asdict(cfg),
-        spec,
-        s3=settings,
-        datasets={"train": read_split(data, ["train"], settings), "val": read_split(data, ["val"], settings)},
-        datasets_to_split=["train"],
-        callbacks=[TuneReportCallback()],
-    )
+    launch_classifier(cfg, s3=S3Settings.from_dict(s3), num_to_keep=1, callbacks=[TuneReportCallback()])
 
 
-def run_search(cfg: SearchConfig, s3: S3Settings | None = None, log=print, address: str | None = None) -> dict[str, Any]:
+def run_search(
+    cfg: SearchConfig,
+    *,
+    s3: S3Settings | None = None,
+    log: Callable[[str], None] = print,
+    address: str | None = None,
+) -> dict[str, Any]:
     """Run (or continue) the search; writes the trials table and the best config to storage."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    from cxr_ray.data.datasets import TaskData, require_complete
     from cxr_ray.runtime import init_ray
+    from cxr_ray.train.classifier import ClassifierConfig, check_inputs
 
-    name = cfg.search_name()
-    root = storage.join(cfg.storage, name)
-    for table in TaskData(cfg.task, cfg.data, cfg.fakes, "both" if cfg.task == "deepfake" else cfg.source).tables():
-        require_complete(table, s3)
-    ray = init_ray(address)
+    s3 = s3 or S3Settings.from_env()
+    base = trial_base(cfg)
+    check_inputs(ClassifierConfig(**base), s3)
+    init_ray(address)
+    trainable = _trainable(base, s3)
+    tuner = _restored_tuner(cfg, trainable, s3, log)
+    if tuner is None:
+        tuner = _new_tuner(cfg, trainable, s3)
+    return write_search_results(cfg, tuner.fit(), s3, log)
 
-    base = {
-        "data": cfg.data,
-        "task": cfg.task,
-        "model": cfg.model,
-        "fakes": cfg.fakes,
-        "source": cfg.source,
-        "num_workers": cfg.workers_per_trial,
-        "storage": storage.join(root, "trials"),
-        "seed": cfg.seed,
-    }
-    trainable = tune.with_parameters(trial_driver, base=base, s3=s3.to_dict() if s3 else None)
+
+def _trainable(base: dict[str, Any], s3: S3Settings) -> Any:
+    from ray import tune
+
+    trainable = tune.with_parameters(trial_driver, base=base, s3=s3.to_dict())
     # The trial driver only waits on its TorchTrainer: it must not hold a CPU
     # the trainer's workers need (on 2 CPUs that would deadlock).
-    trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([{"CPU": TRIAL_DRIVER_CPU}]))
-    storage_path, storage_fs = _tune_storage(cfg.storage, s3)
-    experiment_path = storage.join(cfg.storage, name)
+    return tune.with_resources(trainable, tune.PlacementGroupFactory([{"CPU": TRIAL_DRIVER_CPU}]))
+
+
+def _restored_tuner(cfg: SearchConfig, trainable: Any, s3: S3Settings, log: Callable[[str], None]) -> Any | None:
+    """The interrupted search under this name, continued; None when there is none."""
+    from ray import tune
+
+    experiment_path = storage.join(cfg.storage, cfg.search_name())
     fs, exp_fs_path = storage.resolve(experiment_path, s3)
-    if tune.Tuner.can_restore(exp_fs_path, storage_filesystem=fs if storage.is_s3(cfg.storage) else None):
-        log(f"[tune] continuing the interrupted search at {experiment_path}")
-        tuner = tune.Tuner.restore(
-            exp_fs_path,
-            trainable=trainable,
-            resume_unfinished=True,
-            resume_errored=True,
-            storage_filesystem=fs if storage.is_s3(cfg.storage) else None,
-        )
-    else:
-        cpus = float(ray.cluster_resources().get("CPU", 1))
-        per_trial = cfg.workers_per_trial + TRIAL_DRIVER_CPU
-        concurrent = cfg.max_concurrent_trials or max(1, int(cpus // per_trial))
-        tuner = tune.Tuner(
-            trainable,
-            param_space=search_space(cfg),
-            tune_config=tune.TuneConfig(
-                metric="val_auc",
-                mode="max",
-                num_samples=cfg.num_samples,
-                max_concurrent_trials=concurrent,
-                # ASHA needs two rungs to stop anything early; with a one-epoch
-                # budget FIFO lets every trial end on its own instead of being
-                # stopped by Tune while its trainer is still cleaning up.
-                scheduler=ASHAScheduler(
-                    time_attr="training_iteration",
-                    max_t=cfg.max_epochs,
-                    grace_period=cfg.grace_period,
-                    reduction_factor=cfg.reduction_factor,
-                )
-                if cfg.max_epochs > 1
-                else None,
-            ),
-            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs),
-        )
-    results = tuner.fit()
-    return write_search_results(cfg, results, s3, log)
+    storage_fs = fs if storage.is_s3(cfg.storage) else None
+    if not tune.Tuner.can_restore(exp_fs_path, storage_filesystem=storage_fs):
+        return None
+    log(f"[tune] continuing the interrupted search at {experiment_path}")
+    return tune.Tuner.restore(
+        exp_fs_path, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=storage_fs
+    )
 
 
-def _tune_storage(uri: str, s3: S3Settings | None) -> tuple[str, Any]:
+def _new_tuner(cfg: SearchConfig, trainable: Any, s3: S3Settings) -> Any:
+    from ray import tune
+
     from cxr_ray.train.launch import ray_storage
 
-    return ray_storage(uri, s3)
+    storage_path, storage_fs = ray_storage(cfg.storage, s3)
+    tune_config = tune.TuneConfig(
+        metric="val_auc",
+        mode="max",
+        num_samples=cfg.num_samples,
+        max_concurrent_trials=_concurrent_trials(cfg),
+        scheduler=_scheduler(cfg),
+    )
+    run_config = tune.RunConfig(name=cfg.search_name(), storage_path=storage_path, storage_filesystem=storage_fs)
+    return tune.Tuner(trainable, param_space=search_space(cfg), tune_config=tune_config, run_config=run_config)
 
 
-def write_search_results(cfg: SearchConfig, results: Any, s3: S3Settings | None, log=print) -> dict[str, Any]:
+def _concurrent_trials(cfg: SearchConfig) -> int:
+    """As asked, else as many trials as the cluster's CPUs fit."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    return cfg.max_concurrent_trials or max(1, int(cpus // (cfg.workers_per_trial + TRIAL_DRIVER_CPU)))
+
+
+def _scheduler(cfg: SearchConfig) -> Any | None:
+    """ASHA on epochs; None (FIFO) for a one-epoch budget.
+
+    ASHA needs two rungs to stop anything early; with a one-epoch budget FIFO
+    lets every trial end on its own instead of being stopped by Tune while its
+    trainer is still cleaning up.
+    """
+    from ray.tune.schedulers import ASHAScheduler
+
+    if cfg.max_epochs <= 1:
+        return None
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=cfg.max_epochs,
+        grace_period=cfg.grace_period,
+        reduction_factor=cfg.reduction_factor,
+    )
+
+
+def write_search_results(
+    cfg: SearchConfig, results: Any, s3: S3Settings | None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Trials table (CSV) and best config (JSON) beside Tune's own experiment state."""
     import pandas as pd
 

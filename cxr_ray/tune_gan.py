@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 from cxr_ray import storage
 from cxr_ray.config import ConfigError
+from cxr_ray.filenames import BEST_CONFIG_FILE
 from cxr_ray.storage import S3Settings
 
-BEST_CONFIG_FILE = "best_config.json"
 TRIALS_TABLE = "trials.csv"
 ENCODER_FILE = "quality-encoder.pt"
 TRIAL_DRIVER_CPU = 0.01  # as in cxr_ray.tune: the driver only waits on its trainer
@@ -79,7 +79,7 @@ def gan_trial_driver(sampled: dict[str, Any], base: dict[str, Any], s3: dict[str
     from cxr_ray.gan_quality import evaluate_generator
     from cxr_ray.train.gan import GanConfig, train_gan
 
-    settings = S3Settings(**s3) if s3 else None
+    settings = S3Settings.from_dict(s3)
     trial_id = tune.get_context().get_trial_id()
     base = dict(base)
     encoder_uri, n_fake = base.pop("_encoder"), base.pop("_n_fake")
@@ -87,7 +87,7 @@ def gan_trial_driver(sampled: dict[str, Any], base: dict[str, Any], s3: dict[str
         **base, lr=float(sampled["lr"]), beta1=float(sampled["beta1"]),
         ngf=int(sampled["width"]), ndf=int(sampled["width"]), name=f"trial-{trial_id}",
     )
-    summary = train_gan(cfg, settings, log=lambda m: None)
+    summary = train_gan(cfg, s3=settings, log=lambda m: None)
     quality = evaluate_generator(
         summary["run_dir"], split="val", n_fake=n_fake, encoder_uri=encoder_uri, baselines=False,
         seed=cfg.seed, s3=settings, log=lambda m: None,
@@ -101,7 +101,7 @@ def gan_trial_driver(sampled: dict[str, Any], base: dict[str, Any], s3: dict[str
 
 
 def run_gan_search(
-    cfg: GanSearchConfig, s3: S3Settings | None = None, log: Callable[[str], None] = print, address: str | None = None
+    cfg: GanSearchConfig, *, s3: S3Settings | None = None, log: Callable[[str], None] = print, address: str | None = None
 ) -> dict[str, Any]:
     """Run (or continue) the search; writes the trials table and the best config (lowest val FD)."""
     from ray import tune

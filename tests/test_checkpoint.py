@@ -1,4 +1,4 @@
-"""Checkpoints: plain-data round trip, refusal of objects, safe loading, atomic writes."""
+"""Checkpoints: plain-data round trip, refusal of objects, safe loading, atomic writes; the classifier format."""
 
 from __future__ import annotations
 
@@ -162,3 +162,77 @@ def test_unwrap_model_and_model_state_drop_wrappers_and_copy_to_cpu():
     with torch.no_grad():
         model[0].weight.add_(1.0)
     assert torch.equal(state["0.weight"], before)  # a snapshot, not a view of live parameters
+
+
+# ---------------------------------------------------------------- the classifier checkpoint format
+
+
+def _classifier_state() -> dict:
+    from cxr_ray.classifier_state import build_classifier_state
+    from cxr_ray.models import create_model
+
+    kwargs = {"num_classes": 2, "in_channels": 1, "image_size": 64}
+    return build_classifier_state(
+        config={"data": "/data/real-64", "model": "cnn", "epochs": 2},
+        task="deepfake",
+        model_name="cnn",
+        model_kwargs=kwargs,
+        model_state=model_state(create_model("cnn", **kwargs)),
+        optimizer_state=None,
+        scheduler_state=None,
+        epoch=1,
+        val_metrics={"val_auc": 0.9, "val_threshold": 0.4},
+        threshold=0.4,
+        history=[{"epoch": 0, "val_auc": 0.8}, {"epoch": 1, "val_auc": 0.9}],
+    )
+
+
+def test_classifier_state_round_trip_rebuilds_the_model(tmp_path):
+    from cxr_ray.classifier_state import CLASSIFIER_FORMAT, load_classifier_state
+    from cxr_ray.filenames import STATE_FILE
+    from cxr_ray.models import create_model
+
+    state = _classifier_state()
+    uri = str(tmp_path / "checkpoint_000001" / STATE_FILE)
+    save_state(state, uri)
+    loaded = load_classifier_state(uri)
+    assert loaded["format"] == CLASSIFIER_FORMAT and loaded["kind"] == "classifier"
+    assert (loaded["task"], loaded["epoch"], loaded["threshold"]) == ("deepfake", 1, 0.4)
+    assert loaded["history"] == state["history"] and loaded["config"] == state["config"]
+    model = create_model(loaded["model_name"], **loaded["model_kwargs"]).eval()
+    model.load_state_dict(loaded["model_state"])
+    original = create_model("cnn", **state["model_kwargs"]).eval()
+    original.load_state_dict(state["model_state"])
+    x = torch.randn(2, 1, 64, 64)
+    assert torch.equal(model(x), original(x))
+
+
+def test_classifier_state_written_before_the_format_tag_still_loads(tmp_path):
+    from cxr_ray.classifier_state import load_classifier_state
+
+    legacy = _classifier_state()
+    del legacy["format"]  # older versions wrote kind == "classifier" only
+    uri = str(tmp_path / "state.pt")
+    save_state(legacy, uri)
+    assert load_classifier_state(uri)["model_name"] == "cnn"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format": "cxr_ray.dcgan/1"}, r"not a classifier checkpoint \(format 'cxr_ray.dcgan/1'"),
+        ({"format": None, "kind": "detector"}, r"not a classifier checkpoint \(kind 'detector'"),
+        ({"threshold": None}, "lacks threshold"),
+    ],
+)
+def test_other_checkpoints_are_refused_naming_the_file(tmp_path, change, message):
+    from cxr_ray.classifier_state import load_classifier_state
+
+    state = {**_classifier_state(), **change}
+    for key in [k for k, v in change.items() if v is None]:
+        del state[key]
+    uri = str(tmp_path / "other.pt")
+    save_state(state, uri)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_classifier_state(uri)
+    assert str(info.value).startswith(f"{uri}: ")

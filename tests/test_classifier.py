@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -14,9 +13,12 @@ from PIL import Image, ImageFilter
 
 from conftest import SAMPLE
 from cxr_ray import storage
+from cxr_ray.checkpoint import load_state, save_state
+from cxr_ray.classifier_state import CLASSIFIER_FORMAT
 from cxr_ray.config import IngestConfig
 from cxr_ray.data import schema
 from cxr_ray.data.ingest import run_ingest
+from cxr_ray.filenames import HISTORY_FILE, STATE_FILE, TEST_METRICS_FILE, TEST_METRICS_TABLE, TEST_PREDICTIONS_FILE
 from cxr_ray.train.classifier import ClassifierConfig, train_classifier
 
 
@@ -45,12 +47,13 @@ def blurred_fakes(real_uri: str, dest_uri: str, s3=None) -> None:
     storage.write_bytes_atomic(storage.join(dest_uri, storage.SUCCESS_MARKER), b"", s3)
 
 
+def checkpoint_files(run_dir):
+    return [ckpt / STATE_FILE for ckpt in sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())]
+
+
 def load_checkpoint_file(run_dir):
     """Every checkpoint Ray kept must load with weights_only=True."""
-    states = []
-    for ckpt in sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir()):
-        states.append(torch.load(ckpt / "state.pt", weights_only=True))
-    return states
+    return [torch.load(path, weights_only=True) for path in checkpoint_files(run_dir)]
 
 
 def test_ddp_training_selects_on_val_and_tests_once(real64, tmp_path):
@@ -58,26 +61,27 @@ def test_ddp_training_selects_on_val_and_tests_once(real64, tmp_path):
     out = train_classifier(cfg, log=lambda m: None)
     run_dir = tmp_path / cfg.run_name()
 
-    metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    metrics = json.loads((run_dir / TEST_METRICS_FILE).read_text())
     assert metrics == json.loads(json.dumps(out))
     test = metrics["test"]
     for key in ("accuracy", "auc", "sensitivity", "specificity"):
         assert test[f"{key}_ci_low"] <= test[key] <= test[f"{key}_ci_high"], key
     assert test["tn"] + test["fp"] + test["fn"] + test["tp"] == test["n"] == 65  # the sample's test split
-    history = json.loads((run_dir / "history.json").read_text())
+    history = json.loads((run_dir / HISTORY_FILE).read_text())
     assert [h["epoch"] for h in history] == [0, 1]
     for h in history:
         assert {"val_loss", "val_accuracy", "val_auc", "val_sensitivity", "val_specificity"} <= set(h)
     best = max(history, key=lambda h: (h["val_auc"], h["epoch"]))
     assert metrics["best_epoch"] == best["epoch"] and metrics["threshold"] == best["val_threshold"]
 
-    table = pq.read_table(run_dir / "test_metrics.parquet").to_pylist()
+    table = pq.read_table(run_dir / TEST_METRICS_TABLE).to_pylist()
     assert {r["metric"] for r in table} == {"accuracy", "auc", "sensitivity", "specificity"}
-    preds = pq.read_table(run_dir / "test_predictions.parquet")
+    preds = pq.read_table(run_dir / TEST_PREDICTIONS_FILE)
     assert preds.num_rows == 65 and all("/test/" in p for p in preds.column("path").to_pylist())
 
     states = load_checkpoint_file(run_dir)
     assert states and all(s["model_name"] == "cnn" and s["model_kwargs"]["image_size"] == 64 for s in states)
+    assert all(s["format"] == CLASSIFIER_FORMAT and s["kind"] == "classifier" for s in states)
     assert {s["epoch"] for s in states} <= {0, 1}
 
     # Same command again: finished runs are not retrained.
@@ -93,11 +97,12 @@ def test_worker_failure_resumes_from_last_checkpoint(real64, tmp_path):
     )
     train_classifier(cfg, log=lambda m: None)
     assert marker.exists()
-    history = json.loads((tmp_path / "runs" / cfg.run_name() / "history.json").read_text())
+    history = json.loads((tmp_path / "runs" / cfg.run_name() / HISTORY_FILE).read_text())
     assert [h["epoch"] for h in history] == [0, 1, 2]
 
 
 def test_rerun_with_same_name_resumes_interrupted_run(real64, tmp_path):
+    """Also from a checkpoint written before the format tag: a study root trained by older code is reused."""
     from ray.train import TrainingFailedError
 
     runs = tmp_path / "runs"
@@ -109,9 +114,13 @@ def test_rerun_with_same_name_resumes_interrupted_run(real64, tmp_path):
         train_classifier(crash, log=lambda m: None)
     first = load_checkpoint_file(runs / "resume-me")
     assert [s["epoch"] for s in first] == [0]
+    for path in checkpoint_files(runs / "resume-me"):  # as the untagged states of older versions
+        legacy = load_state(str(path))
+        del legacy["format"]
+        save_state(legacy, str(path))
 
     out = train_classifier(ClassifierConfig(data=real64, epochs=2, batch_size=32, storage=str(runs), n_boot=100, name="resume-me"), log=lambda m: None)
-    history = json.loads((runs / "resume-me" / "history.json").read_text())
+    history = json.loads((runs / "resume-me" / HISTORY_FILE).read_text())
     assert [h["epoch"] for h in history] == [0, 1]
     # Epoch 0 was not retrained: its record is the one from the interrupted attempt.
     assert history[0] == first[0]["history"][0]
@@ -127,17 +136,15 @@ def test_deepfake_detector_on_s3_storage(real64, s3_server, s3_bucket, tmp_path)
     )
     out = train_classifier(cfg, s3=s3_server, log=lambda m: None)
     run_uri = f"s3://{s3_bucket}/runs/{cfg.run_name()}"
-    assert storage.exists(storage.join(run_uri, "test_metrics.json"), s3_server)
+    assert storage.exists(storage.join(run_uri, TEST_METRICS_FILE), s3_server)
     fs, base = storage.resolve(run_uri, s3_server)
-    preds = pq.read_table(f"{base}/test_predictions.parquet", filesystem=fs).to_pylist()
+    preds = pq.read_table(f"{base}/{TEST_PREDICTIONS_FILE}", filesystem=fs).to_pylist()
     # Test split: 65 real (target 0) + 65 held-out "fakes" (target 1).
     assert sum(p["target"] for p in preds) == 65 and len(preds) == 130
     assert all((p["target"] == 1) == p["path"].startswith("generated://") for p in preds)
     assert out["source"] == "real+fake" and out["test"]["n_pos"] == 65
     assert out["checkpoint"].startswith(f"{s3_bucket}/runs/")
-    from cxr_ray.checkpoint import load_state
-
-    state = load_state(f"s3://{out['checkpoint']}/state.pt", s3_server)
+    state = load_state(storage.join(storage.uri_for(run_uri, out["checkpoint"]), STATE_FILE), s3_server)
     assert state["config"]["robust_aug"] == 0.5
 
 

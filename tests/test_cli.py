@@ -52,3 +52,33 @@ def test_ingest_error_is_one_clear_line(tmp_path):
 def test_bad_resolution_is_named():
     result = CliRunner().invoke(app, ["ingest", "a", "b", "--resolution", "100"])
     assert result.exit_code == 2 and "resolution must be one of" in result.output
+
+
+def test_commands_report_errors_only_through_guarded():
+    """No command module catches errors or calls fail() itself: cli/common.py:guarded is the one handler."""
+    import ast
+
+    for module in ("app", "eval_cmds", "generate_cmd", "train_gan_cmd"):
+        path = REPO / "cxr_ray" / "cli" / f"{module}.py"
+        tree = ast.parse(path.read_text())
+        tries = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Try)]
+        fails = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "fail"]
+        assert not tries and not fails, f"{path.name}: try at {tries}, fail() at {fails}"
+
+
+def test_train_gan_name_with_two_classes_is_one_clear_line():
+    result = CliRunner().invoke(app, ["train-gan", "table", "--name", "x", "--class", "NORMAL", "--class", "PNEUMONIA"])
+    assert result.exit_code == 2
+    assert "error: --name names one run" in result.output and "Traceback" not in result.output
+
+
+def test_job_entrypoints_run_the_shared_commands():
+    """Every jobs/*.py (but the study's) is `app([COMMAND, *argv])`: the same options, help and errors as cxr-ray."""
+    jobs = {"ingest": "ingest", "generate": "generate", "train_gan": "train-gan", "train_classifier": "train",
+            "tune": "tune", "evaluate": "evaluate", "scan": "scan"}
+    assert {p.stem for p in (REPO / "jobs").glob("*.py")} == set(jobs) | {"full_study"}
+    for job, command in jobs.items():
+        source = (REPO / "jobs" / f"{job}.py").read_text()
+        assert f'app(["{command}", *sys.argv[1:]], prog_name="jobs/{job}.py")' in source, job
+    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "train_gan.py"), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "jobs/train_gan.py train-gan" in proc.stdout and "Examples" in proc.stdout

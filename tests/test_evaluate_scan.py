@@ -21,10 +21,12 @@ from cxr_ray.checkpoint import load_state
 from cxr_ray.config import ConfigError, IngestConfig
 from cxr_ray.data import schema
 from cxr_ray.data.ingest import run_ingest
-from cxr_ray.evaluate import DETECTOR_METRICS, METRIC_COLUMNS, PNEUMONIA_METRICS, EvaluateConfig, expand_perturbations, run_evaluate
+from cxr_ray.evaluate import EvaluateConfig, run_evaluate
+from cxr_ray.filenames import STATE_FILE, SUMMARY_FILE, TEST_METRICS_FILE
 from cxr_ray.generate import GenerateConfig, run_generate
 from cxr_ray.perturb import PERTURBATIONS, apply_perturbation, augment_table
 from cxr_ray.scan import NO_PYDICOM, ScanConfig, format_summary, run_scan
+from cxr_ray.scoring import DETECTOR_METRICS, METRIC_COLUMNS, PNEUMONIA_METRICS, expand_perturbations
 from cxr_ray.train.classifier import ClassifierConfig, train_classifier
 from test_generate import save_untrained_gan
 
@@ -114,16 +116,41 @@ def test_evaluate_writes_one_tidy_table(study, evaluation):
 
     # The clean real-test numbers are the trainer's own test evaluation: same pixels, model and val threshold.
     for key, eval_set in (("run_real", "real_test"), ("run_detector", "real+fake_test")):
-        trainer = json.loads((Path(study["runs"]) / study[key] / "test_metrics.json").read_text())["test"]
+        trainer = json.loads((Path(study["runs"]) / study[key] / TEST_METRICS_FILE).read_text())["test"]
         ours = {r["metric"]: r["value"] for r in rows if r["run"] == study[key] and r["eval_set"] == eval_set and r["perturbation"] == "none"}
         for metric in ("accuracy", "auc", "sensitivity", "specificity"):
             assert ours[metric] == pytest.approx(trainer[metric], abs=1e-6), (key, metric)
 
     predictions = read_parquet(storage.join(evaluation, "predictions.parquet"))
     assert predictions.num_rows == 3 * (n_real + n_fake) * len(EVAL_PERTURBATIONS)
-    summary = storage.read_json(storage.join(evaluation, "summary.json"))
+    summary = storage.read_json(storage.join(evaluation, SUMMARY_FILE))
     assert summary["perturbations"] == list(EVAL_PERTURBATIONS) and summary["resolution"] == 64
     assert "band" in json.loads((Path(evaluation) / "freq_baseline.json").read_text())["explanation"]
+
+
+def test_metrics_table_scores_each_run_on_its_own_evaluation_sets():
+    """The scoring library's tables on hand-made scores (no Ray): pneumonia runs per source, detectors on both."""
+    from cxr_ray.scoring import ModelRun, metrics_table
+
+    rng = np.random.default_rng(0)
+    rows = [
+        {"run": run, "source": source, "path": f"{source}/{i}", "label": i % 2, "class_name": ("NORMAL", "PNEUMONIA")[i % 2],
+         "perturbation": "none", "score": float(rng.random())}
+        for run in ("pneu", "det") for source in ("real", "fake") for i in range(30)
+    ]
+    runs = [
+        ModelRun("pneu", "/runs/pneu", "/runs/pneu/state.pt", "pneumonia", "cnn", "real", 0.5, 64),
+        ModelRun("det", "/runs/det", "/runs/det/state.pt", "deepfake", "cnn", "real+fake", 0.4, 64),
+    ]
+    table = metrics_table(pa.Table.from_pylist(rows), runs, n_boot=20, seed=0)
+    assert table.column_names == list(METRIC_COLUMNS)
+    got = {(r["run"], r["eval_set"], r["metric"]): r for r in table.to_pylist()}
+    expected = {("pneu", s, m) for s in ("real_test", "fake_test") for m in PNEUMONIA_METRICS}
+    assert set(got) == expected | {("det", "real+fake_test", m) for m in DETECTOR_METRICS}
+    real = [r for r in rows if r["run"] == "pneu" and r["source"] == "real"]
+    accuracy = np.mean([(r["score"] >= 0.5) == r["label"] for r in real])
+    assert got[("pneu", "real_test", "accuracy")]["value"] == pytest.approx(accuracy)
+    assert got[("det", "real+fake_test", "accuracy")]["n"] == 60
 
 
 def test_perturbations_change_reals_and_fakes_identically(ray_local):
@@ -253,8 +280,8 @@ def test_scan_scores_images_and_lists_unreadable_files(study, scan_folder, tmp_p
         assert rows[name]["verdict"] == "unreadable" and rows[name]["fake_probability"] is None
 
     # Same pixels and model as training: decode_to_gray at the detector's size, then predict_proba.
-    metrics = json.loads((Path(detector) / "test_metrics.json").read_text())
-    state = load_state(str(Path(metrics["checkpoint"]) / "state.pt"))
+    metrics = json.loads((Path(detector) / TEST_METRICS_FILE).read_text())
+    state = load_state(str(Path(metrics["checkpoint"]) / STATE_FILE))
     model = build_model(state)
     for path in sorted(p for p in scan_folder.rglob("*") if p.suffix in (".jpeg", ".png") and p.name != "broken.jpeg"):
         expected = float(predict_proba(model, np.array(decode_to_gray(path.read_bytes(), 64)[None]), batch_size=1)[0])
@@ -268,7 +295,7 @@ def test_scan_an_s3_prefix(study, scan_folder, s3_server, s3_bucket):
     upload_tree(s3_server, scan_folder, s3_bucket, "incoming")
     out = f"s3://{s3_bucket}/scans/today"
     detector = str(Path(study["runs"]) / study["run_detector"])
-    summary = run_scan(ScanConfig(src=f"s3://{s3_bucket}/incoming", detector=detector, out=out, progress=False, s3=s3_server), log=quiet)
+    summary = run_scan(ScanConfig(src=f"s3://{s3_bucket}/incoming", detector=detector, out=out, progress=False), s3=s3_server, log=quiet)
     assert (summary["scanned"], summary["unreadable"]) == (7, 3)
     results = read_parquet(storage.join(out, "results.parquet"), s3_server).to_pylist()
     assert all(r["path"].startswith(f"s3://{s3_bucket}/incoming/") for r in results)

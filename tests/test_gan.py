@@ -18,21 +18,20 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from cxr_ray.checkpoint import load_state
+from cxr_ray import storage
+from cxr_ray.checkpoint import CheckpointError, save_state
 from cxr_ray.config import ConfigError, from_dict
-from cxr_ray.models.dcgan import build_dcgan
-from cxr_ray.train.gan import (
-    CONFIG_FILE,
+from cxr_ray.filenames import GAN_CONFIG_FILE, GAN_LOSSES_FILE, GAN_SUMMARY_FILE, SAMPLES_DIR, STATE_FILE
+from cxr_ray.gan_state import (
+    GAN_FORMAT,
     GRID_SIDE,
-    LOSSES_FILE,
-    GanConfig,
-    RealFakeDiscriminator,
-    frozen,
+    build_gan_state,
     generator_from_state,
-    sample,
-    tensor_digest,
-    train_gan,
+    load_gan_state,
+    resolve_gan_state_uri,
 )
+from cxr_ray.models.dcgan import build_dcgan
+from cxr_ray.train.gan import GanConfig, RealFakeDiscriminator, frozen, sample, tensor_digest, train_gan
 from conftest import SAMPLE, boto3_client
 
 TINY = dict(batch_size=16, nz=16, ngf=8, ndf=8, num_workers=2, max_failures=1, seed=3)
@@ -111,6 +110,64 @@ def test_sampling_uses_running_stats_and_leaves_the_training_state_alone():
     assert torch.allclose(sample(generator, noise[:3]), first[:3], atol=1e-6)
 
 
+# ---------------------------------------------------------------- the checkpoint format (no Ray)
+
+
+def tiny_state(epoch: int = 2, **cfg_kwargs) -> dict:
+    torch.manual_seed(0)
+    cfg = GanConfig(data="t", image_size=64, nz=16, ngf=8, ndf=8, **cfg_kwargs)
+    generator, discriminator = build_dcgan(64, nz=16, ngf=8, ndf=8, num_classes=cfg.num_classes)
+    return build_gan_state(cfg, epoch, generator, discriminator, None, None, [{"epoch": epoch}])
+
+
+def test_gan_state_round_trips_with_the_tag_and_keys_old_checkpoints_have(tmp_path):
+    assert GAN_FORMAT == "cxr_ray.dcgan/1"  # the tag of every checkpoint written so far
+    state = tiny_state(class_name="all", conditional=True)
+    assert set(state) == {
+        "format", "epoch", "config", "class_names", "generator", "discriminator",
+        "optimizer_g", "optimizer_d", "history", "fixed_noise", "fixed_labels",
+    }
+    uri = str(tmp_path / STATE_FILE)
+    save_state(state, uri)
+    loaded = load_gan_state(uri)
+    assert loaded["epoch"] == 2 and loaded["config"]["class_name"] == "all"
+    assert torch.equal(loaded["fixed_noise"], state["fixed_noise"])
+    generator = generator_from_state(loaded)
+    assert not generator.training and generator.num_classes == 2
+    expected = state["generator"]["model_state"]
+    assert all(torch.equal(expected[k], v) for k, v in generator.state_dict().items())
+
+
+def test_gan_state_is_found_from_a_run_folder_a_checkpoint_folder_or_the_file(tmp_path):
+    run = tmp_path / "dcgan-normal"
+    old, new = run / "checkpoint_2026-01-01_00-00-00.000000", run / "checkpoint_2026-01-02_00-00-00.000000"
+    for folder, epoch in ((old, 1), (new, 2)):
+        save_state(tiny_state(epoch), str(folder / STATE_FILE))
+    assert resolve_gan_state_uri(str(new / STATE_FILE), None) == str(new / STATE_FILE)  # the file
+    assert resolve_gan_state_uri(str(old), None) == str(old / STATE_FILE)  # a checkpoint folder
+    assert load_gan_state(str(run))["epoch"] == 2  # a run folder without a summary: its newest checkpoint
+    storage.write_json_atomic(str(run / GAN_SUMMARY_FILE), {"checkpoint": str(old)})
+    assert load_gan_state(str(run))["epoch"] == 1  # with a summary: the checkpoint it names
+
+
+def test_gan_state_readers_refuse_other_files_and_name_them(tmp_path):
+    other = tmp_path / "classifier" / STATE_FILE
+    save_state({"kind": "classifier", "model_state": {}}, str(other))
+    with pytest.raises(CheckpointError, match=f"{other}: not a DCGAN checkpoint"):
+        load_gan_state(str(other.parent))
+    with pytest.raises(CheckpointError, match="not a DCGAN checkpoint"):
+        generator_from_state({"format": "something/else"})
+    with pytest.raises(CheckpointError, match="nowhere: no such GAN run"):
+        load_gan_state(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="empty: no GAN checkpoint found"):
+        load_gan_state(str(tmp_path / "empty"))
+    broken = {k: v for k, v in tiny_state().items() if k != "config"}
+    save_state(broken, str(tmp_path / "broken.pt"))
+    with pytest.raises(CheckpointError, match="broken.pt: DCGAN checkpoint lacks config"):
+        load_gan_state(str(tmp_path / "broken.pt"))
+
+
 # ---------------------------------------------------------------- Ray Train
 
 
@@ -138,7 +195,7 @@ def test_two_workers_stay_identical_survive_a_killed_worker_and_resume(table, tm
 
     assert marker.exists(), "the failure hook did not fire"
     assert summary["epochs"] == 3 and summary["num_workers"] == 2
-    history = json.loads((run / LOSSES_FILE).read_text())["epochs"]
+    history = json.loads((run / GAN_LOSSES_FILE).read_text())["epochs"]
     assert [e["epoch"] for e in history] == [1, 2, 3]
     # Epoch 1 ran in the first attempt; the restarted group resumed from its checkpoint, not from scratch.
     assert [e["attempt_start_epoch"] for e in history] == [0, 1, 1]
@@ -146,18 +203,20 @@ def test_two_workers_stay_identical_survive_a_killed_worker_and_resume(table, tm
     assert_replicas_identical(history)
     assert len({e["g_digests"]["params"][0] for e in history}) == 3  # and they did train
 
-    state = load_state(summary["checkpoint"] + "/state.pt")  # weights_only inside
+    # The run folder is enough: its summary names the checkpoint (loaded weights_only).
+    assert resolve_gan_state_uri(str(run), None) == storage.join(summary["checkpoint"], STATE_FILE)
+    state = load_gan_state(str(run))
     assert state["epoch"] == 3 and state["optimizer_g"]["state"] and state["optimizer_d"]["state"]
     generator = generator_from_state(state)
     assert tensor_digest(iter(generator.named_parameters())) == history[-1]["g_digests"]["params"][0]
     for epoch in range(4):  # epoch_000 is the untrained generator
-        assert read_png(run / "samples" / f"epoch_{epoch:03d}.png").size == (GRID_PX, GRID_PX)
-    assert json.loads((run / CONFIG_FILE).read_text())["class_name"] == "NORMAL"
+        assert read_png(run / SAMPLES_DIR / f"epoch_{epoch:03d}.png").size == (GRID_PX, GRID_PX)
+    assert json.loads((run / GAN_CONFIG_FILE).read_text())["class_name"] == "NORMAL"
 
     # Same name, more epochs: continues from epoch 3 instead of starting over.
     longer = train_gan(GanConfig(**{**cfg.__dict__, "epochs": 4, "inject_failure": None}), log=quiet)
     assert longer["run"] == summary["run"] and longer["epochs"] == 4 and longer["resumed_from_epoch"] == 3
-    extended = json.loads((run / LOSSES_FILE).read_text())["epochs"]
+    extended = json.loads((run / GAN_LOSSES_FILE).read_text())["epochs"]
     assert extended[:3] == history and extended[3]["attempt_start_epoch"] == 3
     assert_replicas_identical(extended)
 
@@ -170,16 +229,16 @@ def test_two_workers_stay_identical_survive_a_killed_worker_and_resume(table, tm
 def test_conditional_gan_writes_checkpoints_and_grids_to_s3(table, s3_server, s3_bucket):
     storage_uri = f"s3://{s3_bucket}/gan"
     cfg = GanConfig(data=table, storage=storage_uri, class_name="all", conditional=True, epochs=1, **TINY)
-    summary = train_gan(cfg, s3_server, log=quiet)
+    summary = train_gan(cfg, s3=s3_server, log=quiet)
 
     prefix = f"gan/{summary['run']}/"
     keys = {o["Key"] for o in boto3_client(s3_server).list_objects_v2(Bucket=s3_bucket, Prefix=prefix)["Contents"]}
-    for name in ("samples/epoch_000.png", "samples/epoch_001.png", LOSSES_FILE, "gan_summary.json", CONFIG_FILE):
+    for name in (f"{SAMPLES_DIR}/epoch_000.png", f"{SAMPLES_DIR}/epoch_001.png", GAN_LOSSES_FILE, GAN_SUMMARY_FILE, GAN_CONFIG_FILE):
         assert prefix + name in keys
-    assert any(k.endswith("/state.pt") and "/checkpoint_" in k for k in keys)
+    assert any(k.endswith(f"/{STATE_FILE}") and "/checkpoint_" in k for k in keys)
     assert summary["checkpoint"].startswith(f"s3://{s3_bucket}/gan/")
 
-    state = load_state(summary["checkpoint"] + "/state.pt", s3_server)
+    state = load_gan_state(summary["run_dir"], s3_server)
     generator = generator_from_state(state)
     assert generator.num_classes == 2
     fakes = sample(generator, torch.randn(4, 16), torch.tensor([0, 0, 1, 1]))
@@ -191,7 +250,7 @@ def test_refusals_happen_before_training(table, tmp_path):
     storage_root = tmp_path / "runs"
     train_kwargs = dict(data=table, storage=str(storage_root), name="taken", epochs=1, **TINY)
     (storage_root / "taken").mkdir(parents=True)
-    (storage_root / "taken" / CONFIG_FILE).write_text(json.dumps({"ngf": 64}))
+    (storage_root / "taken" / GAN_CONFIG_FILE).write_text(json.dumps({"ngf": 64}))
     with pytest.raises(ConfigError, match="trained with different"):
         train_gan(GanConfig(**train_kwargs), log=quiet)
     with pytest.raises(ConfigError, match="sync_bn needs GPU"):

@@ -11,8 +11,10 @@ from typer.testing import CliRunner
 
 from cxr_ray import gan_quality as q
 from cxr_ray.checkpoint import save_state
+from cxr_ray.filenames import GAN_CONFIG_FILE, SAMPLES_DIR, STATE_FILE
+from cxr_ray.gan_state import build_gan_state
 from cxr_ray.models.dcgan import build_dcgan
-from cxr_ray.train.gan import GanConfig, gan_state
+from cxr_ray.train.gan import GanConfig
 from conftest import SAMPLE
 
 
@@ -79,7 +81,7 @@ def test_metric_orders_real_perturbed_and_untrained_generator_images(table, enco
     real = q.subsample(train_images, train_labels, len(reference), seed=0)[0]
     generator, discriminator = build_dcgan(64, nz=16, ngf=8, ndf=8)
     cfg = GanConfig(data=table, image_size=64, nz=16, ngf=8, ndf=8)
-    untrained = q.fake_images(q.untrained_generator(gan_state(cfg, 0, generator, discriminator, None, None, []), 0), len(reference), None, 0)
+    untrained = q.fake_images(q.untrained_generator(build_gan_state(cfg, 0, generator, discriminator, None, None, []), 0), len(reference), None, 0)
 
     features = q.encode(encoder, reference)
     assert features.shape == (len(reference), 128)
@@ -98,8 +100,8 @@ def test_metric_orders_real_perturbed_and_untrained_generator_images(table, enco
 def test_evaluate_generator_reports_rows_sizes_and_feature_dimension(table, encoder_file, tmp_path):
     generator, discriminator = build_dcgan(64, nz=16, ngf=8, ndf=8)
     cfg = GanConfig(data=table, image_size=64, nz=16, ngf=8, ndf=8, class_name="PNEUMONIA")
-    checkpoint = tmp_path / "state.pt"
-    save_state(gan_state(cfg, 5, generator, discriminator, None, None, []), str(checkpoint))
+    checkpoint = tmp_path / STATE_FILE
+    save_state(build_gan_state(cfg, 5, generator, discriminator, None, None, []), str(checkpoint))
     out = tmp_path / "quality.json"
 
     from test_gan import cli_app
@@ -127,8 +129,8 @@ def test_inception_features_from_a_local_weights_file(table, encoder_file, tmp_p
     torch.save(inception_v3(weights=None, aux_logits=False, init_weights=False).state_dict(), weights)
     generator, discriminator = build_dcgan(64, nz=16, ngf=8, ndf=8)
     cfg = GanConfig(data=table, image_size=64, nz=16, ngf=8, ndf=8)
-    checkpoint = tmp_path / "state.pt"
-    save_state(gan_state(cfg, 1, generator, discriminator, None, None, []), str(checkpoint))
+    checkpoint = tmp_path / STATE_FILE
+    save_state(build_gan_state(cfg, 1, generator, discriminator, None, None, []), str(checkpoint))
 
     report = q.evaluate_generator(
         str(checkpoint), split="val", n_fake=6, encoder_uri=encoder_file, inception_weights=str(weights),
@@ -144,7 +146,8 @@ def test_inception_features_from_a_local_weights_file(table, encoder_file, tmp_p
 
 def test_grid_tiles_give_back_the_grid_images_exactly():
     from cxr_ray.gan_curve import grid_tiles
-    from cxr_ray.train.gan import grid_png, to_uint8
+    from cxr_ray.pixels import to_uint8
+    from cxr_ray.train.gan import grid_png
 
     images = torch.rand(64, 1, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     tiles = grid_tiles(grid_png(images), 64)
@@ -156,11 +159,11 @@ def test_quality_curve_reads_every_epoch_grid_and_ranks_them(table, encoder_file
     from cxr_ray import storage
     from cxr_ray.gan_curve import quality_curve
     from cxr_ray.report.plots import quality_curves
-    from cxr_ray.train.gan import CONFIG_FILE, SAMPLES_DIR, grid_png
+    from cxr_ray.train.gan import grid_png
 
     run = tmp_path / "dcgan-normal-64px-test"
     (run / SAMPLES_DIR).mkdir(parents=True)
-    storage.write_json_atomic(str(run / CONFIG_FILE), {"data": table, "class_name": "NORMAL", "image_size": 64})
+    storage.write_json_atomic(str(run / GAN_CONFIG_FILE), {"data": table, "class_name": "NORMAL", "image_size": 64})
     train, _ = q.real_images(table, "train", "NORMAL", None)
     real = train[:64].float().div(127.5).sub(1).unsqueeze(1)
     noise = torch.rand(64, 1, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1

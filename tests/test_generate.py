@@ -22,6 +22,7 @@ from cxr_ray.data import schema
 from cxr_ray.data.datasets import TaskData, load_arrays, require_complete, resolution_of
 from cxr_ray.data.ingest import run_ingest
 from cxr_ray.data.layout import CLASS_NAMES
+from cxr_ray.filenames import GAN_SUMMARY_FILE, STATE_FILE
 from cxr_ray.generate import MICRO_BATCH, GenerateConfig, load_generator, noise_for_seeds, run_generate
 from cxr_ray.storage import StorageError
 
@@ -36,8 +37,9 @@ def save_untrained_gan(run_uri: str, class_name: str, s3=None, seed: int = 0, wi
     span the gray range instead of sitting at mid-gray: plumbing tests need
     distinct images per seed, not good ones. class_name "all" makes a conditional GAN.
     """
+    from cxr_ray.gan_state import build_gan_state
     from cxr_ray.models.dcgan import build_dcgan
-    from cxr_ray.train.gan import GanConfig, gan_state
+    from cxr_ray.train.gan import GanConfig
 
     conditional = class_name == "all"
     name = run_uri.rstrip("/").split("/")[-1]
@@ -47,10 +49,10 @@ def save_untrained_gan(run_uri: str, class_name: str, s3=None, seed: int = 0, wi
     for module in generator.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_var.fill_(0.01)
-    state = gan_state(cfg, 1, generator, discriminator, None, None, [])
-    save_state(state, storage.join(run_uri, CHECKPOINT, "state.pt"), s3)
+    state = build_gan_state(cfg, 1, generator, discriminator, None, None, [])
+    save_state(state, storage.join(run_uri, CHECKPOINT, STATE_FILE), s3)
     if with_summary:
-        storage.write_json_atomic(storage.join(run_uri, "gan_summary.json"), {"checkpoint": storage.join(run_uri, CHECKPOINT)}, s3)
+        storage.write_json_atomic(storage.join(run_uri, GAN_SUMMARY_FILE), {"checkpoint": storage.join(run_uri, CHECKPOINT)}, s3)
     return run_uri
 
 
@@ -112,7 +114,7 @@ def test_fakes_share_the_reals_schema_and_pixel_pipeline(real64, fakes64, gan_ru
         assert start <= row["seed"] < end
 
     # Pixels are round((x + 1) * 127.5) of the tanh output: to_input maps them back within half a gray level.
-    from cxr_ray.train.loop import to_input
+    from cxr_ray.pixels import to_input
 
     generator, _ = load_generator(gan_runs[0])
     rows = [r for r in fakes.to_pylist() if r["class_name"] == "NORMAL"][:4]
@@ -157,8 +159,8 @@ def test_same_seed_same_bytes_whatever_the_batching(fakes64, gan_runs, tmp_path)
 def test_generate_to_s3_with_a_conditional_gan(ray_local, s3_server, s3_bucket):
     gan = save_untrained_gan(f"s3://{s3_bucket}/gans/dcgan-all", "all", s3=s3_server, seed=3)
     dest = f"s3://{s3_bucket}/study/fakes-64"
-    cfg = GenerateConfig(generators=(gan,), dest=dest, train_seeds=(0, 6), test_seeds=(100, 104), val_fraction=0.5, s3=s3_server)
-    summary = run_generate(cfg, log=lambda m: None)
+    cfg = GenerateConfig(generators=(gan,), dest=dest, train_seeds=(0, 6), test_seeds=(100, 104), val_fraction=0.5)
+    summary = run_generate(cfg, s3=s3_server, log=lambda m: None)
     require_complete(dest, s3_server)
     assert resolution_of(dest, s3_server) == 64
     table = read_images(dest, s3_server)
@@ -177,7 +179,7 @@ def test_bad_generator_inputs_are_named(gan_runs, tmp_path):
     with pytest.raises(ConfigError, match="two generators for class NORMAL"):
         run_generate(GenerateConfig(generators=(gan_runs[0], gan_runs[0]), dest=dest))
     other = tmp_path / "not-a-gan"
-    save_state({"kind": "classifier", "model_state": {}}, str(other / "state.pt"))
+    save_state({"kind": "classifier", "model_state": {}}, str(other / STATE_FILE))
     with pytest.raises(ConfigError, match="not a DCGAN checkpoint"):
         run_generate(GenerateConfig(generators=(str(other),), dest=dest))
     (tmp_path / "exists").mkdir()

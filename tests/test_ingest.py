@@ -123,10 +123,10 @@ def test_validation_is_carved_by_patient_and_stratified(ray_local, tmp_path):
 def test_local_and_s3_ingest_are_identical(ray_local, s3_server, s3_bucket, kaggle_tree, tmp_path):
     add_bad_files(kaggle_tree)
     upload_tree(s3_server, kaggle_tree, s3_bucket, "raw/chest_xray")
-    local = run_ingest(IngestConfig(src=str(kaggle_tree), dest=str(tmp_path / "local"), s3=s3_server))
+    local = run_ingest(IngestConfig(src=str(kaggle_tree), dest=str(tmp_path / "local")), s3=s3_server)
     s3_src = f"s3://{s3_bucket}/raw/chest_xray"
     s3_dest = f"s3://{s3_bucket}/study/real-64"
-    remote = run_ingest(IngestConfig(src=s3_src, dest=s3_dest, s3=s3_server))
+    remote = run_ingest(IngestConfig(src=s3_src, dest=s3_dest), s3=s3_server)
 
     for key in ("files_found", "rows", "quarantined", "duplicates", "by_split_class", "patients_by_split"):
         assert local[key] == remote[key], key
@@ -208,16 +208,16 @@ def test_bad_credentials_and_unreachable_endpoint(ray_local, auth_s3_server, tmp
 
     bad_keys = S3Settings(endpoint_url=auth_s3_server, region="us-east-1", access_key="AKIAWRONG", secret_key="nope")
     with pytest.raises(IngestError, match="S3 refused the credentials"):
-        run_ingest(IngestConfig(src="s3://bucket/chest_xray", dest=str(tmp_path / "out"), s3=bad_keys))
+        run_ingest(IngestConfig(src="s3://bucket/chest_xray", dest=str(tmp_path / "out")), s3=bad_keys)
     nowhere = S3Settings(endpoint_url=f"http://127.0.0.1:{free_port()}", region="us-east-1", access_key="a", secret_key="b")
     with pytest.raises(IngestError, match="cannot reach the S3 endpoint"):
-        run_ingest(IngestConfig(src="s3://bucket/chest_xray", dest=str(tmp_path / "out"), s3=nowhere))
+        run_ingest(IngestConfig(src="s3://bucket/chest_xray", dest=str(tmp_path / "out")), s3=nowhere)
     assert not (tmp_path / "out").exists()
 
 
 def test_s3_destination_bucket_must_exist(ray_local, s3_server, kaggle_tree):
     with pytest.raises(IngestError, match="bucket does not exist"):
-        run_ingest(IngestConfig(src=str(kaggle_tree), dest="s3://no-such-bucket/out", s3=s3_server))
+        run_ingest(IngestConfig(src=str(kaggle_tree), dest="s3://no-such-bucket/out"), s3=s3_server)
 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")

@@ -1,4 +1,4 @@
-"""The study the way users run it: `ray job submit --working-dir . -- python jobs/full_study.py` against S3."""
+"""The study the way users run it: `ray job submit --working-dir . -- python jobs/full_study.py` against S3, twice (the second re-uses every stage)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from conftest import REPO, boto3_client
+
+from cxr_ray.study.layout import STAGES
 
 
 def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
@@ -30,8 +32,7 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
         "--models", "cnn", "--gan-epochs", "1", "--fakes-per-class", "24", "--test-fakes-per-class", "12",
         "--tune-samples", "1", "--n-boot", "50",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    proc = submit(cmd)
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
 
     client = boto3_client(s3_server)
@@ -52,9 +53,20 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
         assert key in keys, key
     manifest = json.loads(client.get_object(Bucket=s3_bucket, Key="study/manifest.json")["Body"].read())
     stages = manifest["stages"]
-    for stage in ("ingest", "gan", "gan_quality", "generate", "tune", "train", "evaluate"):
+    for stage in STAGES:
         assert stages[stage]["status"] == "done", stage
     html = client.get_object(Bucket=s3_bucket, Key="study/report/report.html")["Body"].read().decode()
     assert "data:image/png;base64," in html and "Transfer" in html and "cnn-robust" in html
     # Credentials reach the workers through the runtime env, never the report.
     assert s3_server.secret_key not in html and s3_server.secret_key not in json.dumps(manifest)
+
+    # The same command again re-uses every finished stage.
+    again = submit(cmd)
+    for stage in STAGES:
+        assert f"[{stage}] done earlier with the same config; skipping" in again.stdout + again.stderr, stage
+
+
+def submit(cmd: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc

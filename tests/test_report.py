@@ -26,3 +26,18 @@ def test_run_labels_keep_the_robust_variant_apart():
     assert run_label("deepfake-cnn-robust-real") == "cnn-robust"
     assert run_label("pneumonia-mobilenet_v2-fake") == "mobilenet_v2"
     assert run_label("freq_baseline") == "freq_baseline"
+
+
+def test_a_report_over_an_empty_study_root_says_what_is_missing(tmp_path):
+    from cxr_ray.report.build import build_report
+    from cxr_ray.study import StudyLayout
+
+    layout = StudyLayout(str(tmp_path / "study"))
+    out = build_report(layout, log=lambda _: None)
+    assert out == {"md": f"{layout.report}/report.md", "html": f"{layout.report}/report.html"}
+    md = (tmp_path / "study" / "report" / "report.md").read_text()
+    for missing in ("No ingest summary found.", "No image tables found.", "No GAN runs recorded.",
+                    "No classifier runs recorded.", "No transfer matrix found.", "No detector runs recorded.",
+                    "No cross-evaluation table found.", "No search recorded."):
+        assert missing in md
+    assert "<h1>cxr-ray study report</h1>" in (tmp_path / "study" / "report" / "report.html").read_text()

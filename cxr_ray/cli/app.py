@@ -19,7 +19,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from cxr_ray.cli.common import RAY_ADDRESS, S3_ENDPOINT, S3_REGION, fail, known_errors, run_configured, s3_settings
+from cxr_ray.cli.common import (
+    MODEL,
+    RAY_ADDRESS,
+    REAL_TABLE,
+    S3_ENDPOINT,
+    S3_REGION,
+    SEARCH_NAME,
+    SEARCH_STORAGE,
+    TRAINERS_SEED,
+    WORKERS_PER_TRIAL,
+    run_configured,
+    run_stage,
+)
 
 
 @app.command(
@@ -42,22 +54,17 @@ def ingest(
     address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Decode a chest X-ray folder once into a Parquet image table (Ray Data)."""
-    errors = known_errors()
-    try:
+
+    def build():
         from cxr_ray.config import IngestConfig
-        from cxr_ray.data.ingest import format_summary, run_ingest
-        cfg = IngestConfig(
-            src=src,
-            dest=dest,
-            resolution=resolution,
-            val_fraction=val_fraction,
-            seed=seed,
-            overwrite=overwrite,
-            s3=s3_settings(s3_endpoint, s3_region),
-        )
-        summary = run_ingest(cfg, log=lambda m: typer.echo(m, err=True), address=address)
-    except errors as exc:
-        fail(str(exc))
+        from cxr_ray.data.ingest import run_ingest
+
+        cfg = IngestConfig(src=src, dest=dest, resolution=resolution, val_fraction=val_fraction, seed=seed, overwrite=overwrite)
+        return cfg, run_ingest
+
+    summary = run_stage(build, s3_endpoint, s3_region, address)
+    from cxr_ray.data.ingest import format_summary
+
     typer.echo(format_summary(summary))
 
 
@@ -71,9 +78,9 @@ def ingest(
     )
 )
 def train(
-    data: Optional[str] = typer.Option(None, help="Ingested real image table (path or s3://)."),
+    data: Optional[str] = REAL_TABLE,
     task: Optional[str] = typer.Option(None, help="pneumonia (NORMAL vs PNEUMONIA) or deepfake (real vs fake)."),
-    model: Optional[str] = typer.Option(None, help="cnn, resnet18, resnet50 or mobilenet_v2."),
+    model: Optional[str] = MODEL,
     fakes: Optional[str] = typer.Option(None, help="Generated fake image table (needed for deepfake / source fake)."),
     source: Optional[str] = typer.Option(None, help="pneumonia only: train on real, fake or both."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default 10)."),
@@ -127,17 +134,17 @@ def train(
     )
 )
 def tune(
-    data: Optional[str] = typer.Option(None, help="Ingested real image table (path or s3://)."),
+    data: Optional[str] = REAL_TABLE,
     task: Optional[str] = typer.Option(None, help="pneumonia or deepfake."),
-    model: Optional[str] = typer.Option(None, help="cnn, resnet18, resnet50 or mobilenet_v2."),
+    model: Optional[str] = MODEL,
     fakes: Optional[str] = typer.Option(None, help="Generated fake table (deepfake task or fake source)."),
     source: Optional[str] = typer.Option(None, help="pneumonia only: real, fake or both."),
     num_samples: Optional[int] = typer.Option(None, help="Trials to sample (default 8)."),
     max_epochs: Optional[int] = typer.Option(None, help="ASHA's epoch budget per trial (default 8)."),
-    workers_per_trial: Optional[int] = typer.Option(None, help="Ray Train workers per trial (default 1)."),
-    storage: Optional[str] = typer.Option(None, help="Search root (path or s3://, default runs/tune)."),
-    name: Optional[str] = typer.Option(None, help="Search name; the same name continues the same search."),
-    seed: Optional[int] = typer.Option(None, help="Random seed of the trainers."),
+    workers_per_trial: Optional[int] = WORKERS_PER_TRIAL,
+    storage: Optional[str] = SEARCH_STORAGE,
+    name: Optional[str] = SEARCH_NAME,
+    seed: Optional[int] = TRAINERS_SEED,
     config: Optional[str] = typer.Option(None, "--config", help="YAML file of SearchConfig keys; flags override it."),
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,
@@ -168,15 +175,15 @@ def tune(
     ),
 )
 def tune_gan(
-    data: Optional[str] = typer.Option(None, help="Ingested real image table (path or s3://)."),
+    data: Optional[str] = REAL_TABLE,
     class_name: Optional[str] = typer.Option(None, "--class", help="NORMAL or PNEUMONIA (one GAN per class)."),
     num_samples: Optional[int] = typer.Option(None, help="Trials to sample (default 4)."),
     epochs: Optional[int] = typer.Option(None, help="GAN epochs per trial (default 10)."),
-    workers_per_trial: Optional[int] = typer.Option(None, help="Ray Train workers per trial (default 1)."),
+    workers_per_trial: Optional[int] = WORKERS_PER_TRIAL,
     n_fake: Optional[int] = typer.Option(None, help="Fakes drawn per trial for the val FD/KID (default 500)."),
-    storage: Optional[str] = typer.Option(None, help="Search root (path or s3://, default runs/tune)."),
-    name: Optional[str] = typer.Option(None, help="Search name; the same name continues the same search."),
-    seed: Optional[int] = typer.Option(None, help="Random seed of the trainers."),
+    storage: Optional[str] = SEARCH_STORAGE,
+    name: Optional[str] = SEARCH_NAME,
+    seed: Optional[int] = TRAINERS_SEED,
     config: Optional[str] = typer.Option(None, "--config", help="YAML file of GanSearchConfig keys; flags override it."),
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,

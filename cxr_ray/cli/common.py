@@ -1,4 +1,4 @@
-"""What every `cxr-ray` command shares: the S3/Ray options, settings, config files and error reporting.
+"""What every `cxr-ray` command shares: the common options, S3 settings, config files, running a stage and error reporting.
 
 Only typer and the standard library at import time: heavy modules load inside the functions.
 """
@@ -7,15 +7,26 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, TypeVar
 
-T = TypeVar("T")
-
 import typer
 
+T = TypeVar("T")
+
+# Options that several commands take with the same meaning: defined once, so their flags and help never drift apart.
 S3_ENDPOINT = typer.Option(
     None, "--s3-endpoint", envvar="CXR_RAY_S3_ENDPOINT", help="S3-compatible endpoint URL, e.g. http://127.0.0.1:9000."
 )
 S3_REGION = typer.Option(None, "--s3-region", help="S3 region (default: AWS_REGION, else us-east-1).")
 RAY_ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+OVERWRITE_OUT = typer.Option(False, "--overwrite", help="Replace OUT if it exists.")
+MAX_SCORING_ACTORS = typer.Option(None, help="Cap on scoring actors (default: one per GPU, else CPUs - 1).")
+RUNS = typer.Option(..., "--runs", help="A finished run dir, or a runs root whose sub-folders are searched; repeatable.")
+N_BOOT = typer.Option(1000, help="Bootstrap replicates for the 95% intervals.")
+REAL_TABLE = typer.Option(None, help="Ingested real image table (path or s3://).")
+MODEL = typer.Option(None, help="cnn, resnet18, resnet50 or mobilenet_v2.")
+WORKERS_PER_TRIAL = typer.Option(None, help="Ray Train workers per trial (default 1).")
+SEARCH_STORAGE = typer.Option(None, help="Search root (path or s3://, default runs/tune).")
+SEARCH_NAME = typer.Option(None, help="Search name; the same name continues the same search.")
+TRAINERS_SEED = typer.Option(None, help="Random seed of the trainers.")
 
 
 def s3_settings(endpoint: Optional[str], region: Optional[str]) -> Any:
@@ -88,6 +99,24 @@ def guarded(fn: Callable[[], T]) -> T:
         raise  # unreachable: fail() exits
 
 
+def run_stage(
+    build: Callable[[], tuple[Any, Callable[..., T]]],
+    s3_endpoint: Optional[str],
+    s3_region: Optional[str],
+    address: Optional[str],
+) -> T:
+    """`build()` -> (config, runner), then `runner(cfg, s3=..., log=..., address=...)`, the whole through `guarded`.
+
+    `build` imports the stage lazily and builds its config, so a bad value is reported like any other known error.
+    """
+
+    def run() -> T:
+        cfg, runner = build()
+        return runner(cfg, s3=s3_settings(s3_endpoint, s3_region), log=echo_err, address=address)
+
+    return guarded(run)
+
+
 def run_configured(
     load: Callable[[], tuple[type, Callable[..., T]]],
     config_file: Optional[str],
@@ -98,9 +127,8 @@ def run_configured(
 ) -> T:
     """A config from YAML + flags, then `runner(cfg, s3=..., log=..., address=...)`; `load` imports both lazily."""
 
-    def run() -> T:
+    def build() -> tuple[Any, Callable[..., T]]:
         cls, runner = load()
-        cfg = load_config(cls, config_file, overrides)
-        return runner(cfg, s3=s3_settings(s3_endpoint, s3_region), log=echo_err, address=address)
+        return load_config(cls, config_file, overrides), runner
 
-    return guarded(run)
+    return run_stage(build, s3_endpoint, s3_region, address)

@@ -10,7 +10,16 @@ from typing import List, Optional
 
 import typer
 
-from cxr_ray.cli.common import RAY_ADDRESS, S3_ENDPOINT, S3_REGION, fail, known_errors, s3_settings
+from cxr_ray.cli.common import (
+    MAX_SCORING_ACTORS,
+    N_BOOT,
+    OVERWRITE_OUT,
+    RAY_ADDRESS,
+    RUNS,
+    S3_ENDPOINT,
+    S3_REGION,
+    run_stage,
+)
 
 EPILOG_EVALUATE = (
     "Examples:\n\n"
@@ -38,77 +47,68 @@ EPILOG_SCAN = (
     "and OUT/summary.json. Verdicts use the threshold the detector chose on its validation split."
 )
 
-_RUNS_HELP = "A finished run dir, or a runs root whose sub-folders are searched; repeatable."
-
 
 def evaluate(
-    runs: List[str] = typer.Option(..., "--runs", help=_RUNS_HELP),
+    runs: List[str] = RUNS,
     real: str = typer.Option(..., "--real", help="Ingested real image table (its test split is scored)."),
     out: str = typer.Option(..., "--out", help="Output folder: metrics.parquet/.csv, predictions.parquet, summary.json."),
     fakes: Optional[str] = typer.Option(None, "--fakes", help="Generated fake table (its held-out test split); needed for detectors."),
     perturbation: Optional[List[str]] = typer.Option(None, "--perturbation", help="Perturbation to apply (repeatable; default all)."),
     freq_baseline: bool = typer.Option(True, "--freq-baseline/--no-freq-baseline", help="Also fit and score the frequency baseline."),
-    n_boot: int = typer.Option(1000, help="Bootstrap replicates for the 95% intervals."),
+    n_boot: int = N_BOOT,
     seed: int = typer.Option(0, help="Seed of the bootstrap and of the noise perturbation."),
     batch_size: int = typer.Option(256, help="Images per actor call."),
-    max_actors: Optional[int] = typer.Option(None, help="Cap on scoring actors (default: one per GPU, else CPUs - 1)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    max_actors: Optional[int] = MAX_SCORING_ACTORS,
+    overwrite: bool = OVERWRITE_OUT,
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,
     address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Score every finished model on real/fake test data, clean and perturbed, into one metrics table (Ray Data)."""
-    errors = known_errors()
-    try:
-        from cxr_ray.evaluate import EvaluateConfig, format_summary, run_evaluate
+
+    def build():
+        from cxr_ray.evaluate import EvaluateConfig, run_evaluate
         from cxr_ray.perturb import DEFAULT_PERTURBATIONS
 
         cfg = EvaluateConfig(
-            runs=tuple(runs),
-            real=real,
-            dest=out,
-            fakes=fakes,
-            perturbations=tuple(perturbation) if perturbation else DEFAULT_PERTURBATIONS,
-            freq_baseline=freq_baseline,
-            n_boot=n_boot,
-            seed=seed,
-            batch_size=batch_size,
-            max_actors=max_actors,
-            overwrite=overwrite,
-            s3=s3_settings(s3_endpoint, s3_region),
+            runs=tuple(runs), real=real, dest=out, fakes=fakes,
+            perturbations=tuple(perturbation) if perturbation else DEFAULT_PERTURBATIONS, freq_baseline=freq_baseline,
+            n_boot=n_boot, seed=seed, batch_size=batch_size, max_actors=max_actors, overwrite=overwrite,
         )
-        summary = run_evaluate(cfg, log=lambda m: typer.echo(m, err=True), address=address)
-    except errors as exc:
-        fail(str(exc))
+        return cfg, run_evaluate
+
+    summary = run_stage(build, s3_endpoint, s3_region, address)
+    from cxr_ray.evaluate import format_summary
+
     typer.echo(format_summary(summary))
 
 
 def transfer(
-    runs: List[str] = typer.Option(..., "--runs", help=_RUNS_HELP),
+    runs: List[str] = RUNS,
     real: str = typer.Option(..., "--real", help="Ingested real image table (its test split)."),
     fakes: str = typer.Option(..., "--fakes", help="Generated fake table (its held-out test split)."),
     out: str = typer.Option(..., "--out", help="Output folder: transfer.md, transfer/per_class .parquet and .csv."),
-    n_boot: int = typer.Option(1000, help="Bootstrap replicates for the 95% intervals."),
+    n_boot: int = N_BOOT,
     seed: int = typer.Option(0, help="Bootstrap seed."),
     batch_size: int = typer.Option(256, help="Images per actor call."),
-    max_actors: Optional[int] = typer.Option(None, help="Cap on scoring actors."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    max_actors: Optional[int] = MAX_SCORING_ACTORS,
+    overwrite: bool = OVERWRITE_OUT,
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,
     address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Test pneumonia classifiers trained on real and on fake X-rays on both kinds of test data."""
-    errors = known_errors()
-    try:
+
+    def build():
         from cxr_ray.transfer import TransferConfig, run_transfer
 
         cfg = TransferConfig(
             runs=tuple(runs), real=real, fakes=fakes, dest=out, n_boot=n_boot, seed=seed,
-            batch_size=batch_size, max_actors=max_actors, overwrite=overwrite, s3=s3_settings(s3_endpoint, s3_region),
+            batch_size=batch_size, max_actors=max_actors, overwrite=overwrite,
         )
-        summary = run_transfer(cfg, log=lambda m: typer.echo(m, err=True), address=address)
-    except errors as exc:
-        fail(str(exc))
+        return cfg, run_transfer
+
+    summary = run_stage(build, s3_endpoint, s3_region, address)
     typer.echo(summary["markdown"])
 
 
@@ -117,23 +117,25 @@ def scan(
     detector: str = typer.Option(..., "--detector", help="Finished deepfake detector run dir (or its checkpoint dir)."),
     out: str = typer.Option(..., "--out", help="Output folder for results.csv, results.parquet and summary.json."),
     batch_size: int = typer.Option(256, help="Files per read/score batch."),
-    max_actors: Optional[int] = typer.Option(None, help="Cap on scoring actors (default: one per GPU, else CPUs - 1)."),
+    max_actors: Optional[int] = MAX_SCORING_ACTORS,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show Ray Data progress bars."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    overwrite: bool = OVERWRITE_OUT,
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,
     address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Score every image under SRC with a deepfake detector; unreadable files are listed, never fatal."""
-    errors = known_errors()
-    try:
-        from cxr_ray.scan import ScanConfig, format_summary, run_scan
+
+    def build():
+        from cxr_ray.scan import ScanConfig, run_scan
 
         cfg = ScanConfig(
             src=src, detector=detector, out=out, batch_size=batch_size, max_actors=max_actors,
-            progress=progress, overwrite=overwrite, s3=s3_settings(s3_endpoint, s3_region),
+            progress=progress, overwrite=overwrite,
         )
-        summary = run_scan(cfg, log=lambda m: typer.echo(m, err=True), address=address)
-    except errors as exc:
-        fail(str(exc))
+        return cfg, run_scan
+
+    summary = run_stage(build, s3_endpoint, s3_region, address)
+    from cxr_ray.scan import format_summary
+
     typer.echo(format_summary(summary))

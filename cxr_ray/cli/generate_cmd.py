@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from cxr_ray.cli.common import RAY_ADDRESS, S3_ENDPOINT, S3_REGION, fail, known_errors, s3_settings
+from cxr_ray.cli.common import OVERWRITE_OUT, RAY_ADDRESS, S3_ENDPOINT, S3_REGION, run_stage
 
 EPILOG_GENERATE = (
     "Examples:\n\n"
@@ -32,28 +32,23 @@ def generate(
     val_fraction: float = typer.Option(0.1, help="Share of the train seed range used as validation."),
     batch_size: int = typer.Option(64, help="Images per actor call."),
     max_actors: Optional[int] = typer.Option(None, help="Cap on generator actors (default: one per GPU, else CPUs - 1)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    overwrite: bool = OVERWRITE_OUT,
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,
     address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Generate fake X-rays from DCGAN checkpoints into a Parquet table (Ray Data, actor pool)."""
-    errors = known_errors()
-    try:
-        from cxr_ray.generate import GenerateConfig, format_summary, run_generate
+
+    def build():
+        from cxr_ray.generate import GenerateConfig, run_generate
 
         cfg = GenerateConfig(
-            generators=tuple(gan),
-            dest=out,
-            train_seeds=(0, n),
-            test_seeds=(test_seed_start, test_seed_start + n_test),
-            val_fraction=val_fraction,
-            batch_size=batch_size,
-            max_actors=max_actors,
-            overwrite=overwrite,
-            s3=s3_settings(s3_endpoint, s3_region),
+            generators=tuple(gan), dest=out, train_seeds=(0, n), test_seeds=(test_seed_start, test_seed_start + n_test),
+            val_fraction=val_fraction, batch_size=batch_size, max_actors=max_actors, overwrite=overwrite,
         )
-        summary = run_generate(cfg, log=lambda m: typer.echo(m, err=True), address=address)
-    except errors as exc:
-        fail(str(exc))
+        return cfg, run_generate
+
+    summary = run_stage(build, s3_endpoint, s3_region, address)
+    from cxr_ray.generate import format_summary
+
     typer.echo(format_summary(summary))

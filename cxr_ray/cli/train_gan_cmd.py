@@ -1,8 +1,10 @@
-"""`cxr-ray train-gan` and `cxr-ray gan-quality`: thin typer wrappers over cxr_ray.train.gan and cxr_ray.gan_quality.
+"""`cxr-ray train-gan`, `gan-quality` and `gan-curve`: thin typer wrappers over cxr_ray.train.gan,
+cxr_ray.gan_quality and cxr_ray.gan_curve.
 
 Registered in cxr_ray/cli/app.py as
-``app.command(name="train-gan", epilog=EPILOG)(train_gan)`` and
-``app.command(name="gan-quality", epilog=EPILOG_QUALITY)(quality)``.
+``app.command(name="train-gan", epilog=EPILOG)(train_gan)``,
+``app.command(name="gan-quality", epilog=EPILOG_QUALITY)(quality)`` and
+``app.command(name="gan-curve", epilog=EPILOG_CURVE)(curve)``.
 Nothing heavy is imported at module level: torch and ray load inside the commands.
 """
 
@@ -12,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from cxr_ray.cli.common import S3_ENDPOINT, S3_REGION, fail, known_errors, s3_settings
+from cxr_ray.cli.common import RAY_ADDRESS, S3_ENDPOINT, S3_REGION, echo_err, guarded, s3_settings
 
 EPILOG = (
     "Examples:\n\n"
@@ -30,6 +32,7 @@ EPILOG_QUALITY = (
     "  cxr-ray gan-quality runs/gan/dcgan-normal-64px-0123456789ab --n-fake 1000 --out quality.json\n\n"
     "  cxr-ray gan-quality RUN --encoder runs/classifier/cnn/best.pt --inception-weights inception_v3.pth"
 )
+
 
 def train_gan(
     data: str = typer.Argument(..., help="Ingested image table (cxr-ray ingest output): path or s3://."),
@@ -53,7 +56,7 @@ def train_gan(
     sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm: BN statistics over the global batch (GPU only)."),
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
+    address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Train a DCGAN per class (or one class-conditional GAN) with Ray Train DDP on the train split only.
 
@@ -61,25 +64,29 @@ def train_gan(
     fixed-noise sample grid (STORAGE/NAME/samples/epoch_NNN.png) and the loss
     history (losses.json); the summary goes to STORAGE/NAME/gan_summary.json.
     """
-    errors = known_errors()
-    classes = ["all"] if conditional else list(dict.fromkeys(class_names))
-    if name and len(classes) > 1:
-        fail("--name names one run: give a single --class (or --conditional) with it")
-    summaries = []
-    try:
-        from cxr_ray.train.gan import GanConfig, format_losses
+
+    def run() -> list:
+        from cxr_ray.config import ConfigError
+
+        classes = ["all"] if conditional else list(dict.fromkeys(class_names))
+        if name and len(classes) > 1:
+            raise ConfigError("--name names one run: give a single --class (or --conditional) with it")
+        from cxr_ray.train.gan import GanConfig
         from cxr_ray.train.gan import train_gan as run_training
 
-        s3 = s3_settings(s3_endpoint, s3_region)
-        for class_name in classes:
-            cfg = GanConfig(
+        def config(class_name: str) -> GanConfig:
+            return GanConfig(
                 data=data, storage=storage, class_name=class_name, conditional=conditional, epochs=epochs,
                 batch_size=batch_size, lr=lr, beta1=beta1, nz=nz, ngf=ngf, ndf=ndf, num_workers=workers,
                 use_gpu=gpu, name=name, seed=seed, max_failures=max_failures, sync_bn=sync_bn,
             )
-            summaries.append(run_training(cfg, s3, address=address, log=lambda m: typer.echo(m, err=True)))
-    except errors as exc:
-        fail(str(exc))
+
+        s3 = s3_settings(s3_endpoint, s3_region)
+        return [run_training(config(class_name), s3=s3, log=echo_err, address=address) for class_name in classes]
+
+    summaries = guarded(run)
+    from cxr_ray.train.gan import format_losses
+
     for summary in summaries:
         typer.echo(f"{summary['run']}: {summary['epochs']} epochs in {summary['train_seconds']:.1f} s of training "
                    f"({summary['wall_seconds']:.1f} s wall), checkpoint {summary['checkpoint']}")
@@ -111,21 +118,23 @@ def quality(
     reference, the generator, and an untrained generator of the same
     architecture (the ceiling).
     """
-    errors = known_errors()
-    try:
+
+    def run() -> dict:
         from cxr_ray import gan_quality, storage
 
         s3 = s3_settings(s3_endpoint, s3_region)
         result = gan_quality.evaluate_generator(
             generator, data=data, split=split, n_fake=n_fake, encoder_uri=encoder,
-            inception_weights=inception_weights, baselines=not no_baselines, seed=seed, s3=s3,
-            log=lambda m: typer.echo(m, err=True),
+            inception_weights=inception_weights, baselines=not no_baselines, seed=seed, s3=s3, log=echo_err,
         )
         if out:
             storage.write_json_atomic(out, result, s3)
-    except errors as exc:
-        fail(str(exc))
-    typer.echo(gan_quality.format_result(result))
+        return result
+
+    result = guarded(run)
+    from cxr_ray.gan_quality import format_result
+
+    typer.echo(format_result(result))
 
 
 EPILOG_CURVE = (
@@ -146,20 +155,23 @@ def curve(
     s3_region: Optional[str] = S3_REGION,
 ) -> None:
     """The quality metric over training: KID (and FD) of every epoch's sample grid against real images."""
-    errors = known_errors()
-    try:
+
+    def run() -> list:
         from cxr_ray import gan_curve, storage
         from cxr_ray.report.plots import quality_curves
 
         s3 = s3_settings(s3_endpoint, s3_region)
         results = [
-            gan_curve.quality_curve(run, split=split, encoder_uri=encoder, seed=seed, s3=s3, log=lambda m: typer.echo(m, err=True))
-            for run in runs
+            gan_curve.quality_curve(run_uri, split=split, encoder_uri=encoder, seed=seed, s3=s3, log=echo_err)
+            for run_uri in runs
         ]
         if out:
             storage.write_json_atomic(storage.join(out, gan_curve.CURVE_FILE), {"curves": results}, s3)
             png = quality_curves(results, f"GAN quality over training ({results[0]['n_fake']} fixed-noise fakes per epoch)")
             storage.write_bytes_atomic(storage.join(out, gan_curve.CURVE_PLOT), png, s3)
-    except errors as exc:
-        fail(str(exc))
-    typer.echo("\n\n".join(gan_curve.format_curve(r) for r in results))
+        return results
+
+    results = guarded(run)
+    from cxr_ray.gan_curve import format_curve
+
+    typer.echo("\n\n".join(format_curve(r) for r in results))

@@ -15,8 +15,7 @@ import math
 import time
 import uuid
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,10 +38,6 @@ class IngestError(RuntimeError):
     """Ingest cannot start; the message names the path or setting at fault. Nothing was written."""
 
 
-def _uri(src_uri: str, fs_path: str) -> str:
-    return f"s3://{fs_path}" if storage.is_s3(src_uri) else fs_path
-
-
 def scan_source(src_uri: str, s3: S3Settings) -> list[layout.SourceFile]:
     """List every file under SRC and classify it by its place in the tree."""
     info = storage.file_info(src_uri, s3)
@@ -61,20 +56,15 @@ def scan_source(src_uri: str, s3: S3Settings) -> list[layout.SourceFile]:
     return files
 
 
-def _check_destination(cfg: IngestConfig) -> None:
+def _checked_source_files(cfg: IngestConfig, s3: S3Settings) -> list[layout.SourceFile]:
+    """SRC's files, once SRC's layout and DEST are known to be usable; IngestError naming the fault otherwise."""
     try:
-        present = storage.exists(cfg.dest, cfg.s3)
-    except StorageError as exc:
+        files = scan_source(cfg.src, s3)
+        layout.check_layout(cfg.src, files)
+        storage.check_destination(cfg.dest, s3, cfg.overwrite)
+    except (StorageError, layout.LayoutError) as exc:
         raise IngestError(str(exc)) from None
-    if present and not cfg.overwrite:
-        raise IngestError(f"{cfg.dest}: already exists; pass --overwrite to replace it")
-    if storage.is_s3(cfg.dest):
-        bucket = cfg.dest[len("s3://") :].split("/")[0]
-        try:
-            if not storage.exists(f"s3://{bucket}", cfg.s3):
-                raise IngestError(f"s3://{bucket}: destination bucket does not exist ({cfg.s3.redacted()})")
-        except StorageError as exc:
-            raise IngestError(str(exc)) from None
+    return files
 
 
 def decode_batch(batch: pa.Table, resolution: int, s3: dict[str, Any], src_uri: str) -> pa.Table:
@@ -83,49 +73,10 @@ def decode_batch(batch: pa.Table, resolution: int, s3: dict[str, Any], src_uri: 
     Failures become rows with ok=False and a reason instead of exceptions, so
     one bad file never fails the job.
     """
-    settings = S3Settings(**s3)
-    is_s3 = storage.is_s3(src_uri)
-    fs = storage.make_s3_filesystem(settings) if is_s3 else None
-    paths = batch.column("path").to_pylist()
-
-    def read(path: str) -> bytes | Exception:
-        try:
-            if fs is None:
-                with open(path, "rb") as f:
-                    return f.read()
-            with fs.open_input_stream(path) as f:
-                return f.read()
-        except OSError as exc:
-            return exc
-
-    # S3 reads are latency-bound: overlap them; local reads are cheap enough serially.
-    if is_s3:
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            blobs = list(pool.map(read, paths))
-    else:
-        blobs = [read(p) for p in paths]
-
-    images: list[bytes] = []
-    shas: list[str] = []
-    ok: list[bool] = []
-    reasons: list[str] = []
-    for blob in blobs:
-        if isinstance(blob, Exception):
-            images.append(b"")
-            shas.append("")
-            ok.append(False)
-            reasons.append(f"unreadable: {str(blob).splitlines()[0] if str(blob) else type(blob).__name__}")
-            continue
-        shas.append(hashlib.sha256(blob).hexdigest())
-        try:
-            images.append(decode_to_gray(blob, resolution).tobytes())
-            ok.append(True)
-            reasons.append("")
-        except DecodeError as exc:
-            images.append(b"")
-            ok.append(False)
-            reasons.append(str(exc))
-    n = len(paths)
+    uris = [storage.uri_for(src_uri, path) for path in batch.column("path").to_pylist()]
+    decoded = [_decode_one(blob, resolution) for blob in storage.read_many(uris, S3Settings.from_dict(s3))]
+    images, shas, ok, reasons = map(list, zip(*decoded)) if decoded else ([], [], [], [])
+    n = len(uris)
     return pa.table(
         {
             "image": pa.array(images, pa.binary()),
@@ -137,7 +88,7 @@ def decode_batch(batch: pa.Table, resolution: int, s3: dict[str, Any], src_uri: 
             "split": batch.column("split"),
             "source": pa.array(["real"] * n, pa.string()),
             "sha256": pa.array(shas, pa.string()),
-            "path": pa.array([_uri(src_uri, p) for p in paths], pa.string()),
+            "path": pa.array(uris, pa.string()),
             "generator_run": pa.nulls(n, pa.string()),
             "seed": pa.nulls(n, pa.int64()),
             "ok": pa.array(ok, pa.bool_()),
@@ -145,6 +96,17 @@ def decode_batch(batch: pa.Table, resolution: int, s3: dict[str, Any], src_uri: 
             "size": batch.column("size").cast(pa.int64()),
         }
     )
+
+
+def _decode_one(blob: bytes | OSError, resolution: int) -> tuple[bytes, str, bool, str]:
+    """(pixels, sha256, ok, reason) of one file: an unreadable or undecodable file gets a reason, not an exception."""
+    if isinstance(blob, Exception):
+        return b"", "", False, f"unreadable: {str(blob).splitlines()[0] if str(blob) else type(blob).__name__}"
+    sha = hashlib.sha256(blob).hexdigest()
+    try:
+        return decode_to_gray(blob, resolution).tobytes(), sha, True, ""
+    except DecodeError as exc:
+        return b"", sha, False, str(exc)
 
 
 def find_duplicates(meta: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -247,9 +209,8 @@ def decode_dedupe_write(
     )
     rows = decoded.filter(_written(decoded)).select(schema.IMAGE_SCHEMA.names).cast(schema.IMAGE_SCHEMA)
     if rows.num_rows:
-        settings = S3Settings(**s3)
         name = hashlib.sha1(batch.column("path")[0].as_py().encode()).hexdigest()[:16]
-        _write_table(rows, storage.join(images_dir, f"part-{run_token}-{name}.parquet"), settings)
+        _write_table(rows, storage.join(images_dir, f"part-{run_token}-{name}.parquet"), S3Settings.from_dict(s3))
     return decoded.select(_META_COLUMNS)
 
 
@@ -286,92 +247,101 @@ def _all_cpus_for_one_operator() -> Iterator[None]:
         ctx.op_resource_reservation_enabled = before
 
 
-def run_ingest(cfg: IngestConfig, *, log=print, address: str | None = None) -> dict[str, Any]:
+def run_ingest(
+    cfg: IngestConfig,
+    *,
+    s3: S3Settings | None = None,
+    log: Callable[[str], None] = print,
+    address: str | None = None,
+) -> dict[str, Any]:
     """Ingest SRC into DEST; returns the summary that is also written as summary.json.
 
     Every check on SRC and DEST runs before Ray is started or joined, so a
     wrong path is reported in a moment and nothing is written.
     """
     with _cyclic_gc_paused():
-        return _ingest(cfg, log, address)
+        return _ingest(cfg, s3 or S3Settings.from_env(), log, address)
 
 
-def _ingest(cfg: IngestConfig, log, address: str | None) -> dict[str, Any]:
+def _ingest(cfg: IngestConfig, s3: S3Settings, log: Callable[[str], None], address: str | None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    try:
-        files = scan_source(cfg.src, cfg.s3)
-    except StorageError as exc:
-        raise IngestError(str(exc)) from None
-    try:
-        layout.check_layout(cfg.src, files)
-    except layout.LayoutError as exc:
-        raise IngestError(str(exc)) from None
-    _check_destination(cfg)
+    files = _checked_source_files(cfg, s3)
     ray = init_ray(address)
-
-    misplaced = [
-        {"path": _uri(cfg.src, f.path), "reason": f.problem, "size": f.size} for f in files if f.problem is not None
-    ]
     planned = layout.plan_splits(files, cfg.val_fraction, cfg.seed)
     log(f"ingest: {len(files)} files found under {cfg.src}; decoding {len(planned)} at {cfg.resolution}px")
-
-    quarantine = list(misplaced)
-    dups: list[dict[str, str]] = []
-    written = None
     # Built in a private staging folder, published whole: nothing half-made is ever visible.
-    with storage.staged_output(cfg.dest, cfg.s3, cfg.overwrite) as staging:
+    with storage.staged_output(cfg.dest, s3, cfg.overwrite) as staging:
         images_uri = storage.join(staging, schema.IMAGES_DIR)
-        images_fs, images_path = storage.resolve(images_uri, cfg.s3)
+        images_fs, images_path = storage.resolve(images_uri, s3)
         images_fs.create_dir(images_path, recursive=True)
         t_decode = time.perf_counter()
-        if planned:
-            size_by_path = {f.path: f.size for f in files}
-            items = [
-                {
-                    "path": p.path,
-                    "size": size_by_path[p.path],
-                    "label": p.label,
-                    "class_name": p.class_name,
-                    "patient_id": p.patient_id,
-                    "split": p.split,
-                }
-                for p in planned
-            ]
-            blocks = size_grouped_blocks(items, _num_blocks(len(items), cfg.batch_size))
-            # One pass: read, hash, decode, dedupe and write in the same task per block.
-            # Datasets keep the DataContext they were created under: create them inside.
-            with _all_cpus_for_one_operator():
-                ds = ray.data.from_arrow([pa.Table.from_pylist(block) for block in blocks]).map_batches(
-                    decode_dedupe_write,
-                    batch_size=None,  # one block = one batch = one Parquet file
-                    batch_format="pyarrow",
-                    fn_kwargs={
-                        "resolution": cfg.resolution, "s3": cfg.s3.to_dict(), "src_uri": cfg.src,
-                        "images_dir": storage.absolute(images_uri), "run_token": uuid.uuid4().hex[:12],
-                    },
-                )
-                tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-            if tables:
-                meta = pa.concat_tables(tables)
-                quarantine.extend(
-                    meta.filter(pc.invert(meta.column("ok"))).select(["path", "reason", "size"]).to_pylist()
-                )
-                # Duplicates always share a block, so each task found its groups whole.
-                dups = sorted(
-                    meta.filter(pc.is_valid(meta.column("duplicate_of")))
-                    .select(["path", "duplicate_of", "sha256"])
-                    .to_pylist(),
-                    key=lambda d: d["path"],
-                )
-                written = meta.filter(_written(meta))
+        meta = _decode_dedupe_write_all(ray, _work_items(files, planned), cfg, s3, images_uri)
         decode_seconds = time.perf_counter() - t_decode
-        rows = _count_rows(written) if written is not None else _empty_counts()
-        _write_table(pa.Table.from_pylist(quarantine, schema.QUARANTINE_SCHEMA), storage.join(staging, schema.QUARANTINE_FILE), cfg.s3)
-        _write_table(pa.Table.from_pylist(dups, schema.DUPLICATE_SCHEMA), storage.join(staging, schema.DUPLICATES_FILE), cfg.s3)
-        elapsed = time.perf_counter() - t0
-        summary = _summary(cfg, files, planned, rows, quarantine, dups, elapsed, decode_seconds)
-        storage.write_json_atomic(storage.join(staging, schema.SUMMARY_FILE), summary, cfg.s3)
+        quarantine, dups, rows = _accounting(meta, _misplaced(cfg.src, files))
+        _write_table(pa.Table.from_pylist(quarantine, schema.QUARANTINE_SCHEMA), storage.join(staging, schema.QUARANTINE_FILE), s3)
+        _write_table(pa.Table.from_pylist(dups, schema.DUPLICATE_SCHEMA), storage.join(staging, schema.DUPLICATES_FILE), s3)
+        summary = _summary(cfg, files, planned, rows, quarantine, dups, time.perf_counter() - t0, decode_seconds)
+        storage.write_json_atomic(storage.join(staging, schema.SUMMARY_FILE), summary, s3)
     return summary
+
+
+def _misplaced(src_uri: str, files: list[layout.SourceFile]) -> list[dict[str, Any]]:
+    """Quarantine rows of the files whose place in the tree is wrong (they are never decoded)."""
+    return [{"path": storage.uri_for(src_uri, f.path), "reason": f.problem, "size": f.size} for f in files if f.problem is not None]
+
+
+def _work_items(files: list[layout.SourceFile], planned: list[layout.PlannedImage]) -> list[dict[str, Any]]:
+    """One row per file to decode: its path and size, and the label, patient and split it was planned into."""
+    size_by_path = {f.path: f.size for f in files}
+    return [
+        {
+            "path": p.path,
+            "size": size_by_path[p.path],
+            "label": p.label,
+            "class_name": p.class_name,
+            "patient_id": p.patient_id,
+            "split": p.split,
+        }
+        for p in planned
+    ]
+
+
+def _decode_dedupe_write_all(
+    ray: Any, items: list[dict[str, Any]], cfg: IngestConfig, s3: S3Settings, images_uri: str
+) -> pa.Table | None:
+    """Run `decode_dedupe_write` over every block; the metadata of all files, or None when there was nothing to decode."""
+    if not items:
+        return None
+    blocks = size_grouped_blocks(items, _num_blocks(len(items), cfg.batch_size))
+    # One pass: read, hash, decode, dedupe and write in the same task per block.
+    # Datasets keep the DataContext they were created under: create them inside.
+    with _all_cpus_for_one_operator():
+        ds = ray.data.from_arrow([pa.Table.from_pylist(block) for block in blocks]).map_batches(
+            decode_dedupe_write,
+            batch_size=None,  # one block = one batch = one Parquet file
+            batch_format="pyarrow",
+            fn_kwargs={
+                "resolution": cfg.resolution, "s3": s3.to_dict(), "src_uri": cfg.src,
+                "images_dir": storage.absolute(images_uri), "run_token": uuid.uuid4().hex[:12],
+            },
+        )
+        tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    return pa.concat_tables(tables) if tables else None
+
+
+def _accounting(
+    meta: pa.Table | None, misplaced: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, str]], dict[str, Any]]:
+    """(quarantine, duplicates, row counts) from the tasks' metadata; misplaced files head the quarantine."""
+    if meta is None:
+        return misplaced, [], _empty_counts()
+    quarantine = misplaced + meta.filter(pc.invert(meta.column("ok"))).select(["path", "reason", "size"]).to_pylist()
+    # Duplicates always share a block, so each task found its groups whole.
+    dups = sorted(
+        meta.filter(pc.is_valid(meta.column("duplicate_of"))).select(["path", "duplicate_of", "sha256"]).to_pylist(),
+        key=lambda d: d["path"],
+    )
+    return quarantine, dups, _count_rows(meta.filter(_written(meta)))
 
 
 def _empty_counts() -> dict[str, Any]:

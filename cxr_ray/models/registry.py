@@ -44,6 +44,14 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def registered_models() -> list[str]:
+    """Registered model names in registration order (cnn, then the torchvision backbones as declared).
+
+    The study trains and reports models in this order, and hashes its list of trainings in it.
+    """
+    return list(_BUILDERS)
+
+
 def create_model(
     name: str,
     *,

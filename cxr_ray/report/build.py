@@ -1,7 +1,8 @@
-"""The study report: report.md plus a self-contained report.html (images inlined) in `{root}/report/`.
+"""The study report: report.md plus a self-contained report.html (images inlined) in the study's report folder.
 
-Reads only what the stages wrote (manifest, tables, run folders), so it can
-be rebuilt at any time; a section whose inputs are missing says so.
+Reads only what the stages wrote (manifest, tables, run folders), found
+through the study's layout (cxr_ray/study/layout.py), so it can be rebuilt
+at any time; a section whose inputs are missing says so.
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ from typing import Any, Callable
 import numpy as np
 
 from cxr_ray import storage
+from cxr_ray.data.layout import CLASS_NAMES
+from cxr_ray.filenames import TEST_PREDICTIONS_FILE
+from cxr_ray.manifest import Manifest
 from cxr_ray.report import plots
 from cxr_ray.storage import S3Settings
-
-REPORT_DIR = "report"
+from cxr_ray.study.layout import STAGES, TIMELINE, StudyLayout
 
 
 class _Doc:
     """Accumulates Markdown and HTML side by side; images go to files (md) and inline (html)."""
 
-    def __init__(self, root: str, s3: S3Settings | None) -> None:
-        self.root, self.s3 = root, s3
+    def __init__(self, folder: str, s3: S3Settings | None) -> None:
+        self.folder, self.s3 = folder, s3
         self.md: list[str] = []
         self.html: list[str] = []
         self.images: list[str] = []
@@ -55,7 +58,7 @@ class _Doc:
         self.html.append(markdown_to_html(text))
 
     def image(self, name: str, png: bytes, caption: str) -> None:
-        storage.write_bytes_atomic(storage.join(self.root, REPORT_DIR, name), png, self.s3)
+        storage.write_bytes_atomic(storage.join(self.folder, name), png, self.s3)
         self.images.append(name)
         self.md.append(f"![{caption}]({name})\n\n*{caption}*\n")
         data = base64.b64encode(png).decode()
@@ -125,10 +128,6 @@ h3{font-size:1.1em}
 """
 
 
-def _read_json(uri: str, s3: S3Settings | None) -> Any:
-    return storage.read_json(uri, s3) if storage.exists(uri, s3) else None
-
-
 def _read_parquet(uri: str, s3: S3Settings | None):
     import pyarrow.parquet as pq
 
@@ -136,6 +135,14 @@ def _read_parquet(uri: str, s3: S3Settings | None):
         return None
     fs, path = storage.resolve(uri, s3)
     return pq.read_table(path, filesystem=fs)
+
+
+def _table_or_say(doc: _Doc, uri: str, s3: S3Settings | None, missing: str):
+    """The Parquet table at `uri`, or None after saying `missing` in the report."""
+    table = _read_parquet(uri, s3)
+    if table is None:
+        doc.para(missing)
+    return table
 
 
 def _sample_images(table_uri: str, class_name: str, split: str, n: int, s3: S3Settings | None) -> np.ndarray:
@@ -150,15 +157,13 @@ def _sample_images(table_uri: str, class_name: str, split: str, n: int, s3: S3Se
     return images_from_column(table.slice(0, n))
 
 
-def build_report(root: str, s3: S3Settings | None = None, log: Callable[[str], None] = print) -> dict[str, str]:
-    """Write report.md and report.html under `{root}/report/`; returns their URIs."""
-    from cxr_ray.manifest import MANIFEST_FILE
-
-    manifest = (_read_json(storage.join(root, MANIFEST_FILE), s3) or {}).get("stages", {})
+def build_report(layout: StudyLayout, s3: S3Settings | None = None, log: Callable[[str], None] = print) -> dict[str, str]:
+    """Write report.md and report.html into the study's report folder; returns their URIs."""
+    manifest = Manifest.load(layout.root, s3).stages
     out = lambda name: manifest.get(name, {}).get("outputs", {})  # noqa: E731
-    doc = _Doc(root, s3)
+    doc = _Doc(layout.report, s3)
     doc.heading("cxr-ray study report", 1)
-    doc.para(f"Study root: {root}. Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
+    doc.para(f"Study root: {layout.root}. Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
 
     _data_section(doc, out("ingest"))
     real_uri = out("ingest").get("table")
@@ -166,14 +171,14 @@ def build_report(root: str, s3: S3Settings | None = None, log: Callable[[str], N
     _samples_section(doc, real_uri, fake_uri, s3)
     _gan_section(doc, out("gan"), out("gan_quality"))
     _classifier_section(doc, out("train"), s3)
-    _transfer_section(doc, root, s3)
+    _transfer_section(doc, layout, s3)
     _detector_section(doc, out("train"), s3)
-    _robustness_section(doc, root, s3)
+    _robustness_section(doc, layout, s3)
     _tune_section(doc, out("tune"))
     _timing_section(doc, manifest)
 
-    md_uri = storage.join(root, REPORT_DIR, "report.md")
-    html_uri = storage.join(root, REPORT_DIR, "report.html")
+    md_uri = storage.join(layout.report, "report.md")
+    html_uri = storage.join(layout.report, "report.html")
     storage.write_bytes_atomic(md_uri, "\n".join(doc.md).encode(), s3)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>cxr-ray study report</title>"
@@ -193,13 +198,13 @@ def _data_section(doc: _Doc, ingest: dict[str, Any]) -> None:
     rows = []
     for split in ("train", "val", "test"):
         counts = summary["by_split_class"].get(split, {})
-        rows.append([split, counts.get("NORMAL", 0), counts.get("PNEUMONIA", 0), summary["patients_by_split"].get(split, 0)])
+        rows.append([split, *(counts.get(cls, 0) for cls in CLASS_NAMES), summary["patients_by_split"].get(split, 0)])
     doc.para(
         f"Source {summary['src']} at {summary['resolution']} px: {summary['files_found']} files = {summary['rows']} images "
         f"+ {summary['quarantined']} quarantined + {summary['duplicates']} byte-identical duplicates. Validation was "
         f"carved from train by patient ({summary['val_fraction']:.0%}, seed {summary['seed']})."
     )
-    doc.table(["split", "NORMAL", "PNEUMONIA", "patients"], rows)
+    doc.table(["split", *CLASS_NAMES, "patients"], rows)
 
 
 def _samples_section(doc: _Doc, real_uri: str | None, fake_uri: str | None, s3: S3Settings | None) -> None:
@@ -207,7 +212,7 @@ def _samples_section(doc: _Doc, real_uri: str | None, fake_uri: str | None, s3: 
     if not real_uri:
         doc.para("No image tables found.")
         return
-    for cls in ("NORMAL", "PNEUMONIA"):
+    for cls in CLASS_NAMES:
         real = _sample_images(real_uri, cls, "train", 16, s3)
         if len(real):
             doc.image(f"real_{cls.lower()}.png", plots.image_grid(real, f"real {cls}, train split"),
@@ -290,11 +295,12 @@ def _classifier_section(doc: _Doc, train: dict[str, Any], s3: S3Settings | None)
               "Test accuracy at the threshold chosen on validation, with 95% bootstrap intervals.")
 
 
-def _transfer_section(doc: _Doc, root: str, s3: S3Settings | None) -> None:
+def _transfer_section(doc: _Doc, layout: StudyLayout, s3: S3Settings | None) -> None:
+    from cxr_ray.transfer import MARKDOWN_FILE, MATRIX_NAME
+
     doc.heading("Transfer: trained on real or fake, tested on real or fake")
-    matrix = _read_parquet(storage.join(root, "transfer", "transfer.parquet"), s3)
+    matrix = _table_or_say(doc, storage.join(layout.transfer, f"{MATRIX_NAME}.parquet"), s3, "No transfer matrix found.")
     if matrix is None:
-        doc.para("No transfer matrix found.")
         return
     rows = [r for r in matrix.to_pylist() if r["metric"] == "accuracy"]
     models = sorted({r["model"] for r in rows})
@@ -307,8 +313,8 @@ def _transfer_section(doc: _Doc, root: str, s3: S3Settings | None) -> None:
     doc.image("transfer.png", plots.heatmap(values, models, [f"train {a}\ntest {b.split('_')[0]}" for a, b in cols],
                                             "Accuracy, pneumonia classifiers"),
               "Transfer matrix: accuracy of each architecture trained on real or fake images, tested on the real test split and on "
-              f"held-out fakes ({root}/transfer).")
-    text_uri = storage.join(root, "transfer", "transfer.md")
+              f"held-out fakes ({layout.transfer}).")
+    text_uri = storage.join(layout.transfer, MARKDOWN_FILE)
     if storage.exists(text_uri, s3):
         text = storage.read_bytes(text_uri, s3).decode()
         # Its own top heading is this section's; sub-headings go one level below ours.
@@ -326,7 +332,7 @@ def _detector_section(doc: _Doc, train: dict[str, Any], s3: S3Settings | None) -
         return
     curves = {}
     for r in rows:
-        preds = _read_parquet(storage.join(train[r["run"]]["run_dir"], "test_predictions.parquet"), s3)
+        preds = _read_parquet(storage.join(train[r["run"]]["run_dir"], TEST_PREDICTIONS_FILE), s3)
         if preds is not None:
             y = np.asarray(preds.column("target").to_pylist())
             s = np.asarray(preds.column("score").to_pylist())
@@ -339,11 +345,13 @@ def _detector_section(doc: _Doc, train: dict[str, Any], s3: S3Settings | None) -
               [[r["label"], _ci(r, "auc"), r["accuracy"], r["sensitivity"], r["specificity"]] for r in rows])
 
 
-def _robustness_section(doc: _Doc, root: str, s3: S3Settings | None) -> None:
+def _robustness_section(doc: _Doc, layout: StudyLayout, s3: S3Settings | None) -> None:
+    from cxr_ray.scoring import METRICS_NAME
+
     doc.heading("Robustness of the detectors (same perturbation on both classes)")
-    metrics = _read_parquet(storage.join(root, "evaluate", "metrics.parquet"), s3)
+    uri = storage.join(layout.evaluate, f"{METRICS_NAME}.parquet")
+    metrics = _table_or_say(doc, uri, s3, "No cross-evaluation table found.")
     if metrics is None:
-        doc.para("No cross-evaluation table found.")
         return
     rows = [r for r in metrics.to_pylist() if r["task"] == "deepfake" and r["metric"] == "auc"]
     if not rows:
@@ -354,7 +362,7 @@ def _robustness_section(doc: _Doc, root: str, s3: S3Settings | None) -> None:
     table = {(run_label(r["run"]), r["perturbation"]): r["value"] for r in rows}
     doc.para("Detector AUC on real test vs held-out fakes, each column one perturbation applied to both classes; "
              "'-robust' detectors were trained with random blur/JPEG augmentation "
-             f"({root}/evaluate/metrics.csv has intervals and every other metric).")
+             f"({storage.join(layout.evaluate, METRICS_NAME + '.csv')} has intervals and every other metric).")
     doc.table(["detector", *perturbations], [[m, *[table.get((m, p), float("nan")) for p in perturbations]] for m in models])
 
 
@@ -372,13 +380,12 @@ def _tune_section(doc: _Doc, tune: dict[str, Any]) -> None:
 
 def _timing_section(doc: _Doc, manifest: dict[str, Any]) -> None:
     doc.heading("Time per stage")
-    order = ["ingest", "gan", "gan_quality", "generate", "tune", "train", "evaluate"]
-    names = sorted((n for n in manifest if n != "timeline"), key=lambda n: order.index(n) if n in order else len(order))
+    names = sorted((n for n in manifest if n != TIMELINE), key=lambda n: STAGES.index(n) if n in STAGES else len(STAGES))
     seconds = [manifest[name].get("seconds") for name in names]
     rows = [[name, manifest[name].get("status"), f"{sec:.0f}" if sec is not None else "-"] for name, sec in zip(names, seconds)]
     rows.append(["total", "", f"{sum(sec for sec in seconds if sec is not None):.0f}"])
     doc.table(["stage", "status", "seconds"], rows)
-    tl = manifest.get("timeline", {}).get("outputs", {})
+    tl = manifest.get(TIMELINE, {}).get("outputs", {})
     trainings = tl.get("rows", [])
     if trainings:
         busy = sum(r["end"] - r["start"] for r in trainings)

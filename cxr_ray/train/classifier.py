@@ -4,6 +4,13 @@ One trainer serves both tasks: `pneumonia` (NORMAL vs PNEUMONIA, from real,
 fake or both) and `deepfake` (real vs fake). Workers see only the train and
 val splits; the test split is read once, after training, by
 `evaluate_on_test`, with the threshold chosen on validation.
+
+Worker side (`classifier_worker`, shaped like the GAN trainer): the data
+once (`load_worker_data`), the model (`build_fit`), `restore`, then per
+epoch `train_epoch` (`train_step` per batch), `validate` and `epoch_state`
+on rank 0, and `report_epoch` from every rank. Driver side:
+`launch_classifier` is the one launch (train, Tune trials, the benchmark);
+`train_classifier` adds the input checks and the test evaluation.
 """
 
 from __future__ import annotations
@@ -11,16 +18,24 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 from cxr_ray import storage
+from cxr_ray.checkpoint import model_state, unwrap_model
+from cxr_ray.classifier_state import build_classifier_state, check_classifier_state
 from cxr_ray.config import ConfigError, config_hash, from_dict
+from cxr_ray.data.datasets import SOURCES, TASKS, TaskData, read_split, require_complete
+from cxr_ray.filenames import HISTORY_FILE, STATE_FILE, TEST_METRICS_FILE, TEST_METRICS_TABLE, TEST_PREDICTIONS_FILE
+from cxr_ray.metrics import choose_threshold, roc_auc, summarize, threshold_metrics
+from cxr_ray.pixels import autocast, to_input
+from cxr_ray.runtime import init_ray
 from cxr_ray.storage import S3Settings
-
-TEST_METRICS_FILE = "test_metrics.json"
-TEST_METRICS_TABLE = "test_metrics.parquet"
-TEST_PREDICTIONS = "test_predictions.parquet"
-HISTORY_FILE = "history.json"
+from cxr_ray.train import loop
+from cxr_ray.train.launch import LaunchSpec, read_state, report_epoch, resume_state, run_trainer
 
 
 @dataclass(frozen=True)
@@ -57,8 +72,6 @@ class ClassifierConfig:
     inject_failure: dict | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        from cxr_ray.data.datasets import SOURCES, TASKS
-
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.source not in SOURCES:
@@ -92,140 +105,166 @@ class ClassifierConfig:
         return self.name or f"{self.task}-{self.model}-{self.source}-{config_hash(self.identity())}"
 
 
-def task_data(cfg: ClassifierConfig):
-    from cxr_ray.data.datasets import TaskData
-
+def task_data(cfg: ClassifierConfig) -> TaskData:
+    """The tables the run reads and how they become targets (a detector always sees real and fake)."""
     source = "both" if cfg.task == "deepfake" else cfg.source
     return TaskData(task=cfg.task, real=cfg.data, fake=cfg.fakes, source=source)
+
+
+def run_uri(cfg: ClassifierConfig) -> str:
+    """The run's folder: Ray Train's checkpoints, then the test outputs."""
+    return storage.join(cfg.storage, cfg.run_name())
 
 
 # ---------------------------------------------------------------- worker side
 
 
-def classifier_worker(config: dict[str, Any]) -> None:
-    """Per-worker training loop (Ray Train calls this on every rank)."""
-    import numpy as np
-    import ray.train
-    import ray.train.torch
-    import torch
-    import torch.nn.functional as F
+@dataclass
+class WorkerData:
+    """One worker's uint8 images on its device: its train shard, and on rank 0 the whole val split."""
 
-    from cxr_ray import metrics as M
-    from cxr_ray.checkpoint import model_state, unwrap_model
-    from cxr_ray.models import create_model
-    from cxr_ray.train import loop
-    from cxr_ray.train.launch import report_epoch, resume_state
+    x_train: torch.Tensor  # (N, 1, H, W), N the same on every rank
+    y_train: torch.Tensor
+    x_val: torch.Tensor | None  # rank 0 only: validation runs there
+    y_val: torch.Tensor | None
+    class_weights: torch.Tensor  # inverse class frequency over every shard
 
-    cfg = from_dict(ClassifierConfig, {k: v for k, v in config.items() if not k.startswith("_")})
-    rank, world_size = loop.world()
-    device = loop.device_for_worker(bool(config.get("_use_gpu")))
-    gen = loop.seed_everything(cfg.seed, rank)
-    channels_last = device.type == "cuda"
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[-1])
 
+
+@dataclass
+class Fit:
+    """What one worker trains: the (DDP-wrapped) model, its optimizer and LR schedule."""
+
+    model: torch.nn.Module
+    model_kwargs: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def worker_config(config: dict[str, Any]) -> ClassifierConfig:
+    """The run's config from a worker's loop config (launch keys start with `_`)."""
+    return from_dict(ClassifierConfig, {k: v for k, v in config.items() if not k.startswith("_")})
+
+
+def load_worker_data(rank: int, device: torch.device) -> WorkerData:
+    """Read the shards once; every rank keeps the same number of train images (DDP needs equal steps)."""
     x_train, y_train = loop.load_shard("train", device)
     n_train = loop.agree_on_count(len(x_train), device)
     x_train, y_train = x_train[:n_train], y_train[:n_train]
     x_val, y_val = loop.load_shard("val", device) if rank == 0 else (None, None)
-    image_size = int(x_train.shape[-1])
+    # Inverse-frequency class weights over all shards: the data is ~1:2.9.
+    counts = loop.global_class_counts(y_train, 2)
+    weights = (counts.sum() / (2 * counts.clamp(min=1))).to(torch.float32).to(device)
+    return WorkerData(x_train, y_train, x_val, y_val, weights)
+
+
+def build_fit(cfg: ClassifierConfig, image_size: int, device: torch.device) -> Fit:
+    """The model (DDP-prepared), AdamW and a cosine schedule over the run's epochs."""
+    import ray.train.torch
+
+    from cxr_ray.models import create_model
 
     model_kwargs = {"num_classes": 2, "in_channels": 1, "image_size": image_size}
     model = create_model(cfg.model, **model_kwargs, pretrained=cfg.pretrained, weights_path=cfg.weights_path)
-    if channels_last:
+    if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return Fit(model, model_kwargs, optimizer, scheduler, device)
 
-    start_epoch, history = 0, []
-    state = resume_state(config)
-    if state is not None:
-        unwrap_model(model).load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer_state"])
-        scheduler.load_state_dict(state["scheduler_state"])
-        start_epoch, history = int(state["epoch"]) + 1, list(state["history"])
 
-    # Inverse-frequency class weights over all shards: the data is ~1:2.9.
-    counts = loop.global_class_counts(y_train, 2)
-    weights = (counts.sum() / (2 * counts.clamp(min=1))).to(torch.float32).to(device)
+def restore(fit: Fit, state: dict[str, Any] | None, where: str) -> tuple[int, list[dict[str, Any]]]:
+    """Load a checkpoint (of the run at `where`) into `fit`; (first epoch to train, history so far)."""
+    if state is None:
+        return 0, []
+    check_classifier_state(state, where)
+    unwrap_model(fit.model).load_state_dict(state["model_state"])
+    fit.optimizer.load_state_dict(state["optimizer_state"])
+    fit.scheduler.load_state_dict(state["scheduler_state"])
+    return int(state["epoch"]) + 1, list(state["history"])
+
+
+def train_step(fit: Fit, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """One optimizer step on a batch of model inputs; the detached loss (no host sync)."""
+    with autocast(fit.device):
+        logits = fit.model(x)
+    loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=label_smoothing)
+    fit.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    fit.optimizer.step()
+    return loss.detach()
+
+
+def model_input(
+    cfg: ClassifierConfig, pixels: torch.Tensor, epoch: int, rank: int, gen: torch.Generator, channels_last: bool
+) -> torch.Tensor:
+    """A uint8 batch as augmented model input (blur/JPEG first, on the bytes, when `robust_aug` is on)."""
+    if cfg.robust_aug:
+        pixels = loop.robust_augment(pixels, cfg.robust_aug, seed=(cfg.seed * 1_000_003 + epoch) * 64 + rank)
+    return loop.augment(to_input(pixels, channels_last), cfg.aug_strength, gen)
+
+
+def train_epoch(cfg: ClassifierConfig, fit: Fit, data: WorkerData, epoch: int, gen: torch.Generator) -> dict[str, Any]:
+    """One pass over this worker's shard; the epoch's record (mean loss, lr, time, images/s over all ranks)."""
+    rank, world_size = loop.world()
+    n_train = len(data.x_train)
     steps = max(1, n_train // cfg.batch_size)
-    if start_epoch >= cfg.epochs and history:
-        # Resumed after the last epoch (the job died before it finished up):
-        # report the final epoch again, so callers such as a Tune trial still
-        # receive this run's metrics.
-        report_epoch(dict(history[-1]), None)
-
-    for epoch in range(start_epoch, cfg.epochs):
-        loop.maybe_inject_failure(config, epoch, rank)
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        for idx in loop.batches(n_train, cfg.batch_size, steps, gen):
-            idx = idx.to(device)
-            pixels = x_train[idx]
-            if cfg.robust_aug:
-                pixels = loop.robust_augment(pixels, cfg.robust_aug, seed=(cfg.seed * 1_000_003 + epoch) * 64 + rank)
-            x = loop.augment(loop.to_input(pixels, channels_last), cfg.aug_strength, gen)
-            with loop.autocast(device):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y_train[idx], weight=weights, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-        scheduler.step()
-        # .item() waits for the GPU's queued steps: without it the timer stops early.
-        train_loss = float(loss_sum.item() / steps)
-        seconds = time.perf_counter() - t0
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "lr": float(optimizer.param_groups[0]["lr"]),
-            "epoch_seconds": seconds,
-            "train_images_per_s": steps * cfg.batch_size * world_size / seconds,
-        }
-        state = None
-        if rank == 0:
-            metrics.update(_validate(unwrap_model(model), x_val, y_val, weights, device, channels_last, M, F, np))
-            history.append(dict(metrics))
-            state = {
-                "kind": "classifier",
-                "task": cfg.task,
-                "model_name": cfg.model,
-                "model_kwargs": model_kwargs,
-                "model_state": model_state(model),
-                "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict(),
-                "epoch": epoch,
-                "config": asdict(replace(cfg, inject_failure=None)),
-                "val_metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
-                "threshold": metrics["val_threshold"],
-                "history": history,
-            }
-        report_epoch(metrics, state)
-
-
-def _validate(model, x_val, y_val, weights, device, channels_last, M, F, np) -> dict[str, float]:
-    """Val loss, AUC and the threshold-based metrics at the val-chosen (Youden) threshold."""
-    import torch
-
-    model.eval()
-    scores, losses = [], []
-    from cxr_ray.train import loop
-
-    with torch.no_grad():
-        for start in range(0, len(x_val), 512):
-            x = loop.to_input(x_val[start : start + 512], channels_last)
-            with loop.autocast(device):
-                logits = model(x).float()
-            losses.append(F.cross_entropy(logits, y_val[start : start + 512], weight=weights, reduction="sum").item())
-            scores.append(torch.softmax(logits, 1)[:, 1].cpu().numpy())
-    y = y_val.cpu().numpy()
-    s = np.concatenate(scores) if scores else np.zeros(0)
-    threshold = float(M.choose_threshold(y, s)) if len(np.unique(y)) == 2 else 0.5
-    at = M.threshold_metrics(y, s, threshold)
+    fit.model.train()
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=fit.device)
+    for idx in loop.batches(n_train, cfg.batch_size, steps, gen):
+        idx = idx.to(fit.device)
+        x = model_input(cfg, data.x_train[idx], epoch, rank, gen, fit.channels_last)
+        loss_sum += train_step(fit, x, data.y_train[idx], data.class_weights, cfg.label_smoothing)
+    fit.scheduler.step()
+    # .item() waits for the GPU's queued steps: without it the timer stops early.
+    train_loss = float(loss_sum.item() / steps)
+    seconds = time.perf_counter() - t0
     return {
-        "val_loss": float(sum(losses) / max(1, len(y))),
-        "val_auc": float(M.roc_auc(y, s)),
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "lr": float(fit.optimizer.param_groups[0]["lr"]),
+        "epoch_seconds": seconds,
+        "train_images_per_s": steps * cfg.batch_size * world_size / seconds,
+    }
+
+
+@torch.no_grad()
+def val_scores(
+    model: torch.nn.Module, data: WorkerData, channels_last: bool, batch_size: int = 512
+) -> tuple[np.ndarray, float]:
+    """P(class 1) for every val image, and the class-weighted mean val loss."""
+    model.eval()
+    scores, loss_sum = [], 0.0
+    for start in range(0, len(data.x_val), batch_size):
+        x = to_input(data.x_val[start : start + batch_size], channels_last)
+        with autocast(data.x_val.device):
+            logits = model(x).float()
+        y = data.y_val[start : start + batch_size]
+        loss_sum += F.cross_entropy(logits, y, weight=data.class_weights, reduction="sum").item()
+        scores.append(torch.softmax(logits, 1)[:, 1].cpu().numpy())
+    s = np.concatenate(scores) if scores else np.zeros(0)
+    return s, loss_sum / max(1, len(data.y_val))
+
+
+def validate(model: torch.nn.Module, data: WorkerData, channels_last: bool) -> dict[str, float]:
+    """Val loss, AUC and the threshold-based metrics at the val-chosen (Youden) threshold."""
+    s, loss = val_scores(model, data, channels_last)
+    y = data.y_val.cpu().numpy()
+    threshold = float(choose_threshold(y, s)) if len(np.unique(y)) == 2 else 0.5
+    at = threshold_metrics(y, s, threshold)
+    return {
+        "val_loss": float(loss),
+        "val_auc": float(roc_auc(y, s)),
         "val_accuracy": float(at["accuracy"]),
         "val_sensitivity": float(at["sensitivity"]),
         "val_specificity": float(at["specificity"]),
@@ -233,65 +272,130 @@ def _validate(model, x_val, y_val, weights, device, channels_last, M, F, np) -> 
     }
 
 
+def epoch_state(
+    cfg: ClassifierConfig, fit: Fit, metrics: dict[str, Any], history: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The checkpoint of the epoch just validated (`metrics` holds its val_* values)."""
+    return build_classifier_state(
+        config=asdict(replace(cfg, inject_failure=None)),
+        task=cfg.task,
+        model_name=cfg.model,
+        model_kwargs=fit.model_kwargs,
+        model_state=model_state(fit.model),
+        optimizer_state=fit.optimizer.state_dict(),
+        scheduler_state=fit.scheduler.state_dict(),
+        epoch=metrics["epoch"],
+        val_metrics={k: v for k, v in metrics.items() if k.startswith("val_")},
+        threshold=metrics["val_threshold"],
+        history=history,
+    )
+
+
+def classifier_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: restore, then per epoch train, validate and checkpoint (rank 0), report (every rank)."""
+    cfg = worker_config(config)
+    rank, _ = loop.world()
+    device = loop.device_for_worker(bool(config.get("_use_gpu")))
+    gen = loop.seed_everything(cfg.seed, rank)
+    data = load_worker_data(rank, device)
+    fit = build_fit(cfg, data.image_size, device)
+    start_epoch, history = restore(fit, resume_state(config), run_uri(cfg))
+    if start_epoch >= cfg.epochs and history:
+        # Resumed after the last epoch (the job died before it finished up):
+        # report the final epoch again, so callers such as a Tune trial still
+        # receive this run's metrics.
+        report_epoch(dict(history[-1]), None)
+    for epoch in range(start_epoch, cfg.epochs):
+        loop.maybe_inject_failure(config, epoch, rank)
+        metrics = train_epoch(cfg, fit, data, epoch, gen)
+        state = None
+        if rank == 0:
+            metrics.update(validate(unwrap_model(fit.model), data, fit.channels_last))
+            history.append(dict(metrics))
+            state = epoch_state(cfg, fit, metrics, history)
+        report_epoch(metrics, state)
+
+
 # ---------------------------------------------------------------- driver side
 
 
-def train_classifier(
-    cfg: ClassifierConfig, s3: S3Settings | None = None, log=print, address: str | None = None
-) -> dict[str, Any]:
-    """Train (or resume) the run, then evaluate its best checkpoint on the test split once.
+def for_workers(cfg: ClassifierConfig) -> ClassifierConfig:
+    """`cfg` with its run name fixed, then absolute paths: workers run in their own folder.
 
-    Inputs are checked before Ray starts, so a wrong path fails in a moment.
+    The name is taken first, so it keeps hashing the paths as given. Idempotent.
     """
-    from cxr_ray.data.datasets import read_split, require_complete
-    from cxr_ray.runtime import init_ray
-    from cxr_ray.train.launch import LaunchSpec, run_trainer
-
-    # Workers run in their own folder: give them absolute paths (the run name keeps the given ones).
-    name = cfg.run_name()
-    cfg = replace(
+    return replace(
         cfg,
-        name=name,
+        name=cfg.run_name(),
         data=storage.absolute(cfg.data),
         fakes=storage.absolute(cfg.fakes) if cfg.fakes else None,
         storage=storage.absolute(cfg.storage),
     )
-    run_uri = storage.join(cfg.storage, name)
-    done = storage.join(run_uri, TEST_METRICS_FILE)
-    data = task_data(cfg)
-    if storage.exists(done, s3):
-        log(f"[train] {name}: finished earlier; test metrics at {done}")
-        return storage.read_json(done, s3)
-    for table in data.tables():
-        require_complete(table, s3)
 
-    init_ray(address)
-    train_ds = read_split(data, ["train"], s3)
-    val_ds = read_split(data, ["val"], s3)
+
+def launch_classifier(
+    cfg: ClassifierConfig,
+    *,
+    s3: S3Settings | None = None,
+    num_to_keep: int = 2,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """Train (or resume) the run of `cfg` on Ray Train; returns Ray Train's Result.
+
+    The one launch of `classifier_worker`: `train_classifier`, every Tune
+    trial (`callbacks=[TuneReportCallback()]`) and the throughput benchmark go
+    through it. Ray must be running; relative paths are taken from this
+    process's working directory.
+    """
+    cfg = for_workers(cfg)
+    data = task_data(cfg)
     spec = LaunchSpec(
-        name=name,
+        name=cfg.run_name(),
         storage=cfg.storage,
         num_workers=cfg.num_workers,
         use_gpu=cfg.use_gpu,
         max_failures=cfg.max_failures,
         cpus_per_worker=cfg.cpus_per_worker or 1.0,
+        num_to_keep=num_to_keep,
         score_attribute="val_auc",
     )
-    log(f"[train] {name}: {cfg.task}/{cfg.model} on {cfg.num_workers} workers, {cfg.epochs} epochs -> {run_uri}")
-    t0 = time.perf_counter()
-    result = run_trainer(
-        classifier_worker,
-        asdict(cfg),
-        spec,
-        s3=s3,
-        datasets={"train": train_ds, "val": val_ds},
-        datasets_to_split=["train"],
+    datasets = {split: read_split(data, [split], s3) for split in ("train", "val")}
+    return run_trainer(
+        classifier_worker, asdict(cfg), spec, s3=s3, datasets=datasets, datasets_to_split=["train"], callbacks=callbacks
     )
+
+
+def check_inputs(cfg: ClassifierConfig, s3: S3Settings | None) -> None:
+    """Every table the run reads exists and was completely written (DatasetError naming it otherwise)."""
+    for table in task_data(cfg).tables():
+        require_complete(table, s3)
+
+
+def train_classifier(
+    cfg: ClassifierConfig,
+    *,
+    s3: S3Settings | None = None,
+    log: Callable[[str], None] = print,
+    address: str | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) the run, then evaluate its best checkpoint on the test split once.
+
+    Inputs are checked before Ray starts, so a wrong path fails in a moment.
+    """
+    s3 = s3 or S3Settings.from_env()
+    cfg = for_workers(cfg)
+    done = storage.join(run_uri(cfg), TEST_METRICS_FILE)
+    if storage.exists(done, s3):
+        log(f"[train] {cfg.name}: finished earlier; test metrics at {done}")
+        return storage.read_json(done, s3)
+    check_inputs(cfg, s3)
+    init_ray(address)
+    log(f"[train] {cfg.name}: {cfg.task}/{cfg.model} on {cfg.num_workers} workers, {cfg.epochs} epochs -> {run_uri(cfg)}")
+    t0 = time.perf_counter()
+    result = launch_classifier(cfg, s3=s3)
     train_seconds = time.perf_counter() - t0
     if result.error:
         raise result.error
-    from cxr_ray.train.launch import read_state
-
     # The latest checkpoint holds every epoch's record; the best one only those up to it.
     history = read_state(result.checkpoint)["history"]
     return evaluate_on_test(cfg, best_checkpoint(result), history, s3=s3, train_seconds=train_seconds, log=log)
@@ -305,44 +409,61 @@ def best_checkpoint(result: Any) -> Any:
     return result.checkpoint
 
 
+# ---------------------------------------------------------------- the one test evaluation
+
+
 def evaluate_on_test(
     cfg: ClassifierConfig,
     checkpoint: Any,
     history: list[dict[str, Any]],
+    *,
     s3: S3Settings | None = None,
     train_seconds: float | None = None,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The one evaluation on the test split: metrics with 95% bootstrap intervals, as JSON and Parquet."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    state = check_classifier_state(read_state(checkpoint), storage.join(checkpoint.path, STATE_FILE))
+    y, scores, paths = score_test_split(cfg, state, s3)
+    summary = summarize(y, scores, float(state["threshold"]), n_boot=cfg.n_boot, seed=cfg.seed)
+    out = test_record(cfg, state, summary, checkpoint.path, train_seconds)
+    write_test_outputs(cfg, out, summary, (paths, y, scores), history, s3)
+    log(test_line(out))
+    return out
+
+
+def score_test_split(
+    cfg: ClassifierConfig, state: dict[str, Any], s3: S3Settings | None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(targets, P(class 1), paths) of the test split, scored in a Ray task (on a GPU when there is one)."""
     import ray
 
-    from cxr_ray import metrics as M
-    from cxr_ray.train.launch import read_state
-
-    state = read_state(checkpoint)
     use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-    scores_ref = _score_test_split.options(num_gpus=1 if use_gpu else 0).remote(state, asdict(cfg), s3)
-    y, scores, paths = ray.get(scores_ref)
-    threshold = float(state["threshold"])
-    summary = M.summarize(y, scores, threshold, n_boot=cfg.n_boot, seed=cfg.seed)
-    name = cfg.run_name()
-    run_uri = storage.join(cfg.storage, name)
-    out = {
-        "run": name,
+    settings = (s3 or S3Settings.from_env()).to_dict()
+    return ray.get(_score_test_split.options(num_gpus=1 if use_gpu else 0).remote(state, asdict(cfg), settings))
+
+
+def test_record(
+    cfg: ClassifierConfig, state: dict[str, Any], summary: dict[str, Any], checkpoint_path: str, train_seconds: float | None
+) -> dict[str, Any]:
+    """The content of test_metrics.json (`checkpoint` is Ray's path: on S3, bucket/key without the scheme)."""
+    return {
+        "run": cfg.run_name(),
         "task": cfg.task,
         "model": cfg.model,
         "source": cfg.source if cfg.task == "pneumonia" else "real+fake",
         "best_epoch": int(state["epoch"]),
-        "threshold": threshold,
+        "threshold": float(state["threshold"]),
         "val_metrics": state["val_metrics"],
         "test": {k: (float(v) if isinstance(v, float) else int(v)) for k, v in summary.items()},
         "train_seconds": train_seconds,
-        "checkpoint": checkpoint.path,
+        "checkpoint": checkpoint_path,
         "config": state["config"],
     }
-    rows = [
+
+
+def metric_table(summary: dict[str, Any]) -> list[dict[str, float | str]]:
+    """(metric, value, ci_low, ci_high) rows of test_metrics.parquet."""
+    return [
         {
             "metric": k,
             "value": float(summary[k]),
@@ -351,33 +472,50 @@ def evaluate_on_test(
         }
         for k in ("accuracy", "auc", "sensitivity", "specificity")
     ]
-    fs, base = storage.resolve(run_uri, s3)
+
+
+def write_test_outputs(
+    cfg: ClassifierConfig,
+    out: dict[str, Any],
+    summary: dict[str, Any],
+    predictions: tuple[list[str], np.ndarray, np.ndarray],
+    history: list[dict[str, Any]],
+    s3: S3Settings | None,
+) -> None:
+    """Metrics table, per-image predictions, history, and last test_metrics.json (the run's "finished" mark)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths, y, scores = predictions
+    fs, base = storage.resolve(run_uri(cfg), s3)
     fs.create_dir(base, recursive=True)
-    pq.write_table(pa.Table.from_pylist(rows), f"{base}/{TEST_METRICS_TABLE}", filesystem=fs)
-    predictions = pa.table({"path": paths, "target": y.astype("int64"), "score": scores.astype("float64")})
-    pq.write_table(predictions, f"{base}/{TEST_PREDICTIONS}", filesystem=fs)
-    storage.write_json_atomic(storage.join(run_uri, HISTORY_FILE), history, s3)
+    pq.write_table(pa.Table.from_pylist(metric_table(summary)), f"{base}/{TEST_METRICS_TABLE}", filesystem=fs)
+    table = pa.table({"path": paths, "target": y.astype("int64"), "score": scores.astype("float64")})
+    pq.write_table(table, f"{base}/{TEST_PREDICTIONS_FILE}", filesystem=fs)
+    storage.write_json_atomic(storage.join(run_uri(cfg), HISTORY_FILE), history, s3)
     # Written last: its presence means "this run is finished".
-    storage.write_json_atomic(storage.join(run_uri, TEST_METRICS_FILE), out, s3)
+    storage.write_json_atomic(storage.join(run_uri(cfg), TEST_METRICS_FILE), out, s3)
+
+
+def test_line(out: dict[str, Any]) -> str:
     t = out["test"]
-    log(
-        f"[test] {name}: AUC {t['auc']:.3f} [{t['auc_ci_low']:.3f}, {t['auc_ci_high']:.3f}], "
+    return (
+        f"[test] {out['run']}: AUC {t['auc']:.3f} [{t['auc_ci_low']:.3f}, {t['auc_ci_high']:.3f}], "
         f"accuracy {t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, specificity {t['specificity']:.3f} "
-        f"(threshold {threshold:.3f} from val, best epoch {out['best_epoch']})"
+        f"(threshold {out['threshold']:.3f} from val, best epoch {out['best_epoch']})"
     )
-    return out
 
 
 def _remote_score():
     import ray
 
     @ray.remote
-    def score(state: dict, cfg_dict: dict, s3: S3Settings | None):
+    def score(state: dict, cfg_dict: dict, s3: dict[str, Any]):
         from cxr_ray.data.datasets import load_arrays
         from cxr_ray.inference import build_model, predict_proba
 
         cfg = from_dict(ClassifierConfig, cfg_dict)
-        arrays = load_arrays(task_data(cfg), ["test"], s3, columns=("path",))
+        arrays = load_arrays(task_data(cfg), ["test"], S3Settings.from_dict(s3), columns=("path",))
         scores = predict_proba(build_model(state), arrays["image"])
         return arrays["target"], scores, arrays["path"].tolist()
 

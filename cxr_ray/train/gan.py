@@ -5,8 +5,9 @@ val or test), keeps one class (or both for the conditional GAN) and hands it
 to a TorchTrainer; every worker holds its shard as one uint8 tensor on its
 device (`loop.load_shard`). Each epoch rank 0 writes a fixed-noise 8x8 sample
 grid and the loss history into the run's storage and attaches a plain-data
-checkpoint (both networks, both Adam states, history); a restarted worker
-group or a re-run with the same name continues from it.
+checkpoint (both networks, both Adam states, history; format and readers in
+`cxr_ray.gan_state`); a restarted worker group or a re-run with the same name
+continues from it.
 
 DDP and BatchNorm -- the decisions, and why:
 
@@ -54,18 +55,16 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from cxr_ray import storage
+from cxr_ray.checkpoint import unwrap_model
 from cxr_ray.config import ConfigError, config_hash, from_dict, to_dict
 from cxr_ray.data.layout import CLASS_NAMES
+from cxr_ray.filenames import GAN_CONFIG_FILE, GAN_LOSSES_FILE, GAN_SUMMARY_FILE, SAMPLES_DIR
+from cxr_ray.gan_state import GRID_SIDE, build_gan_state, fixed_noise
 from cxr_ray.models.dcgan import SUPPORTED_IMAGE_SIZES, Discriminator, Generator, build_dcgan
+from cxr_ray.pixels import autocast, to_input
 from cxr_ray.storage import S3Settings
 
 CLASS_CHOICES = (*CLASS_NAMES, "all")
-STATE_FORMAT = "cxr_ray.dcgan/1"
-GRID_SIDE = 8  # fixed-noise sample grid: 8 x 8 images
-SUMMARY_FILE = "gan_summary.json"
-LOSSES_FILE = "losses.json"
-CONFIG_FILE = "gan_config.json"
-SAMPLES_DIR = "samples"
 
 # Fields that define the training trajectory: they name the run, and a re-run
 # under that name must agree on them. Epochs, workers, storage and fault
@@ -132,7 +131,7 @@ class GanConfig:
         return f"dcgan-{self.class_name.lower()}-{self.image_size}px-{config_hash(self.identity())}"
 
 
-# ---------------------------------------------------------------- models and state
+# ---------------------------------------------------------------- models, samples, optimizers
 
 
 class RealFakeDiscriminator(nn.Module):
@@ -152,33 +151,6 @@ class RealFakeDiscriminator(nn.Module):
         return self.discriminator(real, real_labels), self.discriminator(fake, fake_labels)
 
 
-def generator_kwargs(cfg: GanConfig) -> dict[str, Any]:
-    return {"nz": cfg.nz, "ngf": cfg.ngf, "nc": 1, "image_size": cfg.image_size, "num_classes": cfg.num_classes}
-
-
-def discriminator_kwargs(cfg: GanConfig) -> dict[str, Any]:
-    return {"ndf": cfg.ndf, "nc": 1, "image_size": cfg.image_size, "num_classes": cfg.num_classes}
-
-
-def fixed_noise(cfg: GanConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The grid's noise (and labels: top half NORMAL, bottom half PNEUMONIA), the same on every rank and attempt."""
-    gen = torch.Generator().manual_seed(cfg.seed + 12345)
-    noise = torch.randn(GRID_SIDE * GRID_SIDE, cfg.nz, generator=gen)
-    if not cfg.conditional:
-        return noise, None
-    labels = torch.arange(GRID_SIDE * GRID_SIDE) * cfg.num_classes // (GRID_SIDE * GRID_SIDE)
-    return noise, labels
-
-
-def generator_from_state(state: dict[str, Any], device: torch.device | str = "cpu") -> Generator:
-    """The generator of a GAN checkpoint (see `gan_state`), in eval mode."""
-    if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"not a DCGAN checkpoint (format {state.get('format')!r}, expected {STATE_FORMAT!r})")
-    generator = Generator(**state["generator"]["model_kwargs"])
-    generator.load_state_dict(state["generator"]["model_state"])
-    return generator.to(device).eval()
-
-
 @torch.no_grad()
 def sample(generator: Generator, noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Images in [-1, 1] from a generator in eval mode (running BN statistics); restores its mode."""
@@ -188,11 +160,6 @@ def sample(generator: Generator, noise: torch.Tensor, labels: torch.Tensor | Non
         return generator(noise, labels).float()
     finally:
         generator.train(was_training)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> uint8, the inverse of `loop.to_input`: fakes are stored and scored like reals."""
-    return ((images.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
 
 
 def grid_png(images: torch.Tensor) -> bytes:
@@ -205,34 +172,6 @@ def grid_png(images: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def gan_state(
-    cfg: GanConfig,
-    epoch: int,
-    generator: nn.Module,
-    discriminator: nn.Module,
-    optimizer_g: torch.optim.Optimizer | None,
-    optimizer_d: torch.optim.Optimizer | None,
-    history: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """Plain-data checkpoint: rebuildable with `generator_from_state` alone, loadable with weights_only."""
-    from cxr_ray.checkpoint import model_state
-
-    noise, labels = fixed_noise(cfg)
-    return {
-        "format": STATE_FORMAT,
-        "epoch": epoch,
-        "config": to_dict(cfg),
-        "class_names": list(CLASS_NAMES),
-        "generator": {"model_kwargs": generator_kwargs(cfg), "model_state": model_state(generator)},
-        "discriminator": {"model_kwargs": discriminator_kwargs(cfg), "model_state": model_state(discriminator)},
-        "optimizer_g": optimizer_g.state_dict() if optimizer_g is not None else None,
-        "optimizer_d": optimizer_d.state_dict() if optimizer_d is not None else None,
-        "history": [dict(entry) for entry in history],
-        "fixed_noise": noise,
-        "fixed_labels": labels,
-    }
 
 
 def make_optimizers(cfg: GanConfig, generator: nn.Module, discriminator: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:
@@ -268,6 +207,11 @@ class StepModels:
     discriminator: Discriminator  # unwrapped: used for the generator step
     optimizer_g: torch.optim.Optimizer
     optimizer_d: torch.optim.Optimizer
+
+    @property
+    def generator(self) -> Generator:
+        """The unwrapped generator: what samples, checkpoints and BN averaging use."""
+        return unwrap_model(self.generator_ddp)
 
 
 def train_step(
@@ -319,7 +263,7 @@ def train_epoch(
     amp: Callable[[], contextlib.AbstractContextManager],
 ) -> dict[str, float]:
     """`steps` steps over a fresh permutation of this worker's images; returns local means."""
-    from cxr_ray.train.loop import batches, to_input
+    from cxr_ray.train.loop import batches
 
     sums = {key: torch.zeros((), device=images.device) for key in ("loss_d", "loss_g", "d_real", "d_fake")}
     for index in batches(len(images), batch_size, steps, order_gen):
@@ -394,9 +338,11 @@ def digests_by_rank(module: nn.Module) -> dict[str, list[str]]:
 
 
 def _worker_config(config: dict[str, Any]) -> tuple[GanConfig, bool, S3Settings]:
+    """The GanConfig, GPU flag and S3 settings that `launch.run_trainer` put into the loop config."""
+    from cxr_ray.train.launch import worker_s3
+
     plain = {k: v for k, v in config.items() if not k.startswith("_")}
-    s3 = S3Settings(**config["_s3"]) if config.get("_s3") else S3Settings()
-    return from_dict(GanConfig, plain), bool(config.get("_use_gpu")), s3
+    return from_dict(GanConfig, plain), bool(config.get("_use_gpu")), worker_s3(config)
 
 
 def _build_models(cfg: GanConfig, state: dict[str, Any] | None, device: torch.device) -> StepModels:
@@ -420,9 +366,67 @@ def _build_models(cfg: GanConfig, state: dict[str, Any] | None, device: torch.de
     return StepModels(generator_ddp, real_fake_ddp, discriminator, optimizer_g, optimizer_d)
 
 
+@dataclass(frozen=True)
+class TrainShard:
+    """This worker's train images on its device, and the batch plan every rank agrees on."""
+
+    images: torch.Tensor  # uint8 (N, 1, H, W)
+    labels: torch.Tensor | None  # the conditional GAN's class labels; None for a per-class GAN
+    batch_size: int
+    steps: int  # per epoch: the same on every rank, so DDP's collectives pair up
+
+
+def load_train_shard(cfg: GanConfig, device: torch.device, world_size: int) -> TrainShard:
+    from cxr_ray.train.loop import agree_on_count, load_shard
+
+    images, targets = load_shard("train", device)
+    n_min = agree_on_count(len(images), device, "min")
+    if n_min == 0:
+        raise RuntimeError(f"a worker received no training images ({world_size} workers): use fewer workers")
+    batch_size = min(cfg.batch_size, n_min)  # tiny tables: one smaller batch rather than none
+    return TrainShard(images, targets if cfg.conditional else None, batch_size, n_min // batch_size)
+
+
 def _epoch_seed(cfg: GanConfig, epoch: int, rank: int) -> int:
     # Seeds depend on (seed, epoch, rank) only, so a resumed attempt draws what an uninterrupted one would have.
     return (cfg.seed * 1_000_003 + epoch * 1009 + rank) % 2**31
+
+
+def run_epoch(cfg: GanConfig, models: StepModels, shard: TrainShard, epoch: int, device: torch.device) -> dict[str, Any]:
+    """Epoch `epoch` on every rank, then BN statistics and losses averaged over ranks: losses and throughput."""
+    from cxr_ray.train.loop import world
+
+    rank, world_size = world()
+    torch.manual_seed(_epoch_seed(cfg, epoch, rank))
+    order_gen = torch.Generator().manual_seed(_epoch_seed(cfg, epoch, rank))
+    t0 = time.perf_counter()
+    amp = lambda: autocast(device)  # noqa: E731
+    local = train_epoch(models, shard.images, shard.labels, shard.batch_size, shard.steps, cfg.nz, order_gen, amp)
+    if not cfg.sync_bn:
+        average_bn_running_stats(models.generator)
+        average_bn_running_stats(models.discriminator)
+    losses = mean_over_ranks(local, device)
+    seconds = time.perf_counter() - t0
+    n_images = shard.steps * shard.batch_size * world_size
+    return {
+        "epoch": epoch + 1,
+        **losses,
+        "seconds": seconds,
+        "images": n_images,
+        "images_per_s": n_images / seconds if seconds > 0 else 0.0,
+    }
+
+
+def replica_facts(models: StepModels, start_epoch: int, world_size: int) -> dict[str, Any]:
+    """How this epoch ran (attempt, world, threads) and every rank's weight digests (a collective)."""
+    return {
+        "attempt_start_epoch": start_epoch,
+        "world_size": world_size,
+        "torch_threads": torch.get_num_threads(),
+        # Every rank's own digest: equal across ranks <=> DDP kept the replicas bitwise identical.
+        "g_digests": digests_by_rank(models.generator),
+        "d_digests": digests_by_rank(models.discriminator),
+    }
 
 
 def _write_grid(cfg: GanConfig, run_uri: str, epoch: int, generator: Generator, device: torch.device, s3: S3Settings) -> None:
@@ -431,16 +435,24 @@ def _write_grid(cfg: GanConfig, run_uri: str, epoch: int, generator: Generator, 
     storage.write_bytes_atomic(storage.join(run_uri, SAMPLES_DIR, f"epoch_{epoch:03d}.png"), grid_png(images), s3)
 
 
+def publish_epoch(
+    cfg: GanConfig, run_uri: str, models: StepModels, history: list[dict[str, Any]], device: torch.device, s3: S3Settings
+) -> dict[str, Any]:
+    """Rank 0 after an epoch: write the sample grid and the loss history; return the checkpoint state to attach."""
+    epoch = int(history[-1]["epoch"])
+    _write_grid(cfg, run_uri, epoch, models.generator, device, s3)
+    storage.write_json_atomic(storage.join(run_uri, GAN_LOSSES_FILE), {"run": cfg.run_name(), "epochs": history}, s3)
+    return build_gan_state(cfg, epoch, models.generator, models.discriminator, models.optimizer_g, models.optimizer_d, history)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: restore, then per epoch train, sync BN stats, write grid + losses (rank 0), report."""
-    from cxr_ray.checkpoint import unwrap_model
     from cxr_ray.train import loop
     from cxr_ray.train.launch import report_epoch, resume_state
-    from cxr_ray.train.loop import agree_on_count, autocast, device_for_worker, load_shard, world
 
     cfg, use_gpu, s3 = _worker_config(config)
-    rank, world_size = world()
-    device = device_for_worker(use_gpu)
+    rank, world_size = loop.world()
+    device = loop.device_for_worker(use_gpu)
     run_uri = storage.join(cfg.storage, cfg.run_name())
 
     state = resume_state(config)
@@ -449,52 +461,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     torch.manual_seed(cfg.seed)  # identical init everywhere (DDP also broadcasts rank 0's)
     models = _build_models(cfg, state, device)
-    generator = unwrap_model(models.generator_ddp)
-
-    images, targets = load_shard("train", device)
-    labels = targets if cfg.conditional else None
-    n_min = agree_on_count(len(images), device, "min")
-    if n_min == 0:
-        raise RuntimeError(f"a worker received no training images ({world_size} workers): use fewer workers")
-    batch_size = min(cfg.batch_size, n_min)  # tiny tables: one smaller batch rather than none
-    steps = n_min // batch_size
-    amp = lambda: autocast(device)  # noqa: E731
-
+    shard = load_train_shard(cfg, device, world_size)
     if rank == 0 and start_epoch == 0:
-        _write_grid(cfg, run_uri, 0, generator, device, s3)  # the untrained generator, for comparison
+        _write_grid(cfg, run_uri, 0, models.generator, device, s3)  # the untrained generator, for comparison
 
     for epoch in range(start_epoch, cfg.epochs):
         loop.maybe_inject_failure(config, epoch, rank)
-        torch.manual_seed(_epoch_seed(cfg, epoch, rank))
-        order_gen = torch.Generator().manual_seed(_epoch_seed(cfg, epoch, rank))
-        t0 = time.perf_counter()
-        local = train_epoch(models, images, labels, batch_size, steps, cfg.nz, order_gen, amp)
-        if not cfg.sync_bn:
-            average_bn_running_stats(generator)
-            average_bn_running_stats(models.discriminator)
-        losses = mean_over_ranks(local, device)
-        seconds = time.perf_counter() - t0
-        n_images = steps * batch_size * world_size
-        entry = {
-            "epoch": epoch + 1,
-            **losses,
-            "seconds": seconds,
-            "images": n_images,
-            "images_per_s": n_images / seconds if seconds > 0 else 0.0,
-            "attempt_start_epoch": start_epoch,
-            "world_size": world_size,
-            "torch_threads": torch.get_num_threads(),
-            # Every rank's own digest: equal across ranks <=> DDP kept the replicas bitwise identical.
-            "g_digests": digests_by_rank(generator),
-            "d_digests": digests_by_rank(models.discriminator),
-        }
+        entry = {**run_epoch(cfg, models, shard, epoch, device), **replica_facts(models, start_epoch, world_size)}
         history.append(entry)
-        metrics = {**entry, "finite": all(math.isfinite(losses[k]) for k in ("loss_d", "loss_g"))}
-        save = None
-        if rank == 0:
-            _write_grid(cfg, run_uri, epoch + 1, generator, device, s3)
-            storage.write_json_atomic(storage.join(run_uri, LOSSES_FILE), {"run": cfg.run_name(), "epochs": history}, s3)
-            save = gan_state(cfg, epoch + 1, generator, models.discriminator, models.optimizer_g, models.optimizer_d, history)
+        metrics = {**entry, "finite": all(math.isfinite(entry[k]) for k in ("loss_d", "loss_g"))}
+        save = publish_epoch(cfg, run_uri, models, history, device, s3) if rank == 0 else None
         report_epoch(metrics, save)
 
 
@@ -542,7 +518,7 @@ def resolve_config(cfg: GanConfig, s3: S3Settings | None) -> GanConfig:
 
 def claim_run(cfg: GanConfig, run_uri: str, s3: S3Settings | None) -> None:
     """Refuse to continue a run under this name that was trained with a different identity."""
-    marker = storage.join(run_uri, CONFIG_FILE)
+    marker = storage.join(run_uri, GAN_CONFIG_FILE)
     if storage.exists(marker, s3):
         previous = storage.read_json(marker, s3)
         changed = sorted(k for k in IDENTITY_FIELDS if previous.get(k) != cfg.identity()[k])
@@ -565,22 +541,45 @@ def train_dataset(cfg: GanConfig, s3: S3Settings | None) -> Any:
 
 def finished_summary(cfg: GanConfig, run_uri: str, s3: S3Settings | None) -> dict[str, Any] | None:
     """The run's summary if it already reached `cfg.epochs` (a finished re-run costs no Ray Train start)."""
-    uri = storage.join(run_uri, SUMMARY_FILE)
+    uri = storage.join(run_uri, GAN_SUMMARY_FILE)
     if not storage.exists(uri, s3):
         return None
     summary = storage.read_json(uri, s3)
     return summary if int(summary.get("epochs", 0)) >= cfg.epochs else None
 
 
-def checkpoint_uri(checkpoint: Any, cfg: GanConfig) -> str:
-    path = checkpoint.path
-    return f"s3://{path.lstrip('/')}" if storage.is_s3(cfg.storage) else path
+def run_summary(cfg: GanConfig, run_uri: str, result: Any, use_gpu: bool, seconds: dict[str, float]) -> dict[str, Any]:
+    """What {run}/gan_summary.json records about a finished fit (`seconds`: fit and wall time)."""
+    from cxr_ray.train.launch import read_state
+
+    state = read_state(result.checkpoint)
+    history = state["history"]
+    return {
+        "run": cfg.run_name(),
+        "run_dir": run_uri,
+        "checkpoint": storage.uri_for(cfg.storage, result.checkpoint.path),
+        "epochs": int(state["epoch"]),
+        "class_name": cfg.class_name,
+        "image_size": cfg.image_size,
+        "num_workers": cfg.num_workers,
+        "use_gpu": use_gpu,
+        "images_per_epoch": history[-1]["images"] if history else 0,
+        "losses": [{k: e[k] for k in ("epoch", "loss_d", "loss_g", "d_real", "d_fake")} for e in history],
+        "resumed_from_epoch": history[-1]["attempt_start_epoch"] if history else 0,
+        "train_seconds": sum(e["seconds"] for e in history),
+        "fit_seconds": seconds["fit"],
+        "wall_seconds": seconds["wall"],
+        "samples": storage.join(run_uri, SAMPLES_DIR),
+        "config": to_dict(cfg),
+    }
 
 
-def train_gan(cfg: GanConfig, s3: S3Settings | None = None, *, address: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_gan(
+    cfg: GanConfig, *, s3: S3Settings | None = None, log: Callable[[str], None] = print, address: str | None = None
+) -> dict[str, Any]:
     """Train (or resume) one DCGAN with Ray Train; returns the summary also written to {run}/gan_summary.json."""
     from cxr_ray.runtime import init_ray
-    from cxr_ray.train.launch import LaunchSpec, cluster_has_gpus, cpus_per_worker, read_state, run_trainer
+    from cxr_ray.train.launch import LaunchSpec, cluster_has_gpus, cpus_per_worker, run_trainer
 
     t0 = time.perf_counter()
     s3 = s3 or S3Settings.from_env()
@@ -604,33 +603,13 @@ def train_gan(cfg: GanConfig, s3: S3Settings | None = None, *, address: str | No
         max_failures=cfg.max_failures,
     )
     log(f"train-gan: {cfg.run_name()} ({cfg.class_name}, {cfg.image_size}px) on {cfg.num_workers} workers -> {run_uri}")
-    config = {**to_dict(cfg), "_s3": s3.to_dict()}
     t_fit = time.perf_counter()
-    result = run_trainer(train_loop_per_worker, config, spec, s3=s3, datasets={"train": train_dataset(cfg, s3)})
+    result = run_trainer(train_loop_per_worker, to_dict(cfg), spec, s3=s3, datasets={"train": train_dataset(cfg, s3)})
     fit_seconds = time.perf_counter() - t_fit
     if result.checkpoint is None:
         raise RuntimeError(f"{run_uri}: training finished without a checkpoint")
-    state = read_state(result.checkpoint)
-    history = state["history"]
-    summary = {
-        "run": cfg.run_name(),
-        "run_dir": run_uri,
-        "checkpoint": checkpoint_uri(result.checkpoint, cfg),
-        "epochs": int(state["epoch"]),
-        "class_name": cfg.class_name,
-        "image_size": cfg.image_size,
-        "num_workers": cfg.num_workers,
-        "use_gpu": use_gpu,
-        "images_per_epoch": history[-1]["images"] if history else 0,
-        "losses": [{k: e[k] for k in ("epoch", "loss_d", "loss_g", "d_real", "d_fake")} for e in history],
-        "resumed_from_epoch": history[-1]["attempt_start_epoch"] if history else 0,
-        "train_seconds": sum(e["seconds"] for e in history),
-        "fit_seconds": fit_seconds,
-        "wall_seconds": time.perf_counter() - t0,
-        "samples": storage.join(run_uri, SAMPLES_DIR),
-        "config": to_dict(cfg),
-    }
-    storage.write_json_atomic(storage.join(run_uri, SUMMARY_FILE), summary, s3)
+    summary = run_summary(cfg, run_uri, result, use_gpu, {"fit": fit_seconds, "wall": time.perf_counter() - t0})
+    storage.write_json_atomic(storage.join(run_uri, GAN_SUMMARY_FILE), summary, s3)
     return summary
 
 

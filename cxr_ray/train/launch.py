@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from cxr_ray import storage
+from cxr_ray.filenames import STATE_FILE
 from cxr_ray.storage import S3Settings
 
 
@@ -72,7 +73,7 @@ def run_dir(spec: LaunchSpec) -> str:
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
 
-def unregistered_checkpoint(run_uri: str, s3: S3Settings | None, file_name: str = "state.pt") -> str | None:
+def unregistered_checkpoint(run_uri: str, s3: S3Settings | None) -> str | None:
     """The newest checkpoint of a run that died before Ray Train recorded it, if any.
 
     Ray Train V2 resumes a re-run from its checkpoint-manager snapshot. A run
@@ -90,10 +91,51 @@ def unregistered_checkpoint(run_uri: str, s3: S3Settings | None, file_name: str 
         e.base_name for e in entries if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")
     )
     for name in reversed(candidates):  # names carry a sortable timestamp
-        state_uri = storage.join(run_uri, name, file_name)
+        state_uri = storage.join(run_uri, name, STATE_FILE)
         if storage.exists(state_uri, s3):
             return state_uri
     return None
+
+
+def run_config(spec: LaunchSpec, s3: S3Settings, callbacks: list[Any] | None = None) -> Any:
+    """Ray Train's RunConfig: where the run lives, how often it may fail, which checkpoints it keeps."""
+    import ray.train
+
+    storage_path, storage_fs = ray_storage(spec.storage, s3)
+    checkpoint_config = ray.train.CheckpointConfig(
+        num_to_keep=spec.num_to_keep,
+        checkpoint_score_attribute=spec.score_attribute,
+        checkpoint_score_order=spec.score_order,
+    )
+    return ray.train.RunConfig(
+        name=spec.name,
+        storage_path=storage_path,
+        storage_filesystem=storage_fs,
+        # A finite controller limit: an unsatisfiable request (too few CPUs/GPUs)
+        # must fail the run, not retry forever.
+        failure_config=ray.train.FailureConfig(max_failures=spec.max_failures, controller_failure_limit=2),
+        checkpoint_config=checkpoint_config,
+        callbacks=callbacks,
+    )
+
+
+def scaling_config(spec: LaunchSpec, use_gpu: bool) -> Any:
+    import ray.train
+
+    resources = {"CPU": spec.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = 1
+    return ray.train.ScalingConfig(num_workers=spec.num_workers, use_gpu=use_gpu, resources_per_worker=resources)
+
+
+def materialized(datasets: dict[str, Any]) -> dict[str, Any]:
+    """Every dataset read now, before the workers take their CPUs.
+
+    On a small cluster (2 CPUs here) the train workers would otherwise hold
+    every slot and Ray Data's read tasks could never run. Tables are decoded
+    pixels, read once per run; workers keep their shard on the device.
+    """
+    return {key: ds.materialize() for key, ds in datasets.items()}
 
 
 def run_trainer(
@@ -106,52 +148,31 @@ def run_trainer(
     datasets_to_split: list[str] | None = None,
     callbacks: list[Any] | None = None,
 ) -> Any:
-    """Run `train_fn` on `spec.num_workers` DDP workers; returns Ray Train's Result."""
+    """Run `train_fn` on `spec.num_workers` DDP workers; returns Ray Train's Result.
+
+    The one place that hands S3 settings to workers: as `config["_s3"]`
+    (`S3Settings.to_dict`), which a worker turns back with `worker_s3`.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    s3 = s3 or S3Settings.from_env()
     use_gpu = cluster_has_gpus() if spec.use_gpu is None else spec.use_gpu
-    storage_path, storage_fs = ray_storage(spec.storage, s3)
-    checkpoint_config = ray.train.CheckpointConfig(
-        num_to_keep=spec.num_to_keep,
-        checkpoint_score_attribute=spec.score_attribute,
-        checkpoint_score_order=spec.score_order,
-    )
-    run_config = ray.train.RunConfig(
-        name=spec.name,
-        storage_path=storage_path,
-        storage_filesystem=storage_fs,
-        # A finite controller limit: an unsatisfiable request (too few CPUs/GPUs)
-        # must fail the run, not retry forever.
-        failure_config=ray.train.FailureConfig(max_failures=spec.max_failures, controller_failure_limit=2),
-        checkpoint_config=checkpoint_config,
-        callbacks=callbacks,
-    )
-    resources = {"CPU": spec.cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = 1
-    scaling = ray.train.ScalingConfig(
-        num_workers=spec.num_workers, use_gpu=use_gpu, resources_per_worker=resources
-    )
     dataset_config = None
     if datasets:
-        # Materialise before the workers take their CPUs: on a small cluster
-        # (2 CPUs here) the train workers would otherwise hold every slot and
-        # Ray Data's read tasks could never run. Tables are decoded pixels,
-        # read once per run; workers keep their shard on the device.
-        datasets = {key: ds.materialize() for key, ds in datasets.items()}
+        datasets = materialized(datasets)
         dataset_config = ray.train.DataConfig(datasets_to_split=datasets_to_split or list(datasets))
-    fallback = unregistered_checkpoint(run_dir(spec), s3)
+    loop_config = {
+        **config,
+        "_use_gpu": use_gpu,
+        "_fallback_resume": unregistered_checkpoint(run_dir(spec), s3),
+        "_s3": s3.to_dict(),
+    }
     trainer = TorchTrainer(
         train_fn,
-        train_loop_config={
-            **config,
-            "_use_gpu": use_gpu,
-            "_fallback_resume": fallback,
-            "_s3": s3.to_dict() if s3 else None,
-        },
-        scaling_config=scaling,
-        run_config=run_config,
+        train_loop_config=loop_config,
+        scaling_config=scaling_config(spec, use_gpu),
+        run_config=run_config(spec, s3, callbacks),
         datasets=datasets,
         dataset_config=dataset_config,
     )
@@ -165,7 +186,12 @@ def local_checkpoint_dir(checkpoint: Any) -> Iterator[str]:
         yield path
 
 
-def resume_state(config: dict[str, Any], file_name: str = "state.pt") -> dict[str, Any] | None:
+def worker_s3(config: dict[str, Any]) -> S3Settings:
+    """Inside a worker: the driver's S3 settings, as `run_trainer` sent them."""
+    return S3Settings.from_dict(config.get("_s3"))
+
+
+def resume_state(config: dict[str, Any]) -> dict[str, Any] | None:
     """Inside a worker: the state to resume from (Ray Train's latest checkpoint, else an unregistered one)."""
     import ray.train
 
@@ -173,22 +199,21 @@ def resume_state(config: dict[str, Any], file_name: str = "state.pt") -> dict[st
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        return read_state(checkpoint, file_name)
+        return read_state(checkpoint)
     if config.get("_fallback_resume"):
-        s3 = S3Settings(**config["_s3"]) if config.get("_s3") else None
-        return load_state(config["_fallback_resume"], s3)
+        return load_state(config["_fallback_resume"], worker_s3(config))
     return None
 
 
-def read_state(checkpoint: Any, file_name: str = "state.pt") -> dict[str, Any]:
+def read_state(checkpoint: Any) -> dict[str, Any]:
     """Load a plain-data state file from a Ray Train checkpoint (weights_only)."""
     from cxr_ray.checkpoint import load_state
 
     with local_checkpoint_dir(checkpoint) as path:
-        return load_state(os.path.join(path, file_name))
+        return load_state(os.path.join(path, STATE_FILE))
 
 
-def report_epoch(metrics: dict[str, Any], state: dict[str, Any] | None, file_name: str = "state.pt") -> None:
+def report_epoch(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
     """Call ray.train.report from every rank; rank 0 attaches the plain-data checkpoint."""
     import ray.train
 
@@ -198,5 +223,5 @@ def report_epoch(metrics: dict[str, Any], state: dict[str, Any] | None, file_nam
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        save_state(state, os.path.join(tmp, file_name))
+        save_state(state, os.path.join(tmp, STATE_FILE))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -2,13 +2,12 @@
 
 Data path: a worker reads its Ray Data shard of uint8 pixels once, keeps it
 as one uint8 tensor on its device, and from then on only indexes, converts
-and augments on the device. Pixels are decoded once, at ingest, never per
+(`cxr_ray.pixels.to_input`) and augments on the device. Pixels are decoded once, at ingest, never per
 epoch, and the host-to-device copy happens once per run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -50,13 +49,6 @@ def device_for_worker(use_gpu: bool) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPUs (no loss scaling needed); full fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def load_shard(name: str, device: torch.device, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """This worker's Ray Data shard as (N, 1, H, W) uint8 and (N,) int64 tensors on `device`."""
     import ray.train
@@ -94,12 +86,6 @@ def global_class_counts(targets: torch.Tensor, num_classes: int) -> torch.Tensor
     return counts
 
 
-def to_input(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1]: the same mapping as the GAN's tanh output."""
-    out = x.float().div_(127.5).sub_(1.0)
-    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
-
-
 def augment(x: torch.Tensor, strength: float, gen: torch.Generator | None = None) -> torch.Tensor:
     """Random small affine (rotate/scale/shift) plus brightness/contrast jitter, batched on the device.
 
@@ -127,7 +113,7 @@ def augment(x: torch.Tensor, strength: float, gen: torch.Generator | None = None
 
 
 def robust_augment(x: torch.Tensor, probability: float, seed: int) -> torch.Tensor:
-    """Blur/JPEG robustness augmentation of a uint8 (N, 1, H, W) batch, before `to_input`.
+    """Blur/JPEG robustness augmentation of a uint8 (N, 1, H, W) batch, before `pixels.to_input`.
 
     Each image, with `probability`, gets a random Gaussian blur or a JPEG round
     trip (`cxr_ray.perturb.random_blur_jpeg`: the ranges the robustness

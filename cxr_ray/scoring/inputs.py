@@ -1,0 +1,53 @@
+"""What every scoring job is given (finished runs, tables, an output folder) and the check that they fit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from cxr_ray.config import ConfigError
+from cxr_ray.scoring.runs import ModelRun
+from cxr_ray.storage import S3Settings
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """What every scoring job shares: finished runs, the tables whose test splits they score, the output folder.
+
+    S3 settings are not part of it: the jobs take them as an argument (`s3=`).
+    """
+
+    runs: tuple[str, ...]  # run dirs, or runs roots searched one level deep
+    real: str  # ingested real table: its test split
+    dest: str
+    fakes: str | None = None  # generated fake table: its test split (held-out seeds)
+    n_boot: int = 1000
+    seed: int = 0
+    batch_size: int = 256
+    max_actors: int | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ConfigError("runs: give at least one run dir or runs root")
+        if self.n_boot < 1:
+            raise ConfigError(f"n_boot must be at least 1, got {self.n_boot}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+
+    def tables(self) -> list[str]:
+        return [self.real] + ([self.fakes] if self.fakes else [])
+
+
+def check_inputs(tables: Sequence[str], runs: Sequence[ModelRun], s3: S3Settings | None) -> int:
+    """All tables complete and of one resolution, every model trained at it; returns the resolution."""
+    from cxr_ray.data.datasets import DatasetError, resolution_of
+
+    sizes = {uri: resolution_of(uri, s3) for uri in tables}
+    if len(set(sizes.values())) > 1:
+        raise DatasetError(f"tables of different resolutions: {sizes}")
+    size = next(iter(sizes.values()))
+    for run in runs:
+        if run.image_size != size:
+            raise DatasetError(f"run {run.run_dir} was trained at {run.image_size}px but {', '.join(tables)} is {size}px")
+    return size

@@ -1,0 +1,76 @@
+"""Where a study keeps everything under its root: the one place the study's folder names are spelled.
+
+The study writes through it and the report reads through it, so the two can
+never disagree about where a stage's output lives. Local roots and s3://
+roots alike (storage.join picks the separator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxr_ray import storage
+
+# The manifest's stage entries, in the order the study runs them (the report lists them so).
+STAGES: tuple[str, ...] = ("ingest", "gan", "gan_quality", "generate", "tune", "train", "evaluate")
+TIMELINE = "timeline"  # the manifest entry that keeps every training's start and end
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    """The study root and the folders in it (the manifest file at the root is cxr_ray.manifest's)."""
+
+    root: str
+
+    @classmethod
+    def at(cls, storage_arg: str) -> "StudyLayout":
+        """The layout for a `--storage` value: s3:// as given, a local path made absolute (symlinks resolved).
+
+        Stage configs and their hashes hold these paths, so the same folder must
+        always give the same root.
+        """
+        return cls(storage_arg if storage.is_s3(storage_arg) else str(Path(storage_arg).resolve()))
+
+    def _under(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    def real(self, resolution: int) -> str:
+        """The ingested real images (an image table) at one resolution."""
+        return self._under("data", f"real-{resolution}")
+
+    def fakes(self, resolution: int) -> str:
+        """The generated fakes (an image table) at one resolution."""
+        return self._under("data", f"fake-{resolution}")
+
+    @property
+    def gan(self) -> str:
+        """Runs root of the DCGANs (and the GAN quality encoder)."""
+        return self._under("gan")
+
+    @property
+    def tune(self) -> str:
+        """Runs root of the hyperparameter searches."""
+        return self._under("tune")
+
+    @property
+    def runs(self) -> str:
+        """Runs root of the classifiers and detectors."""
+        return self._under("runs")
+
+    def run(self, name: str) -> str:
+        return storage.join(self.runs, name)
+
+    @property
+    def evaluate(self) -> str:
+        """The cross-evaluation's output folder."""
+        return self._under("evaluate")
+
+    @property
+    def transfer(self) -> str:
+        """The transfer matrix's output folder."""
+        return self._under("transfer")
+
+    @property
+    def report(self) -> str:
+        return self._under("report")

@@ -1,0 +1,91 @@
+"""What a study is asked to do: a profile with every knob, and the options of one run around it.
+
+Plain frozen dataclasses, filled in from the command line by cxr_ray/study/args.py
+(or built directly by a caller), checked by `resolve_profile` before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cxr_ray.config import ConfigError
+
+SAMPLE_DATA = str(Path(__file__).resolve().parents[1] / "sample" / "chest_xray")
+
+# The profile fields that name models; None in a profile means every registered model.
+MODEL_FIELDS: tuple[str, ...] = ("models", "tune_models", "robust_models")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every knob of a study; profiles set defaults, the command line overrides any of them."""
+
+    name: str
+    data: str | None  # None: must be given with --data
+    resolution: int = 64
+    gan_epochs: int = 25
+    gan_width: int = 64  # ngf = ndf
+    fakes_per_class: int = 500  # the seed study's number: detector train+val fakes per class
+    test_fakes_per_class: int = 500  # held-out fakes per class
+    models: tuple[str, ...] | None = None  # None: every registered model
+    epochs: int = 10
+    batch_size: int = 64
+    workers: int = 1  # per training (Ray Train workers; one GPU each on GPU clusters)
+    tune_models: tuple[str, ...] | None = None
+    tune_samples: int = 8
+    tune_max_epochs: int = 8
+    tune_batch_sizes: tuple[int, ...] | None = (32, 64, 128)  # None: batch_size only
+    robust_models: tuple[str, ...] | None = None  # detectors also trained with blur/JPEG augmentation
+    robust_aug: float = 0.5  # its per-image probability
+    n_boot: int = 1000
+    seed: int = 0
+
+
+PROFILES = {
+    # CPU, minutes, the embedded sample: every stage runs, numbers are not meaningful.
+    "quick": Profile(
+        name="quick", data=SAMPLE_DATA, gan_epochs=3, gan_width=16, fakes_per_class=100, test_fakes_per_class=30,
+        epochs=1, batch_size=32, tune_models=("cnn",), tune_samples=2, tune_max_epochs=1, tune_batch_sizes=None,
+        robust_models=("cnn",), n_boot=200,
+    ),
+    # GPU defaults, the whole dataset.
+    "full": Profile(name="full", data=None),
+}
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """One study run: its profile, where it lives, and how it runs."""
+
+    profile: Profile
+    storage: str = "runs/study"  # the study root, path or s3://
+    sequential: bool = False  # one training at a time (for timing)
+    overwrite: bool = False  # redo every stage
+
+
+def registered_models() -> tuple[str, ...]:
+    """Every classifier architecture the model registry knows (imports torch: call it only when needed)."""
+    from cxr_ray.models import registered_models as in_registration_order
+
+    return tuple(in_registration_order())
+
+
+def resolve_profile(profile: Profile) -> Profile:
+    """The profile with every model list filled in and checked against the registry, and its data given.
+
+    Raises ConfigError naming the option that holds an unknown model or the missing --data.
+    """
+    if profile.data is None:
+        raise ConfigError(f"profile {profile.name!r} needs --data (a Kaggle-layout folder or s3:// prefix)")
+    known = registered_models()
+    filled = {}
+    for key in MODEL_FIELDS:
+        names = getattr(profile, key)
+        unknown = sorted(set(names or ()) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"--{key.replace('_', '-')}: unknown model(s) {', '.join(unknown)}; known models: {', '.join(known)}"
+            )
+        filled[key] = known if names is None else names
+    return replace(profile, **filled)

@@ -1,0 +1,73 @@
+"""The full study as one job: ingest -> GAN per class -> GAN quality -> generate -> tune -> train -> evaluate -> report.
+
+Shared by `jobs/full_study.py` (for `ray job submit`) and `cxr-ray study`.
+Every stage is recorded in the study manifest (cxr_ray/manifest.py): a
+re-run skips finished stages, resumes an interrupted one, and re-runs only
+what a changed setting feeds into. Independent trainings (the two GANs, the
+classifiers, the detectors) run side by side when the cluster has room.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+from cxr_ray.manifest import Manifest
+from cxr_ray.storage import S3Settings
+from cxr_ray.study import stages
+from cxr_ray.study.concurrency import Timeline, cpu_share, slots
+from cxr_ray.study.layout import StudyLayout
+from cxr_ray.study.profile import StudyOptions, resolve_profile
+
+
+def run_study(
+    options: StudyOptions,
+    *,
+    s3: S3Settings | None = None,
+    log: Callable[[str], None] = print,
+    address: str | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) every stage of the study; returns its root and the report's URIs."""
+    from cxr_ray.runtime import init_ray
+
+    profile = resolve_profile(options.profile)
+    layout = StudyLayout.at(options.storage)
+    s3 = s3 or S3Settings.from_env()
+    ray = init_ray(address)
+    manifest = Manifest.load(layout.root, s3)
+    if options.overwrite:
+        manifest.stages.clear()
+    width = 1 if options.sequential else slots(ray, profile.workers)
+    ctx = stages.StudyContext(
+        profile=profile, layout=layout, manifest=manifest, s3=s3, log=log, timeline=Timeline(), width=width,
+        cpu_share=cpu_share(ray, profile.workers, width), address=address,
+    )
+    t_study = time.time()
+    log(f"study {profile.name}: data {profile.data} -> {layout.root}; up to {width} trainings at once")
+
+    ingested = stages.ingest(ctx)
+    gans = stages.gan(ctx, ingested)
+    stages.gan_quality(ctx, gans)
+    fakes = stages.generate(ctx, gans)
+    tuned = stages.tune(ctx, ingested)
+    trained = stages.train(ctx, fakes, tuned)
+    stages.evaluate(ctx, trained)
+    report = stages.report(ctx, t_study)
+    log(f"study finished in {time.time() - t_study:.0f} s; report: {report['html']}")
+    return {"root": layout.root, "report": report}
+
+
+def run_study_cli(argv: Sequence[str] | None = None) -> int:
+    """argv -> StudyOptions -> run_study; bad input prints one line and returns 2 (cli.common.guarded)."""
+    import typer
+
+    from cxr_ray.cli.common import guarded, s3_settings
+    from cxr_ray.study.args import build_parser, study_options
+
+    args = build_parser().parse_args(argv)
+    try:
+        guarded(lambda: run_study(study_options(args), s3=s3_settings(args.s3_endpoint, args.s3_region),
+                                  address=args.address))
+    except typer.Exit as exc:
+        return exc.exit_code
+    return 0

@@ -1,0 +1,179 @@
+"""The study's stages, one function each: configs from cxr_ray/study/plan.py, run through the manifest.
+
+Each stage takes the study context and the upstream stages it depends on and
+returns its own StageResult (manifest hash + outputs), so the dependency
+between stages is visible in the arguments. A stage the manifest records as
+done with the same hash is skipped and hands back its recorded outputs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from cxr_ray.data.layout import CLASS_NAMES
+from cxr_ray.manifest import Manifest
+from cxr_ray.storage import S3Settings
+from cxr_ray.study import plan
+from cxr_ray.study.concurrency import Timeline, parallel
+from cxr_ray.study.layout import TIMELINE, StudyLayout
+from cxr_ray.study.profile import Profile
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What every stage shares: the resolved profile, where things go, and how to run and record them."""
+
+    profile: Profile
+    layout: StudyLayout
+    manifest: Manifest
+    s3: S3Settings
+    log: Callable[[str], None]
+    timeline: Timeline
+    width: int  # trainings at once
+    cpu_share: float | None  # CPUs per training worker when trainings share a CPU-only cluster
+    address: str | None = None  # Ray address (the driver has joined it already)
+
+    def stage(self, name: str, digest: str, fn: Callable[[], dict[str, Any]]) -> StageResult:
+        return StageResult(digest, self.manifest.run(name, digest, fn, self.log))
+
+    def timed(self, stage: str, name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """`fn` as a job whose start and end go into the timeline."""
+        return lambda: self.timeline.run(stage, name, fn)
+
+    def stage_args(self) -> dict[str, Any]:
+        """The keyword arguments every stage entry point takes."""
+        return {"s3": self.s3, "log": self.log, "address": self.address}
+
+
+@dataclass(frozen=True)
+class StageResult:
+    digest: str  # the stage's manifest hash; downstream hashes fold it in
+    outputs: dict[str, Any]
+
+
+def ingest(ctx: StudyContext) -> StageResult:
+    """The source folder -> the real image table at the study resolution."""
+    from cxr_ray.data.ingest import format_summary, run_ingest
+
+    cfg = plan.ingest_config(ctx.profile, ctx.layout)
+
+    def run() -> dict[str, Any]:
+        summary = run_ingest(cfg, **ctx.stage_args())
+        ctx.log(format_summary(summary))
+        return {"table": cfg.dest, "summary": summary}
+
+    return ctx.stage("ingest", plan.ingest_hash(ctx.profile), run)
+
+
+def gan(ctx: StudyContext, ingested: StageResult) -> StageResult:
+    """One DCGAN per class, side by side."""
+    from cxr_ray.train.gan import train_gan
+
+    cfgs = plan.gan_configs(ctx.profile, ctx.layout)
+
+    def run() -> dict[str, Any]:
+        jobs = [
+            (cls, ctx.timed("gan", f"dcgan-{cls}", lambda cfg=cfg: train_gan(cfg, **ctx.stage_args())))
+            for cls, cfg in cfgs.items()
+        ]
+        return parallel(jobs, min(ctx.width, len(jobs)))
+
+    return ctx.stage("gan", plan.gan_hash(cfgs, ingested.digest), run)
+
+
+def gan_quality(ctx: StudyContext, gans: StageResult) -> StageResult:
+    """Frechet distance and KID of each generator in a project-trained X-ray encoder's feature space.
+
+    The final generator against the test split (the reference the issue names),
+    and the curve over training from each epoch's sample grid against val.
+    """
+    from cxr_ray.gan_curve import quality_curve
+    from cxr_ray.gan_quality import evaluate_generator
+
+    seed, s3, log = ctx.profile.seed, ctx.s3, ctx.log
+
+    def quality(gan_run: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **evaluate_generator(gan_run["checkpoint"], seed=seed, s3=s3, log=log),
+            "curve": quality_curve(gan_run["run_dir"], split="val", seed=seed, s3=s3, log=log),
+        }
+
+    def run() -> dict[str, Any]:
+        return {cls: quality(gans.outputs[cls]) for cls in CLASS_NAMES}
+
+    return ctx.stage("gan_quality", plan.gan_quality_hash(gans.digest), run)
+
+
+def generate(ctx: StudyContext, gans: StageResult) -> StageResult:
+    """The fake image table: detector train/val fakes and held-out test fakes per class."""
+    from cxr_ray.generate import run_generate
+
+    cfg = plan.generate_config(ctx.profile, ctx.layout, gans.outputs)
+
+    def run() -> dict[str, Any]:
+        return {"table": cfg.dest, "summary": run_generate(cfg, **ctx.stage_args())}
+
+    return ctx.stage("generate", plan.generate_hash(cfg, gans.digest), run)
+
+
+def tune(ctx: StudyContext, ingested: StageResult) -> StageResult:
+    """Hyperparameter searches (validation AUC only) on real data, one model after another."""
+    from cxr_ray.tune import run_search
+
+    cfgs = plan.tune_configs(ctx.profile, ctx.layout)
+
+    def run() -> dict[str, Any]:
+        return {m: ctx.timed("tune", f"tune-{m}", lambda cfg=cfg: run_search(cfg, **ctx.stage_args()))()
+                for m, cfg in cfgs.items()}
+
+    return ctx.stage("tune", plan.tune_hash(cfgs, ingested.digest), run)
+
+
+def train(ctx: StudyContext, fakes: StageResult, tuned: StageResult) -> StageResult:
+    """Classifiers (real, fake) and detectors, side by side; each with its tuned hyperparameters if any."""
+    from cxr_ray.train.classifier import train_classifier
+
+    cfgs = plan.classifier_configs(ctx.profile, ctx.layout, tuned.outputs, ctx.cpu_share)
+
+    def run() -> dict[str, Any]:
+        jobs = [
+            (cfg.run_name(), ctx.timed("train", cfg.run_name(), lambda cfg=cfg: train_classifier(cfg, **ctx.stage_args())))
+            for cfg in cfgs
+        ]
+        return {name: {"run_dir": ctx.layout.run(name), "test": out["test"]} for name, out in parallel(jobs, ctx.width).items()}
+
+    return ctx.stage("train", plan.train_hash(cfgs, fakes.digest, tuned.digest), run)
+
+
+def evaluate(ctx: StudyContext, trained: StageResult) -> StageResult:
+    """Cross-evaluation of every run (with perturbations) and the transfer matrix."""
+    from cxr_ray.evaluate import run_evaluate
+    from cxr_ray.transfer import run_transfer
+
+    eval_cfg, transfer_cfg = plan.evaluate_configs(ctx.profile, ctx.layout)
+
+    def run() -> dict[str, Any]:
+        return {"evaluate": run_evaluate(eval_cfg, **ctx.stage_args()),
+                "transfer": run_transfer(transfer_cfg, **ctx.stage_args())}
+
+    return ctx.stage("evaluate", plan.evaluate_hash(eval_cfg, transfer_cfg, trained.digest), run)
+
+
+def report(ctx: StudyContext, t_study: float) -> dict[str, str]:
+    """The timeline, then the report (always rebuilt: cheap, and it should show this run's timeline)."""
+    from cxr_ray.report.build import build_report
+
+    record_timeline(ctx, t_study)
+    return build_report(ctx.layout, ctx.s3, log=ctx.log)
+
+
+def record_timeline(ctx: StudyContext, t_study: float) -> None:
+    """Keep the trainings' start/end across re-runs: a skipped stage keeps its earlier rows."""
+    manifest, rows = ctx.manifest, ctx.timeline.rows
+    previous = manifest.stages.get(TIMELINE, {}).get("outputs", {}).get("rows", [])
+    fresh = {r["name"] for r in rows}
+    kept = [r for r in previous if r["name"] not in fresh] + rows
+    manifest.start(TIMELINE, "-")
+    manifest.finish(TIMELINE, {"rows": kept, "max_parallel": ctx.width, "study_seconds": time.time() - t_study})
