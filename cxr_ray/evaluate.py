@@ -64,7 +64,7 @@ def run_evaluate(
 
     s3 = s3 or S3Settings.from_env()
     t0 = time.perf_counter()
-    storage.check_destination(cfg.dest, s3, cfg.overwrite)
+    cfg.check_output(s3)
     runs = load_runs(cfg.runs, s3)
     detectors = [r.run for r in runs if r.task == "deepfake"]
     if detectors and not cfg.fakes:

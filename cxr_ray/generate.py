@@ -52,6 +52,9 @@ class GenerateConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        from cxr_ray.config import check_fields
+
+        check_fields(self)
         if not self.generators:
             raise ConfigError("generators: give at least one GAN run or checkpoint")
         for name in ("train_seeds", "test_seeds"):
@@ -319,6 +322,8 @@ def run_generate(
 
     t0 = time.perf_counter()
     s3 = s3 or S3Settings.from_env()
+    # DEST must not hold or sit inside a GAN run: --overwrite would delete the checkpoints.
+    storage.check_separate(cfg.dest, cfg.generators, "generator")
     storage.check_destination(cfg.dest, s3, cfg.overwrite)
     specs = inspect_generators(cfg.generators, s3)
     items = plan_items(specs, cfg)

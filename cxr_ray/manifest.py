@@ -2,7 +2,9 @@
 
 A stage is skipped when the manifest says it finished with the same config
 hash; its hash folds in the hashes of the stages it depends on, so a changed
-config re-runs exactly what depends on it. A stage left "running" (the job
+config re-runs exactly what depends on it. Hashes hold content, not
+locations: ingest's covers the source's fingerprint, and the stages below it
+fold in the ingested table's identity (cxr_ray/data/fingerprint.py). A stage left "running" (the job
 died) is run again, and resumes through its own outputs (Ray Train run
 names, complete-markers).
 """

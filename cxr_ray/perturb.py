@@ -220,18 +220,19 @@ def augment_table(
 
     s3 = s3 or S3Settings.from_env()
     _check_probability(probability)
-    require_complete(src_uri, s3)
+    storage.check_separate(dest_uri, [src_uri], "source table")
+    src_folder = require_complete(src_uri, s3)  # where the table is published (storage.published)
     storage.check_destination(dest_uri, s3, overwrite)
     ray = init_ray(address)
     t0 = time.perf_counter()
-    fs, src_path = storage.resolve(images_uri(src_uri), s3)
+    fs, src_path = storage.resolve(images_uri(src_folder), s3)
     ds = ray.data.read_parquet(src_path, filesystem=fs)
     ds = ds.map_batches(augment_batch, batch_format="pyarrow", fn_kwargs={"probability": probability, "seed": seed})
     with storage.staged_output(dest_uri, s3, overwrite) as staging:
         out_fs, out_path = storage.resolve(images_uri(staging), s3)
         ds.write_parquet(out_path, filesystem=out_fs)
         rows = pq.read_table(out_path, filesystem=out_fs, columns=["split"]).num_rows
-        summary = dict(storage.read_json(storage.join(src_uri, schema.SUMMARY_FILE), s3))
+        summary = dict(storage.read_json(storage.join(src_folder, schema.SUMMARY_FILE), s3))
         summary[AUGMENT_SUMMARY_KEY] = {
             "source_table": src_uri,
             "probability": probability,

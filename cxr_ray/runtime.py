@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
+
+# How long the address check waits for a TCP connection: well inside the
+# 30 s a user should wait to hear that a cluster cannot be reached.
+CONNECT_TIMEOUT_S = 10.0
+
+# True once this process has started its own local cluster: it has no
+# autoscaler, so what its nodes hold now is all it will ever hold.
+_started_local = False
 
 
 def _state_api_for_this_cluster() -> dict[str, Any]:
@@ -51,13 +60,43 @@ def cluster_to_join(address: str | None) -> str | None:
     return target if target and target != "local" else None
 
 
+def check_reachable(target: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """ConfigError in seconds when a HOST:PORT (or ray://HOST:PORT) Ray address does not accept a TCP connection.
+
+    ray.init waits minutes on an unreachable address, and ignores SIGTERM
+    while it does; a connect with a timeout answers first, and Ctrl-C
+    interrupts it. Other forms ("auto", other schemes) are left to Ray.
+    """
+    from cxr_ray.config import ConfigError
+
+    hostport = target[len("ray://"):] if target.startswith("ray://") else target
+    if target == "auto" or "://" in hostport:
+        return
+    host, sep, port = hostport.partition("/")[0].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"address: expected HOST:PORT or ray://HOST:PORT, got {target!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ConfigError(f"address: cannot reach a Ray cluster at {host}:{port} ({reason})") from None
+
+
+def cluster_is_fixed() -> bool:
+    """Whether the cluster this process uses can never grow: a local one it started itself (no autoscaler)."""
+    return _started_local
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, progress_bars: bool = False) -> Any:
+    global _started_local
     import ray
 
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
         target = cluster_to_join(address)
         if target:
+            check_reachable(target)
             kwargs["address"] = target
         else:
             # "local": always a fresh cluster for this process, never a stale
@@ -67,6 +106,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, progress_b
             if num_cpus:
                 kwargs["num_cpus"] = num_cpus
         ray.init(**kwargs)
+        _started_local = not target
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress_bars
     ctx.print_on_execution_start = False

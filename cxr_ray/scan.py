@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from cxr_ray import storage
 from cxr_ray.config import ConfigError
+from cxr_ray.data.decode import DEFAULT_MAX_PIXELS
 from cxr_ray.filenames import STATE_FILE, TEST_METRICS_FILE
 from cxr_ray.storage import S3Settings
 
@@ -53,10 +54,15 @@ class ScanConfig:
     max_actors: int | None = None
     progress: bool = True
     overwrite: bool = False
+    # Larger images are listed as unreadable, never decoded (= data.decode.DEFAULT_MAX_PIXELS).
+    max_pixels: int = 40_000_000
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        from cxr_ray.config import at_least, check_fields
+
+        check_fields(self)
+        at_least(self, 1, "batch_size", "max_actors")
+        at_least(self, 64, "max_pixels")  # 8x8, the smallest image decoded
 
 
 @dataclass(frozen=True)
@@ -119,8 +125,23 @@ def is_dicom(path: str, blob: bytes) -> bool:
     return path.lower().endswith(DICOM_SUFFIXES) or blob[128:132] == b"DICM"
 
 
-def decode_dicom(blob: bytes, resolution: int) -> np.ndarray:
-    """DICOM pixels -> uint8 square, min-max scaled like a deep PNG (MONOCHROME1 inverted)."""
+def _check_dicom_size(dataset: Any, max_pixels: int) -> None:
+    """Rows x Columns (x frames: pydicom decodes them all) from the header, before any pixel is decoded."""
+    from cxr_ray.data.decode import check_pixels
+
+    try:
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return  # no usable size in the header: pixel_array says what is wrong
+    check_pixels(columns, rows * frames, max_pixels)
+
+
+def decode_dicom(blob: bytes, resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """DICOM pixels -> uint8 square, min-max scaled like a deep PNG (MONOCHROME1 inverted).
+
+    An image over `max_pixels` is refused from its header, like a PNG or JPEG.
+    """
     from PIL import Image
 
     from cxr_ray.data.decode import DecodeError
@@ -131,7 +152,10 @@ def decode_dicom(blob: bytes, resolution: int) -> np.ndarray:
         raise DecodeError(NO_PYDICOM) from None
     try:
         dataset = pydicom.dcmread(io.BytesIO(blob))
+        _check_dicom_size(dataset, max_pixels)
         pixels = np.asarray(dataset.pixel_array, dtype=np.float64)
+    except DecodeError:
+        raise
     except Exception as exc:  # pydicom raises many types for bad files; all mean "unreadable"
         raise DecodeError(f"unreadable DICOM: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if pixels.ndim == 3:  # multi-frame or colour: the first frame / channel mean
@@ -146,17 +170,20 @@ def decode_dicom(blob: bytes, resolution: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def decode_file(path: str, blob: bytes, resolution: int) -> np.ndarray:
+def decode_file(path: str, blob: bytes, resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Any supported file's bytes -> uint8 (resolution, resolution); DecodeError with the reason otherwise."""
     from cxr_ray.data.decode import decode_to_gray
 
     if is_dicom(path, blob):
-        return decode_dicom(blob, resolution)
-    return decode_to_gray(blob, resolution)
+        return decode_dicom(blob, resolution, max_pixels)
+    return decode_to_gray(blob, resolution, max_pixels)
 
 
-def read_and_decode(batch: pa.Table, resolution: int, s3: dict[str, Any] | None) -> pa.Table:
-    """Ray Data UDF: read, hash and decode files; failures become rows with an empty image and a reason."""
+def read_and_decode(
+    batch: pa.Table, resolution: int, s3: dict[str, Any] | None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> pa.Table:
+    """Ray Data UDF: read, hash and decode files; failures (an image over `max_pixels` too) become rows
+    with an empty image and a reason."""
     from cxr_ray.data.decode import DecodeError
 
     paths = batch.column("path").to_pylist()
@@ -170,7 +197,7 @@ def read_and_decode(batch: pa.Table, resolution: int, s3: dict[str, Any] | None)
             continue
         shas.append(hashlib.sha256(blob).hexdigest())
         try:
-            images.append(decode_file(path, blob, resolution).tobytes())
+            images.append(decode_file(path, blob, resolution, max_pixels).tobytes())
             reasons.append("")
         except DecodeError as exc:
             images.append(b"")
@@ -234,6 +261,9 @@ def run_scan(
 
     s3 = s3 or S3Settings.from_env()
     t0 = time.perf_counter()
+    # OUT must not hold or sit inside what is read: --overwrite would delete it.
+    storage.check_separate(cfg.out, [cfg.src], "scanned folder")
+    storage.check_separate(cfg.out, [cfg.detector], "detector")
     storage.check_destination(cfg.out, s3, cfg.overwrite)
     detector = load_detector(cfg.detector, s3)
     files = list_inputs(cfg.src, s3)
@@ -251,7 +281,7 @@ def run_scan(
         read_and_decode,
         batch_format="pyarrow",
         batch_size=cfg.batch_size,
-        fn_kwargs={"resolution": detector.resolution, "s3": s3.to_dict()},
+        fn_kwargs={"resolution": detector.resolution, "s3": s3.to_dict(), "max_pixels": cfg.max_pixels},
     ).map_batches(
         ModelScorer,
         fn_constructor_kwargs={"state_uris": [detector.state_uri], "s3": s3.to_dict()},
@@ -282,6 +312,7 @@ def scan_summary(cfg: ScanConfig, detector: Detector, results: pa.Table, scan_se
         "src": cfg.src,
         "out": cfg.out,
         "detector": {**detector.__dict__, "given": cfg.detector},
+        "max_pixels": cfg.max_pixels,
         "scanned": len(verdict),
         "flagged_fake": verdict.count(VERDICT_FAKE),
         "passed_real": verdict.count(VERDICT_REAL),

@@ -5,7 +5,8 @@ search's storage: anyone who can write there could run code on the cluster.
 So a search here is planned and recorded by the project itself:
 
 * the trials are sampled up front from the search's seed (`plan_trials`), so
-  the same config always gives the same trials, and written to `plan.json`;
+  the same config always gives the same trials, and written to `plan.json`
+  (for people to read; the code re-plans from the config, never reads it);
 * a Tune callback on the driver writes one JSON record per trial
   (`records/KEY.json`: its sampled values, status and last metrics);
 * a re-run reads only those JSON records, skips the trials that finished and
@@ -18,6 +19,8 @@ Tune's own state files are still written (Tune always writes them) but never rea
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -30,7 +33,8 @@ PLAN_FILE = "plan.json"
 RECORDS_DIR = "records"
 ATTEMPTS_DIR = "attempts"
 TRIALS_TABLE = "trials.csv"
-# Tune needs a non-empty request per trial; the driver only waits on its trainer.
+# Tune needs a non-empty request per trial; the driver only waits on its trainer,
+# and must not hold a CPU its trainer's workers need (on 2 CPUs that would deadlock).
 TRIAL_DRIVER_CPU = 0.01
 DONE, RUNNING, ERROR = "done", "running", "error"
 
@@ -67,11 +71,22 @@ def choice(values: Sequence[Any]) -> Dimension:
 
 
 def plan_trials(space: dict[str, Dimension], num_samples: int, seed: int) -> dict[str, dict[str, Any]]:
-    """Trial key -> sampled values; the same space, count and seed always give the same plan."""
+    """Trial key -> sampled values; the same space, count and seed always give the same plan.
+
+    Trials are drawn one after another from one generator, so a larger
+    `num_samples` keeps the earlier trials. A key carries a digest of its values:
+    a trial's run (`trial-<key>`) is only ever continued with the values it
+    started with, never by a changed space or seed under the same search name.
+    """
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    return {f"t{index:03d}": {name: space[name].sample(rng) for name in sorted(space)} for index in range(num_samples)}
+    plan = {}
+    for index in range(num_samples):
+        values = {name: space[name].sample(rng) for name in sorted(space)}
+        digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+        plan[f"t{index:03d}-{digest}"] = values
+    return plan
 
 
 @dataclass(frozen=True)
@@ -89,15 +104,35 @@ class SearchRun:
 
 
 def read_records(run: SearchRun, plan: dict[str, dict[str, Any]], s3: S3Settings | None) -> dict[str, dict[str, Any]]:
-    """The JSON records of this plan's trials (a record whose values differ from the plan is stale)."""
+    """The JSON records of this plan's trials.
+
+    A record is plain data, so reading one runs nothing; one that is not a
+    well-formed record of this plan (other values, a planted or torn file) is
+    left out, and its trial simply runs again.
+    """
     records = {}
     for key, values in plan.items():
         uri = run.record_uri(key)
-        if storage.exists(uri, s3):
+        if not storage.exists(uri, s3):
+            continue
+        try:
             record = storage.read_json(uri, s3)
-            if isinstance(record, dict) and record.get("config") == values:
-                records[key] = record
+        except ValueError:  # not JSON: treat as no record
+            continue
+        if _well_formed(record) and record["key"] == key and record["config"] == values:
+            records[key] = record
     return records
+
+
+def _well_formed(record: Any) -> bool:
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("key"), str)
+        and isinstance(record.get("config"), dict)
+        and record.get("status") in (DONE, RUNNING, ERROR)
+        and isinstance(record.get("metrics"), dict)
+        and isinstance(record.get("error", ""), str)
+    )
 
 
 def _plain_metrics(result: dict[str, Any]) -> dict[str, Any]:
@@ -109,16 +144,23 @@ def _plain_metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _recorder(run: SearchRun, plan: dict[str, dict[str, Any]], s3: S3Settings | None) -> Any:
-    """A Tune callback (driver side) that writes each trial's record as plain JSON."""
+    """A Tune callback (driver side) that writes each trial's record as plain JSON.
+
+    An ASHA-stopped trial goes through `on_trial_complete` too (Tune's
+    `stop_trial`), so it is recorded as done with its last metrics. A trial that
+    completes without ever reporting the search's metric is recorded as an
+    error, so a re-run tries it again.
+    """
     from ray import tune
 
     class RecordTrials(tune.Callback):
         def _write(self, trial: Any, status: str, error: str = "") -> None:
             key = trial.config["trial"]
-            record = {
-                "key": key, "config": plan[key], "status": status, "error": error,
-                "metrics": _plain_metrics(trial.last_result or {}), "updated": time.time(),
-            }
+            metrics = _plain_metrics(trial.last_result or {})
+            if status == DONE and run.metric not in metrics:
+                status, error = ERROR, f"finished without reporting {run.metric}"
+            record = {"key": key, "config": plan[key], "status": status, "error": error, "metrics": metrics,
+                      "updated": time.time()}
             storage.write_json_atomic(run.record_uri(key), record, s3)
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -128,12 +170,24 @@ def _recorder(run: SearchRun, plan: dict[str, dict[str, Any]], s3: S3Settings | 
             self._write(trial, DONE)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._write(trial, ERROR, error=_first_line(getattr(trial, "error_message", None) or "trial failed"))
+            self._write(trial, ERROR, error=_trial_error(trial))
 
     return RecordTrials()
 
 
-def _first_line(text: Any) -> str:
+def _trial_error(trial: Any) -> str:
+    """The last line of the error text Tune just wrote for this trial (a text file, never its pickled twin)."""
+    try:
+        path = trial.error_file
+        if path:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                return _last_line(fh.read()) or "trial failed"
+    except OSError:
+        pass
+    return "trial failed"
+
+
+def _last_line(text: Any) -> str:
     lines = [line for line in str(text).splitlines() if line.strip()]
     return lines[-1][:500] if lines else ""
 
@@ -178,7 +232,8 @@ def run_trials(
                 callbacks=[_recorder(run, plan, s3)],
             ),
         )
-        tuner.fit()
+        with storage.credentials_hidden_from_env():  # Tune would copy them into every trial's runtime_env
+            tuner.fit()
     records = read_records(run, plan, s3)
     return [records.get(key) or {"key": key, "config": plan[key], "status": "missing", "error": "no record", "metrics": {}}
             for key in plan]
@@ -216,3 +271,10 @@ def write_trials_table(root: str, rows: list[dict[str, Any]], s3: S3Settings | N
     uri = storage.join(root, TRIALS_TABLE)
     storage.write_bytes_atomic(uri, pd.DataFrame(rows).to_csv(index=False).encode(), s3)
     return uri
+
+
+def record_error(record: dict[str, Any]) -> str:
+    """The trials table's `error` cell: empty for a finished trial, else why it has no result."""
+    if record["status"] == DONE:
+        return ""
+    return record.get("error") or f"not finished ({record['status']})"

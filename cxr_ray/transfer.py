@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cxr_ray import storage
 from cxr_ray.config import ConfigError
 from cxr_ray.scoring import (
     FAKE_TEST,
@@ -214,7 +213,7 @@ def run_transfer(
 
     s3 = s3 or S3Settings.from_env()
     t0 = time.perf_counter()
-    storage.check_destination(cfg.dest, s3, cfg.overwrite)
+    cfg.check_output(s3)
     runs = [r for r in load_runs(cfg.runs, s3) if r.task == "pneumonia"]
     if not runs:
         raise ConfigError(f"no finished pneumonia runs under {', '.join(cfg.runs)}")

@@ -1,25 +1,21 @@
 """Ray Tune (ASHA) search over the classifier trainer, on validation AUC only.
 
 Train V2 interop: each Tune trial runs a small driver function that builds
-its own TorchTrainer (run name from the trial id) and passes metrics to Tune
-through `TuneReportCallback`. The test split is never read here.
+its own TorchTrainer (run name `trial-<key>` from the planned trial's key) and
+passes metrics to Tune through `TuneReportCallback`. The trials are planned
+and recorded by `cxr_ray.search`, which resumes a search from its own JSON
+records, never from Tune's pickles. The test split is never read here.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
-from cxr_ray import storage
+from cxr_ray import search, storage
 from cxr_ray.config import ConfigError
 from cxr_ray.filenames import BEST_CONFIG_FILE
 from cxr_ray.storage import S3Settings
-
-TRIALS_TABLE = "trials.csv"
-# Tune needs a non-empty request per trial; the driver only waits on its trainer.
-TRIAL_DRIVER_CPU = 0.01
-
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -45,25 +41,31 @@ class SearchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.max_epochs < 1:
-            raise ConfigError("num_samples and max_epochs must be at least 1")
-        if not 0 < self.lr_range[0] < self.lr_range[1]:
-            raise ConfigError(f"lr_range must be increasing positive bounds, got {self.lr_range}")
+        from cxr_ray.config import at_least, check_fields, check_name, positive_bounds, positive_choices
+
+        check_fields(self)
+        at_least(self, 1, "num_samples", "max_epochs", "grace_period", "workers_per_trial")
+        at_least(self, 2, "reduction_factor")
+        at_least(self, 0, "max_concurrent_trials", "seed")
+        check_name("name", self.name)
+        positive_bounds(self, "lr_range", "weight_decay_range")
+        if not 0 <= self.aug_range[0] <= self.aug_range[1] <= 1:
+            raise ConfigError(f"aug_range must be increasing bounds in [0, 1], got {self.aug_range}")
+        positive_choices(self, "batch_sizes")
 
     def search_name(self) -> str:
         return self.name or f"tune-{self.task}-{self.model}-{self.source}"
 
 
-def search_space(cfg: SearchConfig) -> dict[str, Any]:
-    from ray import tune
-
+def search_space(cfg: SearchConfig) -> dict[str, search.Dimension]:
+    """The searched values and their bounds; the trials are drawn from it up front (`search.plan_trials`)."""
     epochs = sorted({max(1, cfg.max_epochs // 2), cfg.max_epochs})
     return {
-        "lr": tune.loguniform(*cfg.lr_range),
-        "weight_decay": tune.loguniform(*cfg.weight_decay_range),
-        "batch_size": tune.choice(list(cfg.batch_sizes)),
-        "aug_strength": tune.uniform(*cfg.aug_range),
-        "epochs": tune.choice(epochs),
+        "lr": search.loguniform(*cfg.lr_range),
+        "weight_decay": search.loguniform(*cfg.weight_decay_range),
+        "batch_size": search.choice(cfg.batch_sizes),
+        "aug_strength": search.uniform(*cfg.aug_range),
+        "epochs": search.choice(epochs),
     }
 
 
@@ -85,16 +87,21 @@ def trial_base(cfg: SearchConfig) -> dict[str, Any]:
     }
 
 
-def trial_driver(sampled: dict[str, Any], base: dict[str, Any], s3: dict[str, Any] | None) -> None:
-    """One Tune trial: the classifier launch under the trial's name, metrics to Tune via the callback."""
-    from ray import tune
+def trial_driver(
+    config: dict[str, Any], plan: dict[str, dict[str, Any]], base: dict[str, Any], s3: dict[str, Any] | None
+) -> None:
+    """One Tune trial: the classifier launch of its planned values, metrics to Tune via the callback.
+
+    The run is named after the trial's key, not Tune's trial id, so a re-run of
+    the search continues this trial's own checkpoint.
+    """
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from cxr_ray.config import from_dict
     from cxr_ray.train.classifier import ClassifierConfig, launch_classifier
 
-    trial_id = tune.get_context().get_trial_id()
-    cfg = from_dict(ClassifierConfig, {**base, **sampled, "name": f"trial-{trial_id}"})
+    key = config["trial"]
+    cfg = from_dict(ClassifierConfig, {**base, **plan[key], "name": f"trial-{key}"})
     launch_classifier(cfg, s3=S3Settings.from_dict(s3), num_to_keep=1, callbacks=[TuneReportCallback()])
 
 
@@ -105,7 +112,9 @@ def run_search(
     log: Callable[[str], None] = print,
     address: str | None = None,
 ) -> dict[str, Any]:
-    """Run (or continue) the search; writes the trials table and the best config to storage."""
+    """Run (or continue, from the trial records) the search; writes the trials table and the best config."""
+    from ray import tune
+
     from cxr_ray.runtime import init_ray
     from cxr_ray.train.classifier import ClassifierConfig, check_inputs
 
@@ -113,60 +122,15 @@ def run_search(
     base = trial_base(cfg)
     check_inputs(ClassifierConfig(**base), s3)
     init_ray(address)
-    trainable = _trainable(base, s3)
-    tuner = _restored_tuner(cfg, trainable, s3, log)
-    if tuner is None:
-        tuner = _new_tuner(cfg, trainable, s3)
-    return write_search_results(cfg, tuner.fit(), s3, log)
-
-
-def _trainable(base: dict[str, Any], s3: S3Settings) -> Any:
-    from ray import tune
-
-    trainable = tune.with_parameters(trial_driver, base=base, s3=s3.to_dict())
-    # The trial driver only waits on its TorchTrainer: it must not hold a CPU
-    # the trainer's workers need (on 2 CPUs that would deadlock).
-    return tune.with_resources(trainable, tune.PlacementGroupFactory([{"CPU": TRIAL_DRIVER_CPU}]))
-
-
-def _restored_tuner(cfg: SearchConfig, trainable: Any, s3: S3Settings, log: Callable[[str], None]) -> Any | None:
-    """The interrupted search under this name, continued; None when there is none."""
-    from ray import tune
-
-    experiment_path = storage.join(cfg.storage, cfg.search_name())
-    fs, exp_fs_path = storage.resolve(experiment_path, s3)
-    storage_fs = fs if storage.is_s3(cfg.storage) else None
-    if not tune.Tuner.can_restore(exp_fs_path, storage_filesystem=storage_fs):
-        return None
-    log(f"[tune] continuing the interrupted search at {experiment_path}")
-    return tune.Tuner.restore(
-        exp_fs_path, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=storage_fs
-    )
-
-
-def _new_tuner(cfg: SearchConfig, trainable: Any, s3: S3Settings) -> Any:
-    from ray import tune
-
-    from cxr_ray.train.launch import ray_storage
-
-    storage_path, storage_fs = ray_storage(cfg.storage, s3)
-    tune_config = tune.TuneConfig(
-        metric="val_auc",
-        mode="max",
-        num_samples=cfg.num_samples,
-        max_concurrent_trials=_concurrent_trials(cfg),
+    plan = search.plan_trials(search_space(cfg), cfg.num_samples, cfg.seed)
+    run = search.SearchRun(
+        root=storage.join(cfg.storage, cfg.search_name()), metric="val_auc", mode="max",
+        max_concurrent_trials=search.concurrent_trials(cfg.workers_per_trial, cfg.max_concurrent_trials),
         scheduler=_scheduler(cfg),
     )
-    run_config = tune.RunConfig(name=cfg.search_name(), storage_path=storage_path, storage_filesystem=storage_fs)
-    return tune.Tuner(trainable, param_space=search_space(cfg), tune_config=tune_config, run_config=run_config)
-
-
-def _concurrent_trials(cfg: SearchConfig) -> int:
-    """As asked, else as many trials as the cluster's CPUs fit."""
-    import ray
-
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    return cfg.max_concurrent_trials or max(1, int(cpus // (cfg.workers_per_trial + TRIAL_DRIVER_CPU)))
+    trainable = tune.with_parameters(trial_driver, plan=plan, base=base, s3=s3.to_dict())
+    records = search.run_trials(run, plan, trainable, s3=s3, log=log)
+    return write_search_results(cfg, records, s3, log)
 
 
 def _scheduler(cfg: SearchConfig) -> Any | None:
@@ -189,45 +153,35 @@ def _scheduler(cfg: SearchConfig) -> Any | None:
 
 
 def write_search_results(
-    cfg: SearchConfig, results: Any, s3: S3Settings | None, log: Callable[[str], None] = print
+    cfg: SearchConfig, records: list[dict[str, Any]], s3: S3Settings | None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Trials table (CSV) and best config (JSON) beside Tune's own experiment state."""
-    import pandas as pd
-
+    """Trials table (CSV) and best config (JSON), from the search's own trial records."""
+    space = list(search_space(cfg))
     rows = []
-    for r in results:
-        metrics = r.metrics or {}
-        auc = metrics.get("val_auc")
-        rows.append(
-            {
-                "trial_id": metrics.get("trial_id"),
-                **{k: v for k, v in (r.config or {}).items()},
-                "epochs_run": metrics.get("training_iteration"),
-                "val_auc": auc,
-                "val_loss": metrics.get("val_loss"),
-                "error": str(r.error).splitlines()[0] if r.error else "",
-            }
-        )
-    table = pd.DataFrame(rows)
+    for r in records:
+        m = r["metrics"]
+        rows.append({
+            "trial_id": r["key"], **{k: r["config"].get(k) for k in space},
+            # a trial resumed by a re-run counts Tune iterations from its resume: the epoch index is what it ran
+            "epochs_run": m["epoch"] + 1 if isinstance(m.get("epoch"), int) else m.get("training_iteration"),
+            "val_auc": m.get("val_auc"), "val_loss": m.get("val_loss"), "error": search.record_error(r),
+        })
     root = storage.join(cfg.storage, cfg.search_name())
-    storage.write_bytes_atomic(storage.join(root, TRIALS_TABLE), table.to_csv(index=False).encode(), s3)
-    finite = [row for row in rows if isinstance(row["val_auc"], float) and math.isfinite(row["val_auc"])]
-    if not finite:
-        raise RuntimeError(f"search {cfg.search_name()}: no trial reported a finite val_auc; see {TRIALS_TABLE}")
-    best = max(finite, key=lambda row: row["val_auc"])
-    best_config = {k: best[k] for k in ("lr", "weight_decay", "batch_size", "aug_strength", "epochs")}
+    table = search.write_trials_table(root, rows, s3)
+    best = search.best_record(records, "val_auc", "max", cfg.search_name())
+    best_config = {k: best["config"][k] for k in space}
     out = {
         "search": cfg.search_name(),
         "metric": "val_auc",
-        "best_val_auc": best["val_auc"],
-        "best_trial": best["trial_id"],
+        "best_val_auc": best["metrics"]["val_auc"],
+        "best_trial": best["key"],
         "best_config": best_config,
         "trials": len(rows),
-        "trials_table": storage.join(root, TRIALS_TABLE),
+        "trials_table": table,
         "space": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k.endswith(("_range", "_sizes", "max_epochs"))},
     }
     storage.write_json_atomic(storage.join(root, BEST_CONFIG_FILE), out, s3)
-    log(f"[tune] {cfg.search_name()}: best val AUC {best['val_auc']:.3f} with {best_config}")
+    log(f"[tune] {cfg.search_name()}: best val AUC {out['best_val_auc']:.3f} with {best_config}")
     return out
 
 

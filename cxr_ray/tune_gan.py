@@ -13,18 +13,15 @@ split is never read.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from cxr_ray import storage
+from cxr_ray import search, storage
 from cxr_ray.config import ConfigError
 from cxr_ray.filenames import BEST_CONFIG_FILE
 from cxr_ray.storage import S3Settings
 
-TRIALS_TABLE = "trials.csv"
 ENCODER_FILE = "quality-encoder.pt"
-TRIAL_DRIVER_CPU = 0.01  # as in cxr_ray.tune: the driver only waits on its trainer
 
 
 @dataclass(frozen=True)
@@ -46,46 +43,53 @@ class GanSearchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        from cxr_ray.config import at_least, check_fields, check_name, positive_bounds, positive_choices
+
+        check_fields(self)
+        at_least(self, 0, "max_concurrent_trials", "seed")
+        check_name("name", self.name)
         if self.class_name not in ("NORMAL", "PNEUMONIA"):
             raise ConfigError(f"class_name must be NORMAL or PNEUMONIA, got {self.class_name!r}")
-        for key in ("num_samples", "epochs", "workers_per_trial", "n_fake"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if not 0 < self.lr_range[0] < self.lr_range[1]:
-            raise ConfigError(f"lr_range must be increasing positive bounds, got {self.lr_range}")
+        at_least(self, 1, "num_samples", "epochs", "workers_per_trial", "n_fake")
+        positive_bounds(self, "lr_range")
         if not self.beta1_choices or not all(0 <= b < 1 for b in self.beta1_choices):
             raise ConfigError(f"beta1_choices must be in [0, 1), got {self.beta1_choices}")
-        if not self.width_choices or min(self.width_choices) < 1:
-            raise ConfigError(f"width_choices must be positive, got {self.width_choices}")
+        positive_choices(self, "width_choices")
 
     def search_name(self) -> str:
         return self.name or f"tune-dcgan-{self.class_name.lower()}"
 
 
-def gan_search_space(cfg: GanSearchConfig) -> dict[str, Any]:
-    from ray import tune
-
+def gan_search_space(cfg: GanSearchConfig) -> dict[str, search.Dimension]:
+    """The searched values; the trials are drawn from it up front (`search.plan_trials`)."""
     return {
-        "lr": tune.loguniform(*cfg.lr_range),
-        "beta1": tune.choice(list(cfg.beta1_choices)),
-        "width": tune.choice(list(cfg.width_choices)),
+        "lr": search.loguniform(*cfg.lr_range),
+        "beta1": search.choice(cfg.beta1_choices),
+        "width": search.choice(cfg.width_choices),
     }
 
 
-def gan_trial_driver(sampled: dict[str, Any], base: dict[str, Any], s3: dict[str, Any] | None) -> None:
-    """One trial: train a DCGAN (its own TorchTrainer), then report val FD/KID of its fakes to Tune."""
+def gan_trial_driver(
+    config: dict[str, Any], plan: dict[str, dict[str, Any]], base: dict[str, Any], s3: dict[str, Any] | None
+) -> None:
+    """One trial: train a DCGAN (its own TorchTrainer), then report val FD/KID of its fakes to Tune.
+
+    The GAN run is named after the trial's key, so a re-run of the search
+    continues (or reuses) this trial's own run.
+    """
     from ray import tune
 
     from cxr_ray.gan_quality import evaluate_generator
     from cxr_ray.train.gan import GanConfig, train_gan
 
     settings = S3Settings.from_dict(s3)
-    trial_id = tune.get_context().get_trial_id()
+    key = config["trial"]
+    sampled = plan[key]
     base = dict(base)
     encoder_uri, n_fake = base.pop("_encoder"), base.pop("_n_fake")
     cfg = GanConfig(
         **base, lr=float(sampled["lr"]), beta1=float(sampled["beta1"]),
-        ngf=int(sampled["width"]), ndf=int(sampled["width"]), name=f"trial-{trial_id}",
+        ngf=int(sampled["width"]), ndf=int(sampled["width"]), name=f"trial-{key}",
     )
     summary = train_gan(cfg, s3=settings, log=lambda m: None)
     quality = evaluate_generator(
@@ -103,20 +107,19 @@ def gan_trial_driver(sampled: dict[str, Any], base: dict[str, Any], s3: dict[str
 def run_gan_search(
     cfg: GanSearchConfig, *, s3: S3Settings | None = None, log: Callable[[str], None] = print, address: str | None = None
 ) -> dict[str, Any]:
-    """Run (or continue) the search; writes the trials table and the best config (lowest val FD)."""
+    """Run (or continue, from the trial records) the search; writes the trials table and the best config (lowest val FD)."""
     from ray import tune
 
     from cxr_ray.data.datasets import require_complete
     from cxr_ray.gan_quality import load_or_train_encoder
     from cxr_ray.runtime import init_ray
-    from cxr_ray.train.launch import ray_storage
 
     s3 = s3 or S3Settings.from_env()
     name = cfg.search_name()
     root = storage.join(cfg.storage, name)
     data = storage.absolute(cfg.data)
     require_complete(data, s3)
-    ray = init_ray(address)
+    init_ray(address)
     encoder_uri = storage.absolute(storage.join(root, ENCODER_FILE))
     load_or_train_encoder(encoder_uri, data, s3, log)  # once, before any trial needs it
 
@@ -125,62 +128,42 @@ def run_gan_search(
         "storage": storage.absolute(storage.join(root, "trials")), "seed": cfg.seed,
         "_encoder": encoder_uri, "_n_fake": cfg.n_fake,
     }
-    trainable = tune.with_parameters(gan_trial_driver, base=base, s3=s3.to_dict())
-    trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([{"CPU": TRIAL_DRIVER_CPU}]))
-    storage_path, storage_fs = ray_storage(cfg.storage, s3)
-    fs, exp_path = storage.resolve(root, s3)
-    restore_fs = fs if storage.is_s3(cfg.storage) else None
-    if tune.Tuner.can_restore(exp_path, storage_filesystem=restore_fs):
-        log(f"[tune-gan] continuing the interrupted search at {root}")
-        tuner = tune.Tuner.restore(
-            exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=restore_fs
-        )
-    else:
-        cpus = float(ray.cluster_resources().get("CPU", 1))
-        concurrent = cfg.max_concurrent_trials or max(1, int(cpus // (cfg.workers_per_trial + TRIAL_DRIVER_CPU)))
-        tuner = tune.Tuner(
-            trainable,
-            param_space=gan_search_space(cfg),
-            tune_config=tune.TuneConfig(
-                metric="val_fd", mode="min", num_samples=cfg.num_samples, max_concurrent_trials=concurrent
-            ),
-            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs),
-        )
+    plan = search.plan_trials(gan_search_space(cfg), cfg.num_samples, cfg.seed)
+    run = search.SearchRun(
+        root=root, metric="val_fd", mode="min",
+        max_concurrent_trials=search.concurrent_trials(cfg.workers_per_trial, cfg.max_concurrent_trials),
+    )
+    trainable = tune.with_parameters(gan_trial_driver, plan=plan, base=base, s3=s3.to_dict())
     log(f"[tune-gan] {name}: {cfg.num_samples} trial(s) of {cfg.epochs} epoch(s), {cfg.class_name}, -> {root}")
-    return write_gan_search_results(cfg, tuner.fit(), s3, log)
+    records = search.run_trials(run, plan, trainable, s3=s3, log=log)
+    return write_gan_search_results(cfg, records, s3, log)
 
 
-def write_gan_search_results(cfg: GanSearchConfig, results: Any, s3: S3Settings | None, log=print) -> dict[str, Any]:
-    import pandas as pd
-
-    rows = []
-    for r in results:
-        metrics = r.metrics or {}
-        rows.append({
-            "trial_id": metrics.get("trial_id"),
-            **(r.config or {}),
-            "val_fd": metrics.get("val_fd"),
-            "val_kid": metrics.get("val_kid"),
-            "run_dir": metrics.get("run_dir"),
-            "error": str(r.error).splitlines()[0] if r.error else "",
-        })
+def write_gan_search_results(
+    cfg: GanSearchConfig, records: list[dict[str, Any]], s3: S3Settings | None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Trials table (CSV) and best config (JSON, lowest val FD), from the search's own trial records."""
+    space = list(gan_search_space(cfg))
+    rows = [{
+        "trial_id": r["key"], **{k: r["config"].get(k) for k in space},
+        "val_fd": r["metrics"].get("val_fd"), "val_kid": r["metrics"].get("val_kid"),
+        "run_dir": r["metrics"].get("run_dir"), "error": search.record_error(r),
+    } for r in records]
     root = storage.join(cfg.storage, cfg.search_name())
-    storage.write_bytes_atomic(storage.join(root, TRIALS_TABLE), pd.DataFrame(rows).to_csv(index=False).encode(), s3)
-    finite = [row for row in rows if isinstance(row["val_fd"], float) and math.isfinite(row["val_fd"])]
-    if not finite:
-        raise RuntimeError(f"search {cfg.search_name()}: no trial reported a finite val_fd; see {TRIALS_TABLE}")
-    best = min(finite, key=lambda row: row["val_fd"])
+    table = search.write_trials_table(root, rows, s3)
+    winner = search.best_record(records, "val_fd", "min", cfg.search_name())
+    best, best_config = winner["metrics"], winner["config"]
     out = {
         "search": cfg.search_name(),
         "metric": "val_fd (min)",
         "class_name": cfg.class_name,
         "best_val_fd": best["val_fd"],
-        "best_val_kid": best["val_kid"],
-        "best_trial": best["trial_id"],
-        "best_run_dir": best["run_dir"],
-        "best_config": {"lr": best["lr"], "beta1": best["beta1"], "width": best["width"], "epochs": cfg.epochs},
+        "best_val_kid": best.get("val_kid"),
+        "best_trial": winner["key"],
+        "best_run_dir": best.get("run_dir"),
+        "best_config": {"lr": best_config["lr"], "beta1": best_config["beta1"], "width": best_config["width"], "epochs": cfg.epochs},
         "trials": len(rows),
-        "trials_table": storage.join(root, TRIALS_TABLE),
+        "trials_table": table,
         "space": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if k.endswith(("_range", "_choices"))},
     }
     storage.write_json_atomic(storage.join(root, BEST_CONFIG_FILE), out, s3)

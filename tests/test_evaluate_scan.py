@@ -297,7 +297,7 @@ def test_scan_an_s3_prefix(study, scan_folder, s3_server, s3_bucket):
     detector = str(Path(study["runs"]) / study["run_detector"])
     summary = run_scan(ScanConfig(src=f"s3://{s3_bucket}/incoming", detector=detector, out=out, progress=False), s3=s3_server, log=quiet)
     assert (summary["scanned"], summary["unreadable"]) == (7, 3)
-    results = read_parquet(storage.join(out, "results.parquet"), s3_server).to_pylist()
+    results = read_parquet(storage.join(storage.published(out, s3_server), "results.parquet"), s3_server).to_pylist()
     assert all(r["path"].startswith(f"s3://{s3_bucket}/incoming/") for r in results)
     assert storage.is_complete(out, s3_server)
 
@@ -306,6 +306,29 @@ def test_scan_refuses_a_pneumonia_model_before_reading_anything(study, scan_fold
     with pytest.raises(ConfigError, match="not a deepfake detector"):
         run_scan(ScanConfig(src=str(scan_folder), detector=str(Path(study["runs"]) / study["run_real"]), out=str(tmp_path / "o")))
     assert not (tmp_path / "o").exists()
+
+
+def test_outputs_overlapping_their_inputs_are_refused_before_writing(study, tmp_path):
+    """evaluate, transfer and augment refuse an output that is, holds or lies inside what they read."""
+    from cxr_ray.storage import StorageError
+    from cxr_ray.transfer import TransferConfig, run_transfer
+
+    root = Path(study["root"])
+    before = {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    common = {"runs": (study["runs"],), "real": study["real"], "fakes": study["fakes"], "n_boot": 10, "overwrite": True}
+    cases = [
+        (run_evaluate, EvaluateConfig(dest=storage.join(study["runs"], "eval"), **common), f"is inside the runs folder {study['runs']}"),
+        (run_evaluate, EvaluateConfig(dest=study["real"], **common), f"is the real table {study['real']}"),
+        (run_evaluate, EvaluateConfig(dest=str(root), **common), f"contains the runs folder {study['runs']}"),
+        (run_transfer, TransferConfig(dest=storage.join(study["fakes"], "t"), **common), f"is inside the fake table {study['fakes']}"),
+    ]
+    for runner, cfg, relation in cases:
+        with pytest.raises(StorageError) as info:
+            runner(cfg, log=quiet)
+        assert str(info.value) == f"{cfg.dest}: the output {relation}; choose a folder outside it"
+    with pytest.raises(StorageError, match=f"the output is inside the source table {study['real']};"):
+        augment_table(study["real"], storage.join(study["real"], "aug"), overwrite=True, log=quiet)
+    assert {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} == before
 
 
 def cli_app():
@@ -333,3 +356,45 @@ def test_commands_help_scan_and_clean_errors(study, scan_folder, tmp_path):
     assert result.exit_code == 2 and "no such runs folder" in result.output and "Traceback" not in result.output
     result = runner.invoke(cli_app(), ["evaluate", "--runs", study["runs"], "--real", study["real"], "--out", str(tmp_path / "e"), "--perturbation", "sharpen"])
     assert result.exit_code == 2 and "unknown perturbation" in result.output
+
+
+def test_scan_lists_huge_images_and_broken_links_and_walks_loops_once(study, scan_folder, tmp_path):
+    """One bad file never stops a scan: a 400-megapixel PNG, a link to itself, a folder loop; exit code 0."""
+    import os
+
+    from test_layout_decode import huge_png
+
+    (scan_folder / "ward" / "huge.png").write_bytes(huge_png())
+    os.symlink("..", scan_folder / "ward" / "loop")  # ward/loop -> the scanned folder again
+    os.symlink("self.jpeg", scan_folder / "self.jpeg")
+    detector = str(Path(study["runs"]) / study["run_detector"])
+    out = tmp_path / "s"
+    args = ["scan", str(scan_folder), "--detector", detector, "--out", str(out), "--no-progress", "--max-pixels", "6000000"]
+    result = CliRunner().invoke(cli_app(), args)
+    assert result.exit_code == 0, result.output
+    assert "scanned 9, flagged fake" in result.output and "unreadable 5" in result.output
+    huge = "image too large: 20000x20000 pixels (400 megapixels), over the limit of 6 megapixels (max_pixels=6000000)"
+    assert f"unreadable: {scan_folder / 'ward' / 'huge.png'}: {huge}" in result.output
+    rows = {Path(r["path"]).relative_to(scan_folder).as_posix(): r for r in read_parquet(str(out / "results.parquet")).to_pylist()}
+    assert len(rows) == 9 and not any(name.startswith("ward/loop/") for name in rows)
+    assert rows["ward/huge.png"]["reason"] == huge and rows["ward/huge.png"]["verdict"] == "unreadable"
+    assert rows["self.jpeg"]["reason"].startswith("unreadable: [Errno 40] Too many levels of symbolic links")
+    assert json.loads((out / SUMMARY_FILE).read_text())["max_pixels"] == 6_000_000
+
+
+def test_scan_output_overlapping_its_inputs_is_refused(study, scan_folder, tmp_path):
+    detector = str(Path(study["runs"]) / study["run_detector"])
+    before = {p: p.read_bytes() for p in sorted(scan_folder.rglob("*")) if p.is_file()}
+    cases = [
+        (str(scan_folder), f"is the scanned folder {scan_folder}"),
+        (str(scan_folder / "ward"), f"is inside the scanned folder {scan_folder}"),
+        (str(scan_folder.parent), f"contains the scanned folder {scan_folder}"),
+        (storage.join(detector, "scan"), f"is inside the detector {detector}"),
+    ]
+    for out, relation in cases:
+        args = ["scan", str(scan_folder), "--detector", detector, "--out", out, "--overwrite", "--no-progress"]
+        result = CliRunner().invoke(cli_app(), args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert result.output.strip() == f"error: {out}: the output {relation}; choose a folder outside it"
+    assert {p: p.read_bytes() for p in sorted(scan_folder.rglob("*")) if p.is_file()} == before
+    assert not (Path(detector) / "scan").exists()

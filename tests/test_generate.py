@@ -57,7 +57,7 @@ def save_untrained_gan(run_uri: str, class_name: str, s3=None, seed: int = 0, wi
 
 
 def read_images(table_uri: str, s3=None):
-    fs, path = storage.resolve(storage.join(table_uri, schema.IMAGES_DIR), s3)
+    fs, path = storage.resolve(storage.join(storage.published(table_uri, s3), schema.IMAGES_DIR), s3)
     return pq.read_table(path, filesystem=fs)
 
 
@@ -186,6 +186,16 @@ def test_bad_generator_inputs_are_named(gan_runs, tmp_path):
     with pytest.raises(StorageError, match="already exists"):
         run_generate(GenerateConfig(generators=tuple(gan_runs), dest=str(tmp_path / "exists")))
     assert not Path(dest).exists()
+
+
+def test_output_overlapping_a_generator_is_refused_before_writing(gan_runs):
+    run = Path(gan_runs[0])
+    before = {p: p.read_bytes() for p in sorted(run.parent.rglob("*")) if p.is_file()}
+    for dest, relation in ((run, "is"), (run / "fakes", "is inside"), (run.parent, "contains")):
+        with pytest.raises(StorageError) as info:
+            run_generate(GenerateConfig(generators=tuple(gan_runs), dest=str(dest), overwrite=True))
+        assert str(info.value) == f"{dest}: the output {relation} the generator {run}; choose a folder outside it"
+    assert {p: p.read_bytes() for p in sorted(run.parent.rglob("*")) if p.is_file()} == before
 
 
 def test_frequency_baseline_separates_untrained_fakes_and_names_bands(real64, fakes64):

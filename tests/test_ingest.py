@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED_DATA, boto3_client, upload_tree
+from test_layout_decode import huge_png
 from cxr_ray import storage
 from cxr_ray.config import IngestConfig
 from cxr_ray.data import schema
@@ -23,7 +24,7 @@ from cxr_ray.storage import S3Settings
 
 def read_images(uri: str, s3: S3Settings | None = None):
     fs, path = storage.resolve(uri, s3)
-    return pq.read_table(storage.resolve(storage.join(uri, schema.IMAGES_DIR), s3)[1], filesystem=fs)
+    return pq.read_table(storage.resolve(storage.join(storage.published(uri, s3), schema.IMAGES_DIR), s3)[1], filesystem=fs)
 
 
 def add_bad_files(root: Path) -> dict[str, str]:
@@ -142,7 +143,8 @@ def test_local_and_s3_ingest_are_identical(ray_local, s3_server, s3_bucket, kagg
     remote_rows = normalised(read_images(s3_dest, s3_server), s3_src)
     assert local_rows == remote_rows
     summary = json.loads(
-        boto3_client(s3_server).get_object(Bucket=s3_bucket, Key="study/real-64/summary.json")["Body"].read()
+        # A plain S3 client reads it too, in the version folder that study/real-64/_CURRENT names.
+        boto3_client(s3_server).get_object(Bucket=s3_bucket, Key=storage.published(s3_dest, s3_server).split("/", 3)[3] + "/summary.json")["Body"].read()
     )
     assert summary["accounted"] is True
 
@@ -218,6 +220,80 @@ def test_bad_credentials_and_unreachable_endpoint(ray_local, auth_s3_server, tmp
 def test_s3_destination_bucket_must_exist(ray_local, s3_server, kaggle_tree):
     with pytest.raises(IngestError, match="bucket does not exist"):
         run_ingest(IngestConfig(src=str(kaggle_tree), dest="s3://no-such-bucket/out"), s3=s3_server)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("relation", ["is", "is inside", "contains"])
+def test_destination_overlapping_the_source_is_refused_before_writing(kaggle_tree, relation):
+    """No Ray needed: the check runs before Ray starts. --overwrite would have deleted the source."""
+    from typer.testing import CliRunner
+
+    from cxr_ray.cli.app import app
+
+    dest = {"is": kaggle_tree, "is inside": kaggle_tree / "train", "contains": kaggle_tree.parent}[relation]
+    before = snapshot(kaggle_tree.parent)
+    with pytest.raises(IngestError) as info:
+        run_ingest(IngestConfig(src=str(kaggle_tree), dest=str(dest), overwrite=True))
+    message = str(info.value)
+    assert message == f"{dest}: the output {relation} the source {kaggle_tree}; choose a folder outside it"
+    result = CliRunner().invoke(app, ["ingest", str(kaggle_tree), str(dest), "--overwrite"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert [line for line in result.output.splitlines() if line.strip()] == [f"error: {message}"]
+    assert snapshot(kaggle_tree.parent) == before
+
+
+def test_s3_destination_overlapping_the_source_is_refused(ray_local, s3_server, s3_bucket, kaggle_tree):
+    upload_tree(s3_server, kaggle_tree, s3_bucket, "raw/chest_xray")
+    client = boto3_client(s3_server)
+
+    def objects() -> dict[str, str]:
+        return {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"]}
+
+    before = objects()
+    src = f"s3://{s3_bucket}/raw/chest_xray"
+    for relation, dest in (("is", src), ("is inside", f"{src}/train"), ("contains", f"s3://{s3_bucket}/raw")):
+        with pytest.raises(IngestError, match=f"^{dest}: the output {relation} the source {src}; choose a folder outside it$"):
+            run_ingest(IngestConfig(src=src, dest=dest, overwrite=True), s3=s3_server)
+    assert objects() == before
+    # A sibling prefix that merely starts with the same name is another folder.
+    summary = run_ingest(IngestConfig(src=src, dest=f"{src}-64"), s3=s3_server, log=lambda m: None)
+    after = objects()
+    assert summary["accounted"] and {k: after[k] for k in before} == before and len(after) > len(before)
+
+
+def test_huge_image_is_quarantined_and_the_ingest_completes(ray_local, kaggle_tree, tmp_path):
+    (kaggle_tree / "train" / "NORMAL" / "IM-9997-0001.png").write_bytes(huge_png())
+    # Exactly at a small custom limit an image passes; one pixel over, it is quarantined.
+    (kaggle_tree / "train" / "PNEUMONIA" / "person9998_virus_1.png").write_bytes(huge_png(3000, 2000))
+    n_files = sum(1 for p in kaggle_tree.rglob("*") if p.is_file())
+    dest = tmp_path / "out"
+    summary = run_ingest(IngestConfig(src=str(kaggle_tree), dest=str(dest), max_pixels=6_000_000), log=lambda m: None)
+    assert summary["accounted"] and summary["files_found"] == n_files and summary["max_pixels"] == 6_000_000
+    quarantine = {Path(q["path"]).name: q["reason"] for q in pq.read_table(dest / schema.QUARANTINE_FILE).to_pylist()}
+    assert quarantine == {
+        "IM-9997-0001.png": "image too large: 20000x20000 pixels (400 megapixels), over the limit of 6 megapixels (max_pixels=6000000)"
+    }
+    assert summary["quarantine_reasons"] == {"image too large": 1}
+    assert "person9998_virus_1.png" in {Path(p).name for p in read_images(str(dest)).column("path").to_pylist()}
+
+
+def test_symlink_loop_is_walked_once_and_a_self_link_is_counted(ray_local, kaggle_tree, tmp_path):
+    import os
+
+    n_real = sum(1 for p in kaggle_tree.rglob("*") if p.is_file())
+    os.symlink("../..", kaggle_tree / "train" / "NORMAL" / "loop")  # train/NORMAL/loop -> the tree's root
+    os.symlink("IM-9999-0001.jpeg", kaggle_tree / "train" / "NORMAL" / "IM-9999-0001.jpeg")  # a link to itself
+    dest = tmp_path / "out"
+    summary = run_ingest(IngestConfig(src=str(kaggle_tree), dest=str(dest)), log=lambda m: None)
+    assert summary["files_found"] == n_real + 1 and summary["accounted"]
+    assert (summary["rows"], summary["duplicates"], summary["quarantined"]) == (n_real, 0, 1)
+    (row,) = pq.read_table(dest / schema.QUARANTINE_FILE).to_pylist()
+    assert row["path"] == str(kaggle_tree / "train" / "NORMAL" / "IM-9999-0001.jpeg")
+    assert row["reason"].startswith("unreadable: [Errno 40] Too many levels of symbolic links")
+    assert not any("/loop/" in p for p in read_images(str(dest)).column("path").to_pylist())
 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")

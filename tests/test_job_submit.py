@@ -1,4 +1,6 @@
-"""The study the way users run it: `ray job submit --working-dir . -- python jobs/full_study.py` against S3, twice (the second re-uses every stage)."""
+"""The study the way users run it: `ray job submit --working-dir . -- python jobs/full_study.py` against S3, twice
+(the second re-uses every stage); and over a study the same command finished locally, whose embedded sample sits
+under another path than in Ray's uploaded working dir (issue 13: identity is content, not location)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO, boto3_client
 
 from cxr_ray.study.layout import STAGES
@@ -37,16 +40,22 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
 
     client = boto3_client(s3_server)
     keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket) for o in page.get("Contents", [])}
+    from cxr_ray.storage import published
+
+    # Published outputs live in the version folder their _CURRENT pointer names.
+    def inside(folder: str) -> str:
+        return published(f"s3://{s3_bucket}/study/{folder}", s3_server).split("/", 3)[3]
+
     for key in (
         "study/manifest.json",
-        "study/data/real-64/_SUCCESS",
-        "study/data/fake-64/_SUCCESS",
+        f"{inside('data/real-64')}/_SUCCESS",
+        f"{inside('data/fake-64')}/_SUCCESS",
         "study/runs/pneumonia-cnn-real/test_metrics.json",
         "study/runs/pneumonia-cnn-fake/test_metrics.json",
         "study/runs/deepfake-cnn-real/test_metrics.json",
         "study/runs/deepfake-cnn-robust-real/test_metrics.json",  # the blur/JPEG-augmented detector
-        "study/evaluate/metrics.csv",
-        "study/transfer/transfer.csv",
+        f"{inside('evaluate')}/metrics.csv",
+        f"{inside('transfer')}/transfer.csv",
         "study/report/report.md",
         "study/report/report.html",
     ):
@@ -64,6 +73,29 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
     again = submit(cmd)
     for stage in STAGES:
         assert f"[{stage}] done earlier with the same config; skipping" in again.stdout + again.stderr, stage
+
+
+@pytest.mark.slow  # a reduced study in-process, then the job: about 3.5 minutes on 2 CPUs
+def test_a_job_over_a_study_finished_locally_re_uses_every_stage(ray_local, ray_cluster, tmp_path):
+    from cxr_ray.study import run_study
+    from cxr_ray.study.args import build_parser, study_options
+    from cxr_ray.study.profile import SAMPLE_DATA
+
+    root = tmp_path / "study"
+    knobs = ["--profile", "quick", "--storage", str(root), "--models", "cnn", "--tune-models", "", "--robust-models", "",
+             "--gan-epochs", "1", "--gan-width", "8", "--fakes-per-class", "16", "--test-fakes-per-class", "8",
+             "--n-boot", "20"]
+    run_study(study_options(build_parser().parse_args(knobs)), address=ray_cluster["address"], log=lambda _: None)
+    cmd = [
+        str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", ray_cluster["dashboard"],
+        "--working-dir", str(REPO), "--", "python", "jobs/full_study.py", *knobs,
+    ]
+    out = submit(cmd)
+    text = out.stdout + out.stderr
+    ingest_line = next(line for line in text.splitlines() if "content fingerprint" in line)
+    assert SAMPLE_DATA not in ingest_line  # the job read the sample from Ray's copy of the working dir
+    for stage in STAGES:
+        assert f"[{stage}] done earlier with the same config; skipping" in text, stage
 
 
 def submit(cmd: list[str]) -> subprocess.CompletedProcess:

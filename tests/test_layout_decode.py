@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import io
+import os
+import struct
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_ray.data.decode import DecodeError, decode_to_gray
+from cxr_ray import storage
+from cxr_ray.config import IngestConfig
+from cxr_ray.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_to_gray
 from cxr_ray.data.layout import carve_validation, classify_path, patient_id
 
 
@@ -84,3 +90,68 @@ def test_decode_rejects_bad_bytes():
         decode_to_gray(gif.getvalue(), 64)
     with pytest.raises(ValueError, match="resolution must be one of"):
         decode_to_gray(good, 96)
+
+
+def huge_png(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A valid 1-bit black PNG of `width` x `height`: a few tens of kB that claim hundreds of megapixels.
+
+    Written chunk by chunk (rows of zeros streamed through zlib): PIL would
+    need seconds and 50 MB to build the same image.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    packer = zlib.compressobj(9)
+    rows_per_piece = 1000
+    idat = b"".join(packer.compress(row * min(rows_per_piece, height - start)) for start in range(0, height, rows_per_piece))
+    idat += packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_decode_refuses_an_image_over_the_pixel_limit_from_its_header():
+    blob = huge_png()
+    assert len(blob) < 1_000_000
+    limit_before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(DecodeError) as info:
+        decode_to_gray(blob, 64)
+    reason = str(info.value)
+    assert reason == "image too large: 20000x20000 pixels (400 megapixels), over the limit of 40 megapixels (max_pixels=40000000)"
+    assert Image.MAX_IMAGE_PIXELS == limit_before  # PIL's process-wide limit is left as it was
+    # The limit is configurable, both ways; the default is the configs' default.
+    small = _encode(np.full((100, 80), 100, np.uint8), "PNG")
+    assert decode_to_gray(small, 64, max_pixels=8000).shape == (64, 64)
+    with pytest.raises(DecodeError, match=r"80x100 pixels \(0.008 megapixels\), over the limit of .* \(max_pixels=7999\)"):
+        decode_to_gray(small, 64, max_pixels=7999)
+    assert decode_to_gray(huge_png(9000, 5000), 64, max_pixels=45_000_000).shape == (64, 64)
+    assert IngestConfig(src="a", dest="b").max_pixels == DEFAULT_MAX_PIXELS
+    from cxr_ray.scan import ScanConfig
+
+    assert ScanConfig(src="a", detector="d", out="o").max_pixels == DEFAULT_MAX_PIXELS
+
+
+def test_local_listing_walks_a_symlink_loop_once_and_lists_broken_links(tmp_path):
+    root = tmp_path / "tree"
+    (root / "train" / "NORMAL").mkdir(parents=True)
+    (root / "test" / "NORMAL").mkdir(parents=True)
+    (root / "train" / "NORMAL" / "a.jpeg").write_bytes(b"a")
+    (root / "test" / "NORMAL" / "b.jpeg").write_bytes(b"bb")
+    os.symlink("../..", root / "train" / "NORMAL" / "loop")  # back to the root: a loop
+    os.symlink("../test", root / "train" / "again")  # a second way into test/
+    os.symlink("self", root / "train" / "NORMAL" / "self")  # a link to itself
+    os.symlink("nowhere", root / "train" / "NORMAL" / "dangling")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "c.jpeg").write_bytes(b"ccc")
+    os.symlink(outside, root / "test" / "linked")  # a folder outside the tree is still read
+
+    listed = {Path(i.path).relative_to(root).as_posix(): i.size for i in storage.list_files(str(root))}
+    assert listed == {
+        "test/NORMAL/b.jpeg": 2,
+        "train/NORMAL/a.jpeg": 1,
+        "test/linked/c.jpeg": 3,
+        "train/NORMAL/self": None,
+        "train/NORMAL/dangling": None,
+    }

@@ -26,6 +26,9 @@ def test_run_labels_keep_the_robust_variant_apart():
     assert run_label("deepfake-cnn-robust-real") == "cnn-robust"
     assert run_label("pneumonia-mobilenet_v2-fake") == "mobilenet_v2"
     assert run_label("freq_baseline") == "freq_baseline"
+    # A run retrained on new inputs (issue 13) keeps its label.
+    assert run_label("deepfake-cnn-robust-real-inputs-0123abcd") == "cnn-robust"
+    assert run_label("pneumonia-resnet18-fake-inputs-89ef4567") == "resnet18"
 
 
 def test_a_report_over_an_empty_study_root_says_what_is_missing(tmp_path):

@@ -55,10 +55,13 @@ def test_s3_roundtrip_and_publish(s3_server, s3_bucket):
     with pytest.raises(StorageError, match="already exists"):
         storage.publish_dir(staging, root, s3_server)
     storage.publish_dir(staging, root, s3_server, overwrite=True)
+    # On S3 the output is the version folder the pointer names; what it replaced is gone.
+    version = staging.rsplit("/", 1)[1]
     names = [i.path.split("/out/")[1] for i in storage.list_files(root, s3_server)]
-    assert names == [storage.SUCCESS_MARKER, "part/x.bin"]
-    assert storage.read_bytes(storage.join(root, "part", "x.bin"), s3_server) == b"new"
-    assert storage.is_complete(root, s3_server) and not storage.exists(staging, s3_server)
+    assert names == [storage.POINTER_FILE, f"{version}/{storage.SUCCESS_MARKER}", f"{version}/part/x.bin"]
+    assert storage.published(root, s3_server) == staging
+    assert storage.read_bytes(storage.join(storage.published(root, s3_server), "part", "x.bin"), s3_server) == b"new"
+    assert storage.is_complete(root, s3_server)
 
 
 def test_local_publish_swaps_whole_folders(tmp_path):
@@ -80,17 +83,17 @@ def test_staged_output_publishes_whole_or_leaves_the_old_folder(where, tmp_path,
         s3, dest = None, str(tmp_path / "out")
     with storage.staged_output(dest, s3) as staging:
         storage.write_bytes_atomic(storage.join(staging, "a.txt"), b"first", s3)
-    assert storage.read_bytes(storage.join(dest, "a.txt"), s3) == b"first" and storage.is_complete(dest, s3)
+    assert storage.read_bytes(storage.join(storage.published(dest, s3), "a.txt"), s3) == b"first" and storage.is_complete(dest, s3)
 
     # A failure half-way: the old folder stays as it was and no staging folder is left behind.
     with pytest.raises(RuntimeError, match="half-way"):
         with storage.staged_output(dest, s3, overwrite=True) as staging:
             storage.write_bytes_atomic(storage.join(staging, "a.txt"), b"second", s3)
             raise RuntimeError("failed half-way")
-    assert storage.read_bytes(storage.join(dest, "a.txt"), s3) == b"first"
-    assert not storage.exists(staging, s3)
+    assert storage.read_bytes(storage.join(storage.published(dest, s3), "a.txt"), s3) == b"first"
+    assert not storage.exists(staging, s3) and storage.is_complete(dest, s3)
 
     with pytest.raises(StorageError, match="already exists"):
         with storage.staged_output(dest, s3) as staging:
             storage.write_bytes_atomic(storage.join(staging, "a.txt"), b"third", s3)
-    assert storage.read_bytes(storage.join(dest, "a.txt"), s3) == b"first" and not storage.exists(staging, s3)
+    assert storage.read_bytes(storage.join(storage.published(dest, s3), "a.txt"), s3) == b"first" and not storage.exists(staging, s3)

@@ -1,21 +1,29 @@
-"""The study's pure parts: its folder layout, its options, and the stage hashes that let a re-run skip finished stages.
+"""The study: its folder layout, its options, the stage hashes that let a re-run skip finished stages, and
+content identity (issue 13): the same data anywhere re-uses every stage, other data retrains every model.
 
-Nothing here starts Ray: `run_study` checks its options before it joins a cluster.
+Only the last test starts Ray (a reduced study on the session's cluster, three times); everything else is pure,
+or reads a local tree or moto's S3.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from conftest import make_kaggle_tree, upload_tree
 
 from cxr_ray.config import ConfigError
+from cxr_ray.data.fingerprint import claim_run_name, source_fingerprint, table_identity
 from cxr_ray.manifest import Manifest
-from cxr_ray.study import PROFILES, Profile, StudyLayout, StudyOptions, run_study_cli
+from cxr_ray.study import PROFILES, Profile, StudyLayout, StudyOptions, run_study, run_study_cli
 from cxr_ray.study import plan
 from cxr_ray.study.args import build_parser, study_options
 from cxr_ray.study.concurrency import Timeline
+from cxr_ray.study.layout import STAGES
 from cxr_ray.study.profile import SAMPLE_DATA, resolve_profile
 from cxr_ray.study.stages import StudyContext, record_timeline
 
@@ -111,33 +119,37 @@ def test_the_command_line_reports_bad_input_in_one_line(capsys):
 
 # --- stage hashes -------------------------------------------------------------------------------------------
 
-# Digests computed by the pre-refactor study (commit 877557c, cxr_ray/study.py's formulas) for the inputs
-# below. A study root made by that code re-uses a stage only if the new code computes the same digest.
-OLD_DIGESTS = {
+# Issue 13 changed every stage's identity once (a root made before re-runs its stages once): ingest hashes the
+# source's content fingerprint instead of its path, and the stages below fold in the ingested table's content
+# identity instead of ingest's hash; searches are named after their inputs, and evaluate scores the run dirs the
+# train stage handed on (not the runs root). Pinned here: a study root made by this code re-uses a stage only if
+# later code computes the same digest.
+SOURCE, REAL = "4e3c04fd47d97b16", "c0ffee0123456789"  # a source fingerprint, an ingested table's identity
+DIGESTS = {
     "quick-cnn-local": {
-        "ingest": "b84acfb1c6a4a7b0", "gan": "0db307c7e261ac5e", "gan_quality": "08f8bbafac8a3d83",
-        "generate": "87b5f1dece340c39", "tune": "47c3a3b3161fe85c", "train": "8267846e9a629432",
-        "evaluate": "3b26143217e64d6e",
+        "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
+        "generate": "7df3b1e90039d9fe", "tune": "ab25ac37d6ae76c2", "train": "5b7a3c6535ecbcb4",
+        "evaluate": "cf54eb9388a5316f",
     },
     "quick-cnn-s3-shared": {
-        "ingest": "f0c6ace6cafd8a1e", "gan": "6322359dd02dca81", "gan_quality": "3a289f7973d7c9a9",
-        "generate": "b6792561c1af9cb4", "tune": "b7a0d8fcfe6cde99", "train": "1b1c471ba69797ae",
-        "evaluate": "a08d5c4ce9079a27",
+        "ingest": "0eb202cb12770452", "gan": "682ae2622c1b1d4b", "gan_quality": "1ebed1ea88c40241",
+        "generate": "e75cf90e4cc4553a", "tune": "a0dd538c46d45a8f", "train": "08933820effcac61",
+        "evaluate": "40b379de2cc7484f",
     },
     "full-two-models": {
-        "ingest": "b84acfb1c6a4a7b0", "gan": "88e4409c0b5d75e3", "gan_quality": "f51b3cd269f9ef94",
-        "generate": "bb19dc104fbef8b7", "tune": "da8adf3bf8416e0c", "train": "f6712e39247ef7f8",
-        "evaluate": "086f329458db327d",
+        "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
+        "generate": "28bd482dd030bb41", "tune": "3c472e4bb817ad31", "train": "0face51ed2a59835",
+        "evaluate": "90894f045a57c24e",
     },
     "quick-default-models": {
-        "ingest": "b84acfb1c6a4a7b0", "gan": "0db307c7e261ac5e", "gan_quality": "08f8bbafac8a3d83",
-        "generate": "87b5f1dece340c39", "tune": "47c3a3b3161fe85c", "train": "4692eabc17184cf3",
-        "evaluate": "8aca18f5aad421df",
+        "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
+        "generate": "7df3b1e90039d9fe", "tune": "ab25ac37d6ae76c2", "train": "a895b8c23eb95d27",
+        "evaluate": "eea2dbf77761fc3d",
     },
     "full-default-models": {
-        "ingest": "b84acfb1c6a4a7b0", "gan": "88e4409c0b5d75e3", "gan_quality": "f51b3cd269f9ef94",
-        "generate": "bb19dc104fbef8b7", "tune": "e3861d456583b4f0", "train": "3ad0d33f0ca84f31",
-        "evaluate": "8ba86e0c8c9d8af9",
+        "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
+        "generate": "28bd482dd030bb41", "tune": "12a20b12b192d30d", "train": "858f3c2850e5efe6",
+        "evaluate": "b4256e1c4ddfa721",
     },
 }
 CASES = {  # profile, root, CPU share of a training worker
@@ -157,22 +169,56 @@ CASES = {  # profile, root, CPU share of a training worker
 TUNED = {"cnn": {"best_config": {"lr": 0.001, "weight_decay": 1e-05, "batch_size": 16, "aug_strength": 0.25, "epochs": 2}}}
 
 
-def stage_digests(profile, root: str, cpu_share: float | None) -> dict[str, str]:
+def stage_digests(profile, root: str, cpu_share: float | None, source: str = SOURCE, real: str = REAL) -> dict[str, str]:
     profile, layout = resolve_profile(profile), StudyLayout(root)
     gans = {cls: {"run_dir": f"{root}/gan/dcgan-{cls.lower()}-run"} for cls in ("NORMAL", "PNEUMONIA")}
-    h = {"ingest": plan.ingest_hash(profile)}
-    h["gan"] = plan.gan_hash(plan.gan_configs(profile, layout), h["ingest"])
+    h = {"ingest": plan.ingest_hash(profile, source)}
+    h["gan"] = plan.gan_hash(plan.gan_configs(profile, layout), real)
     h["gan_quality"] = plan.gan_quality_hash(h["gan"])
     h["generate"] = plan.generate_hash(plan.generate_config(profile, layout, gans), h["gan"])
-    h["tune"] = plan.tune_hash(plan.tune_configs(profile, layout), h["ingest"])
-    h["train"] = plan.train_hash(plan.classifier_configs(profile, layout, TUNED, cpu_share), h["generate"], h["tune"])
-    h["evaluate"] = plan.evaluate_hash(*plan.evaluate_configs(profile, layout), h["train"])
+    h["tune"] = plan.tune_hash(plan.tune_configs(profile, layout, real), real)
+    cfgs = plan.classifier_configs(profile, layout, TUNED, cpu_share)
+    h["train"] = plan.train_hash(cfgs, h["generate"], h["tune"])
+    run_dirs = [layout.run(c.run_name()) for c in cfgs]
+    h["evaluate"] = plan.evaluate_hash(*plan.evaluate_configs(profile, layout, run_dirs), h["train"])
     return h
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_stage_hashes_are_the_ones_the_old_study_wrote(case):
-    assert stage_digests(*CASES[case]) == OLD_DIGESTS[case]
+def test_stage_hashes_are_pinned(case):
+    assert stage_digests(*CASES[case]) == DIGESTS[case]
+
+
+def test_the_source_path_is_in_no_stage_hash():
+    profile, root, share = CASES["quick-cnn-local"]
+    moved = replace(profile, data="/tmp/ray/session_x/runtime_resources/working_dir_files/cxr_ray/sample/chest_xray")
+    assert stage_digests(moved, root, share) == stage_digests(profile, root, share)
+
+
+def test_other_source_bytes_re_run_ingest_and_another_table_everything_below():
+    profile, root, share = CASES["full-two-models"]
+    base = stage_digests(profile, root, share)
+    # Other bytes that ingest into the same table (a quarantined stray file): only ingest runs again.
+    other_source = stage_digests(profile, root, share, source="0" * 16)
+    assert {k for k in base if base[k] != other_source[k]} == {"ingest"}
+    # Another table: every stage below ingest runs again.
+    other_table = stage_digests(profile, root, share, real="1" * 16)
+    assert {k for k in base if base[k] != other_table[k]} == set(base) - {"ingest"}
+
+
+def test_searches_are_named_after_their_inputs():
+    profile, layout = resolve_profile(CASES["quick-cnn-local"][0]), StudyLayout("/study")
+    names = [c.name for c in plan.tune_configs(profile, layout, REAL).values()]
+    assert names == ["tune-pneumonia-cnn-real-inputs-b8dd71c2"]
+    assert [c.name for c in plan.tune_configs(profile, layout, "1" * 16).values()] != names
+
+
+def test_evaluation_scores_the_trained_run_dirs_not_the_runs_root():
+    profile, layout = resolve_profile(CASES["quick-cnn-local"][0]), StudyLayout("/study")
+    runs = ["/study/runs/b-inputs-0123abcd", "/study/runs/a"]
+    for cfg in plan.evaluate_configs(profile, layout, runs):
+        assert cfg.runs == ("/study/runs/a", "/study/runs/b-inputs-0123abcd")
+    assert all(cfg.runs == (layout.runs,) for cfg in plan.evaluate_configs(profile, layout))  # a check before training
 
 
 def test_quick_searches_use_the_profile_batch_size_and_full_ones_a_range():
@@ -207,3 +253,139 @@ def test_the_timeline_keeps_the_rows_of_skipped_stages(tmp_path):
     recorded = Manifest.load(str(tmp_path)).outputs("timeline")
     assert [r["name"] for r in recorded["rows"]] == ["dcgan-NORMAL", "deepfake-cnn-real"]
     assert recorded["rows"][1]["start"] > 1.0 and recorded["max_parallel"] == 2
+
+
+# --- content identity: sources, tables, training runs --------------------------------------------------------
+
+
+def touch_one_image(root) -> str:
+    """Re-encode one train image with a few pixels changed: still a valid X-ray, other bytes."""
+    from PIL import Image, ImageOps
+
+    path = sorted((root / "train" / "NORMAL").iterdir())[0]
+    image = Image.open(path).convert("L")
+    image.paste(ImageOps.invert(image.crop((0, 0, 8, 8))), (0, 0))
+    image.save(path, format="JPEG", quality=90)
+    return path.name
+
+
+def test_a_source_fingerprint_is_its_content_wherever_it_lives(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b" / "deeper"
+    make_kaggle_tree(a, per_class=3, test_per_class=2)
+    shutil.copytree(a, b)
+    fa, fb = source_fingerprint(str(a)), source_fingerprint(str(b))
+    assert fa == fb and fa["files"] == 10 and fa["bytes"] > 0
+    touch_one_image(b)
+    assert source_fingerprint(str(b))["digest"] != fa["digest"]
+    (a / "train" / "NORMAL" / "notes.txt").write_text("a stray file ingest quarantines is still read")
+    assert source_fingerprint(str(a))["digest"] != fa["digest"]
+
+
+def test_a_source_fingerprint_on_s3_comes_from_the_listing(tmp_path, s3_server, s3_bucket):
+    make_kaggle_tree(tmp_path / "tree", per_class=3, test_per_class=2)
+    upload_tree(s3_server, tmp_path / "tree", s3_bucket, "one/chest_xray")
+    upload_tree(s3_server, tmp_path / "tree", s3_bucket, "two/chest_xray")
+    one = source_fingerprint(f"s3://{s3_bucket}/one/chest_xray", s3_server)
+    assert one == source_fingerprint(f"s3://{s3_bucket}/two/chest_xray", s3_server) and one["files"] == 10
+    touch_one_image(tmp_path / "tree")
+    upload_tree(s3_server, tmp_path / "tree", s3_bucket, "two/chest_xray")
+    assert source_fingerprint(f"s3://{s3_bucket}/two/chest_xray", s3_server)["digest"] != one["digest"]
+
+
+def write_table(uri, rows: list[tuple[str, int, str]]) -> None:
+    """A minimal image table: (sha256, label, split) rows of 1x1 images."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cxr_ray.data.schema import IMAGE_SCHEMA
+
+    images = uri / "images"
+    images.mkdir(parents=True)
+    table = pa.Table.from_pylist([
+        {"image": b"\0", "height": 1, "width": 1, "label": label, "class_name": ("NORMAL", "PNEUMONIA")[label],
+         "patient_id": sha, "split": split, "source": "real", "sha256": sha, "path": f"{uri}/{sha}.jpeg",
+         "generator_run": None, "seed": None}
+        for sha, label, split in rows
+    ], IMAGE_SCHEMA)
+    pq.write_table(table, images / "part-0.parquet")
+
+
+def test_a_table_identity_is_its_rows_in_any_order_and_place(tmp_path):
+    rows = [("aa", 0, "train"), ("bb", 1, "test")]
+    write_table(tmp_path / "t1", rows)
+    write_table(tmp_path / "t2", rows[::-1])
+    write_table(tmp_path / "t3", [("aa", 0, "train"), ("bb", 1, "val")])
+    assert table_identity(str(tmp_path / "t1")) == table_identity(str(tmp_path / "t2"))
+    assert table_identity(str(tmp_path / "t1")) != table_identity(str(tmp_path / "t3"))
+
+
+def test_a_run_folder_is_re_used_only_for_the_inputs_it_recorded(tmp_path):
+    runs, quiet = str(tmp_path / "runs"), (lambda _: None)
+    old = {"config": {"epochs": 1}, "tables": ["t-old"]}
+    new = {"config": {"epochs": 1}, "tables": ["t-new"]}
+    assert claim_run_name(runs, "deepfake-cnn-real", old, log=quiet) == "deepfake-cnn-real"
+    assert claim_run_name(runs, "deepfake-cnn-real", old, log=quiet) == "deepfake-cnn-real"  # the same inputs
+    renamed = claim_run_name(runs, "deepfake-cnn-real", new, log=quiet)
+    assert renamed == "deepfake-cnn-real-inputs-" + json.loads((tmp_path / "runs" / renamed / "inputs.json").read_text())["digest"][:8]
+    assert claim_run_name(runs, "deepfake-cnn-real", new, log=quiet) == renamed
+    assert claim_run_name(runs, "deepfake-cnn-real", old, log=quiet) == "deepfake-cnn-real"  # back to the old data
+    # A run from before inputs were recorded may have been trained on anything: never re-used.
+    (tmp_path / "runs" / "pneumonia-cnn-real").mkdir(parents=True)
+    (tmp_path / "runs" / "pneumonia-cnn-real" / "test_metrics.json").write_text("{}")
+    assert claim_run_name(runs, "pneumonia-cnn-real", old, log=quiet).startswith("pneumonia-cnn-real-inputs-")
+
+
+# --- content identity, end to end on a real cluster ----------------------------------------------------------
+
+
+def small_study(data) -> Profile:
+    """The cheapest study that still runs every stage: one model, no search, no robust detector, a tiny GAN."""
+    return replace(PROFILES["quick"], data=str(data), models=("cnn",), tune_models=(), robust_models=(), gan_epochs=1,
+                   gan_width=8, fakes_per_class=16, test_fakes_per_class=8, n_boot=20)
+
+
+def run_logged(data, root, address: str) -> tuple[dict, list[str]]:
+    lines: list[str] = []
+    run_study(StudyOptions(profile=small_study(data), storage=str(root)), log=lines.append, address=address)
+    return Manifest.load(str(root)).stages, lines
+
+
+def trained_inputs(manifest: dict) -> dict[str, tuple[str, list[str]]]:
+    """Run dir and recorded table identities of every GAN and classifier the study handed on."""
+    runs = {**{f"gan-{cls}": g["run_dir"] for cls, g in manifest["gan"]["outputs"].items()},
+            **{name: r["run_dir"] for name, r in manifest["train"]["outputs"].items()}}
+    return {name: (d, json.loads((Path(d) / "inputs.json").read_text())["tables"]) for name, d in runs.items()}
+
+
+@pytest.mark.slow  # three reduced studies: about 6 minutes on 2 CPUs
+def test_same_data_elsewhere_re_uses_everything_and_a_changed_image_retrains_all(ray_local, ray_cluster, tmp_path):
+    a, b, root, address = tmp_path / "a" / "chest_xray", tmp_path / "b" / "chest_xray", tmp_path / "study", ray_cluster["address"]
+    shutil.copytree(SAMPLE_DATA, a)  # the whole sample: GAN quality needs a few val images per class
+    shutil.copytree(a, b)
+    first, _ = run_logged(a, root, address)
+    before = trained_inputs(first)
+    reads_real = [name for name in before if name != "pneumonia-cnn-fake"]  # that one reads the fakes only
+    assert {before[name][1][0] for name in reads_real} == {first["ingest"]["outputs"]["identity"]}
+
+    # The same files under another path (as under `ray job submit`'s working dir): every stage is skipped.
+    second, lines = run_logged(b, root, address)
+    for stage in STAGES:
+        assert f"[{stage}] done earlier with the same config; skipping" in lines, stage
+        assert second[stage]["config_hash"] == first[stage]["config_hash"]
+
+    # One changed image: ingest and every stage below it run again, and no model trained on the old data is used.
+    touch_one_image(b)
+    third, lines = run_logged(b, root, address)
+    reused = [line for line in lines if any(w in line for w in ("skipping", "finished earlier", "nothing to do"))]
+    assert not reused, reused
+    identity = third["ingest"]["outputs"]["identity"]
+    assert identity != first["ingest"]["outputs"]["identity"]
+    assert all(third[stage]["config_hash"] != first[stage]["config_hash"] for stage in STAGES)
+    after = trained_inputs(third)
+    for name, (run_dir, tables) in after.items():
+        assert run_dir != before[name][0] and tables != before[name][1], name
+        assert identity == tables[0] or name not in reads_real, name
+    scored = {r["run_dir"] for r in third["evaluate"]["outputs"]["evaluate"]["runs"]}
+    assert scored == {r["run_dir"] for r in third["train"]["outputs"].values()}  # never the stale runs beside them
+    encoders = {q["feature"]["encoder"] for q in third["gan_quality"]["outputs"].values()}
+    assert encoders.isdisjoint(q["feature"]["encoder"] for q in first["gan_quality"]["outputs"].values())

@@ -1,4 +1,4 @@
-"""Ray Tune over the Train V2 classifier trainer: a tiny ASHA search, and restore after a kill."""
+"""Ray Tune over the Train V2 classifier trainer: a tiny ASHA search, a resume after a kill, a DCGAN search."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ def real64(ray_local, tmp_path_factory):
     return str(dest)
 
 
+def records(root: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((root / "records").glob("*.json"))}
+
+
 def test_tiny_search_writes_trials_and_best_config(real64, tmp_path):
     cfg = SearchConfig(data=real64, num_samples=2, max_epochs=1, batch_sizes=(32,), storage=str(tmp_path))
     out = run_search(cfg, log=lambda m: None)
@@ -35,50 +39,60 @@ def test_tiny_search_writes_trials_and_best_config(real64, tmp_path):
     assert best["metric"] == "val_auc" and 0.0 <= best["best_val_auc"] <= 1.0
     assert set(best["best_config"]) == {"lr", "weight_decay", "batch_size", "aug_strength", "epochs"}
     trials = pd.read_csv(root / "trials.csv")
+    assert list(trials.columns) == [
+        "trial_id", "lr", "weight_decay", "batch_size", "aug_strength", "epochs", "epochs_run", "val_auc", "val_loss", "error"
+    ]
     assert len(trials) == 2 and trials["val_auc"].max() == pytest.approx(best["best_val_auc"])
-    assert trials["lr"].between(1e-4, 3e-3).all()
-    # Each trial trained through its own TorchTrainer, named after the trial id.
+    assert trials["lr"].between(1e-4, 3e-3).all() and trials["error"].isna().all()
+    # Each trial trained through its own TorchTrainer, named after its planned key, and left a done record.
     runs = sorted(p.name for p in (root / "trials").iterdir() if p.is_dir())
     assert runs == sorted(f"trial-{t}" for t in trials["trial_id"])
+    assert {k: r["status"] for k, r in records(root).items()} == {t: "done" for t in trials["trial_id"]}
+    assert best["best_trial"] in set(trials["trial_id"])
 
 
-def test_interrupted_search_is_restored(ray_local, real64, tmp_path):
+def test_interrupted_search_resumes_from_its_records(ray_local, real64, tmp_path):
     storage = tmp_path / "tune"
+    root = storage / "resume-me"
     # The killed driver joins the test's own Ray: one Ray instance on the machine,
     # and Ray frees the dead job's actors and placement groups.
     gcs = ray_local.get_runtime_context().gcs_address
+    cfg = dict(num_samples=3, max_epochs=2, batch_sizes=(32,), max_concurrent_trials=1, storage=str(storage), name="resume-me")
     code = (
         "import os; os.environ.setdefault('RAY_AUTH_MODE', 'disabled')\n"
         "from cxr_ray.runtime import init_ray; init_ray()\n"
         "from cxr_ray.tune import SearchConfig, run_search\n"
-        f"run_search(SearchConfig(data={real64!r}, num_samples=3, max_epochs=2, batch_sizes=(32,), "
-        f"max_concurrent_trials=1, storage={str(storage)!r}, name='restore-me'))\n"
+        f"run_search(SearchConfig(data={real64!r}, **{cfg!r}))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": gcs})
-    trials = storage / "restore-me" / "trials"
-    deadline = time.time() + 240
+    deadline = time.time() + 300
     try:
-        # Kill the whole search once the first trial has a checkpoint.
-        while time.time() < deadline and not list(trials.glob("trial-*/checkpoint_*")):
+        # Kill the whole search once the first trial has finished (and so has a checkpoint).
+        while time.time() < deadline and not any(r["status"] == "done" for r in records(root).values()):
             assert proc.poll() is None, "search ended before it could be interrupted"
             time.sleep(1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert list(trials.glob("trial-*/checkpoint_*")), "no trial reported in time"
-    assert not (storage / "restore-me" / "best_config.json").exists()
+    before = {k: r for k, r in records(root).items() if r["status"] == "done"}
+    assert before, "no trial finished in time"
+    assert list((root / "trials").glob("trial-*/checkpoint_*"))
+    assert not (root / "best_config.json").exists()
 
     messages = []
-    out = run_search(
-        SearchConfig(data=real64, num_samples=3, max_epochs=2, batch_sizes=(32,), max_concurrent_trials=1,
-                     storage=str(storage), name="restore-me"),
-        log=messages.append,
-    )
-    assert any("continuing the interrupted search" in m for m in messages)
-    assert out["trials"] == 3
-    table = pd.read_csv(storage / "restore-me" / "trials.csv")
-    assert len(table) == 3 and table["error"].isna().all()
+    out = run_search(SearchConfig(data=real64, **cfg), log=messages.append)
+    assert any(f"{len(before)} of 3 trial(s) finished earlier" in m for m in messages), messages
+    assert not any("tuner.pkl" in m for m in messages)
+    after = records(root)
+    # Finished trials were not run again (their records are untouched); the rest ran to the end,
+    # ASHA-stopped ones included (Tune's stop_trial goes through on_trial_complete).
+    assert all(after[k] == r for k, r in before.items())
+    assert len(after) == 3 and all(r["status"] == "done" for r in after.values()), after
+    assert out["trials"] == 3 and out["best_trial"] in after
+    table = pd.read_csv(root / "trials.csv")
+    assert len(table) == 3 and table["error"].isna().all() and table["val_auc"].notna().all()
+    assert (table["epochs_run"] <= table["epochs"]).all()
 
 
 def test_small_dcgan_search_scores_trials_on_validation_fd(real64, tmp_path):
@@ -94,7 +108,11 @@ def test_small_dcgan_search_scores_trials_on_validation_fd(real64, tmp_path):
     assert best["best_val_fd"] == pytest.approx(trials["val_fd"].min()) and out["best_val_fd"] > 0
     assert trials["width"].isin([8, 16]).all() and trials["lr"].between(1e-4, 5e-4).all()
     assert set(best["best_config"]) == {"lr", "beta1", "width", "epochs"}
-    # One TorchTrainer per trial, named after the trial id, and the encoder trained once for all of them.
+    # One TorchTrainer per trial, named after its planned key, and the encoder trained once for all of them.
     runs = sorted(p.name for p in (root / "trials").iterdir() if p.is_dir())
     assert runs == sorted(f"trial-{t}" for t in trials["trial_id"])
     assert (root / "quality-encoder.pt").is_file()
+    # A re-run finds every trial finished in its records: nothing runs, the same best comes back.
+    messages = []
+    again = run_gan_search(cfg, log=messages.append)
+    assert any("2 of 2 trial(s) finished earlier" in m for m in messages) and again["best_trial"] == out["best_trial"]

@@ -49,6 +49,9 @@ def ingest(
     val_fraction: float = typer.Option(0.1, help="Share of train patients carved out for validation."),
     seed: int = typer.Option(0, help="Seed of the patient-level validation split."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DEST if it exists."),
+    max_pixels: int = typer.Option(
+        40_000_000, "--max-pixels", help="Larger images (width x height) are quarantined, never decoded; X-ray detectors make at most ~18 MP."
+    ),
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,
     address: Optional[str] = RAY_ADDRESS,
@@ -59,7 +62,10 @@ def ingest(
         from cxr_ray.config import IngestConfig
         from cxr_ray.data.ingest import run_ingest
 
-        cfg = IngestConfig(src=src, dest=dest, resolution=resolution, val_fraction=val_fraction, seed=seed, overwrite=overwrite)
+        cfg = IngestConfig(
+            src=src, dest=dest, resolution=resolution, val_fraction=val_fraction, seed=seed, overwrite=overwrite,
+            max_pixels=max_pixels,
+        )
         return cfg, run_ingest
 
     summary = run_stage(build, s3_endpoint, s3_region, address)

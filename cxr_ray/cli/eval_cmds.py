@@ -119,6 +119,9 @@ def scan(
     batch_size: int = typer.Option(256, help="Files per read/score batch."),
     max_actors: Optional[int] = MAX_SCORING_ACTORS,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show Ray Data progress bars."),
+    max_pixels: int = typer.Option(
+        40_000_000, "--max-pixels", help="Larger images (width x height) are listed as unreadable, never decoded; X-ray detectors make at most ~18 MP."
+    ),
     overwrite: bool = OVERWRITE_OUT,
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,
@@ -131,7 +134,7 @@ def scan(
 
         cfg = ScanConfig(
             src=src, detector=detector, out=out, batch_size=batch_size, max_actors=max_actors,
-            progress=progress, overwrite=overwrite,
+            progress=progress, overwrite=overwrite, max_pixels=max_pixels,
         )
         return cfg, run_scan
 

@@ -28,12 +28,15 @@ class DatasetError(ValueError):
 
 
 def images_uri(table_uri: str) -> str:
+    """The images folder of a table being built, or of `storage.published(table)` (`require_complete` returns it)."""
     return storage.join(table_uri, schema.IMAGES_DIR)
 
 
-def require_complete(table_uri: str, s3: S3Settings | None) -> None:
+def require_complete(table_uri: str, s3: S3Settings | None) -> str:
+    """The folder to read the table from (`storage.published`), once it is known to be complete."""
     try:
-        complete = storage.is_complete(table_uri, s3)
+        folder = storage.published(table_uri, s3)
+        complete = storage.exists(storage.join(folder, storage.SUCCESS_MARKER), s3)
     except StorageError as exc:
         raise DatasetError(str(exc)) from None
     if not complete:
@@ -41,6 +44,7 @@ def require_complete(table_uri: str, s3: S3Settings | None) -> None:
             f"{table_uri}: not a complete image table (no {storage.SUCCESS_MARKER}); run `cxr-ray ingest` "
             "or `cxr-ray generate` to create it"
         )
+    return folder
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,7 @@ def read_split(data: TaskData, splits: Iterable[str], s3: S3Settings | None = No
     splits = list(splits)
     parts = []
     for uri in data.tables():
-        require_complete(uri, s3)
-        fs, path = storage.resolve(images_uri(uri), s3)
+        fs, path = storage.resolve(images_uri(require_complete(uri, s3)), s3)
         parts.append(ray.data.read_parquet(path, filesystem=fs).select_columns(["image", "label", "split", "source"]))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     return ds.map_batches(
@@ -110,8 +113,7 @@ def load_arrays(
     """
     tables = []
     for uri in data.tables():
-        require_complete(uri, s3)
-        fs, path = storage.resolve(images_uri(uri), s3)
+        fs, path = storage.resolve(images_uri(require_complete(uri, s3)), s3)
         dataset = pads.dataset(path, filesystem=fs, format="parquet", schema=schema.IMAGE_SCHEMA)
         tables.append(dataset.to_table(filter=_split_filter(splits)))
     table = pa.concat_tables(tables)
@@ -155,6 +157,5 @@ def batch_to_arrays(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarra
 
 def resolution_of(table_uri: str, s3: S3Settings | None = None) -> int:
     """The square size of a table's images, from its summary."""
-    require_complete(table_uri, s3)
-    summary = storage.read_json(storage.join(table_uri, schema.SUMMARY_FILE), s3)
+    summary = storage.read_json(storage.join(require_complete(table_uri, s3), schema.SUMMARY_FILE), s3)
     return int(summary["resolution"])

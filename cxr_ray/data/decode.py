@@ -6,12 +6,21 @@ end up in this one format, so no model can tell real from fake by format.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import warnings
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 SUPPORTED_RESOLUTIONS: tuple[int, ...] = (64, 128, 224)
+
+# Largest image decoded, in pixels (width x height). Chest X-ray detectors
+# make at most ~18 megapixels; a bigger file is quarantined (ingest) or listed
+# as unreadable (scan) before its pixels are decoded, so a small file that
+# claims a huge size (a "decompression bomb") cannot exhaust a worker's memory.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 class DecodeError(ValueError):
@@ -38,14 +47,55 @@ def _to_uint8_gray(img: Image.Image) -> Image.Image:
     return img.convert("L")
 
 
-def decode_to_gray(data: bytes, resolution: int) -> np.ndarray:
-    """Bytes of a JPEG/PNG (8/16-bit, gray/RGB) -> uint8 array (resolution, resolution)."""
+def too_large(width: int, height: int, max_pixels: int) -> str:
+    """The reason given for an image over the pixel limit: its size and the limit."""
+    return (
+        f"image too large: {width}x{height} pixels ({width * height / 1e6:.3g} megapixels), over the limit of "
+        f"{max_pixels / 1e6:.3g} megapixels (max_pixels={max_pixels})"
+    )
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """DecodeError when a `width` x `height` image is over `max_pixels`."""
+    if width * height > max_pixels:
+        raise DecodeError(too_large(width, height, max_pixels))
+
+
+@contextlib.contextmanager
+def _pil_pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """PIL's own bomb check at our limit (None: off), its warning an error: PIL and we refuse the same images.
+
+    PIL's limit is process-wide; decoding runs one file at a time per process, so setting it per call is safe.
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _open_bounded(data: bytes, max_pixels: int) -> Image.Image:
+    """Open lazily (header only) and refuse an image over `max_pixels` before any pixel is decoded."""
+    with _pil_pixel_limit(None):  # our check below names the size; PIL's would not
+        img = Image.open(io.BytesIO(data))
+    check_pixels(img.width, img.height, max_pixels)
+    return img
+
+
+def decode_to_gray(data: bytes, resolution: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Bytes of a JPEG/PNG (8/16-bit, gray/RGB) -> uint8 array (resolution, resolution).
+
+    An image over `max_pixels` is a DecodeError naming its size and the limit, found from the header alone.
+    """
     if resolution not in SUPPORTED_RESOLUTIONS:
         raise ValueError(f"resolution must be one of {SUPPORTED_RESOLUTIONS}, got {resolution}")
     if not data:
         raise DecodeError("empty file (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = _open_bounded(data, max_pixels)
         fmt = img.format
         if fmt not in ("JPEG", "PNG"):
             raise DecodeError(f"unsupported image format {fmt!r} (JPEG and PNG are accepted)")
@@ -53,9 +103,12 @@ def decode_to_gray(data: bytes, resolution: int) -> np.ndarray:
             # Let libjpeg decode at a reduced DCT scale straight to luma: far
             # less work than full decode + colour conversion, same result after resize.
             img.draft("L", (resolution, resolution))
-        img.load()
+        with _pil_pixel_limit(max_pixels):  # in case a plugin checks again while decoding
+            img.load()
     except DecodeError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"image too large: {exc} (max_pixels={max_pixels})") from None
     except UnidentifiedImageError:
         raise DecodeError("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from cxr_ray import storage
 from cxr_ray.config import IngestConfig
 from cxr_ray.data import layout, schema
-from cxr_ray.data.decode import DecodeError, decode_to_gray
+from cxr_ray.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_to_gray
 from cxr_ray.runtime import init_ray
 from cxr_ray.storage import S3Settings, StorageError
 
@@ -57,8 +57,13 @@ def scan_source(src_uri: str, s3: S3Settings) -> list[layout.SourceFile]:
 
 
 def _checked_source_files(cfg: IngestConfig, s3: S3Settings) -> list[layout.SourceFile]:
-    """SRC's files, once SRC's layout and DEST are known to be usable; IngestError naming the fault otherwise."""
+    """SRC's files, once SRC's layout and DEST are known to be usable; IngestError naming the fault otherwise.
+
+    A DEST that is, holds or lies inside SRC is refused first: `--overwrite`
+    would delete the source, and a later run would read its own output back.
+    """
     try:
+        storage.check_separate(cfg.dest, [cfg.src], "source")
         files = scan_source(cfg.src, s3)
         layout.check_layout(cfg.src, files)
         storage.check_destination(cfg.dest, s3, cfg.overwrite)
@@ -67,14 +72,16 @@ def _checked_source_files(cfg: IngestConfig, s3: S3Settings) -> list[layout.Sour
     return files
 
 
-def decode_batch(batch: pa.Table, resolution: int, s3: dict[str, Any], src_uri: str) -> pa.Table:
+def decode_batch(
+    batch: pa.Table, resolution: int, s3: dict[str, Any], src_uri: str, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> pa.Table:
     """Ray Data UDF: read, hash and decode one batch of planned files.
 
-    Failures become rows with ok=False and a reason instead of exceptions, so
-    one bad file never fails the job.
+    Failures (an image over `max_pixels` too) become rows with ok=False and a
+    reason instead of exceptions, so one bad file never fails the job.
     """
     uris = [storage.uri_for(src_uri, path) for path in batch.column("path").to_pylist()]
-    decoded = [_decode_one(blob, resolution) for blob in storage.read_many(uris, S3Settings.from_dict(s3))]
+    decoded = [_decode_one(blob, resolution, max_pixels) for blob in storage.read_many(uris, S3Settings.from_dict(s3))]
     images, shas, ok, reasons = map(list, zip(*decoded)) if decoded else ([], [], [], [])
     n = len(uris)
     return pa.table(
@@ -98,13 +105,13 @@ def decode_batch(batch: pa.Table, resolution: int, s3: dict[str, Any], src_uri: 
     )
 
 
-def _decode_one(blob: bytes | OSError, resolution: int) -> tuple[bytes, str, bool, str]:
+def _decode_one(blob: bytes | OSError, resolution: int, max_pixels: int) -> tuple[bytes, str, bool, str]:
     """(pixels, sha256, ok, reason) of one file: an unreadable or undecodable file gets a reason, not an exception."""
     if isinstance(blob, Exception):
         return b"", "", False, f"unreadable: {str(blob).splitlines()[0] if str(blob) else type(blob).__name__}"
     sha = hashlib.sha256(blob).hexdigest()
     try:
-        return decode_to_gray(blob, resolution).tobytes(), sha, True, ""
+        return decode_to_gray(blob, resolution, max_pixels).tobytes(), sha, True, ""
     except DecodeError as exc:
         return b"", sha, False, str(exc)
 
@@ -192,7 +199,13 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
 
 def decode_dedupe_write(
-    batch: pa.Table, resolution: int, s3: dict[str, Any], src_uri: str, images_dir: str, run_token: str
+    batch: pa.Table,
+    resolution: int,
+    s3: dict[str, Any],
+    src_uri: str,
+    images_dir: str,
+    run_token: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> pa.Table:
     """Ray Data UDF: decode a block, drop duplicates within it, write its image rows; return its metadata.
 
@@ -200,7 +213,7 @@ def decode_dedupe_write(
     Parquet file per block, named by this run's token and the block's first
     path; only the small metadata columns travel back.
     """
-    decoded = decode_batch(batch, resolution, s3, src_uri)
+    decoded = decode_batch(batch, resolution, s3, src_uri, max_pixels)
     duplicate_of = {
         d["path"]: d["duplicate_of"] for d in find_duplicates(decoded.select(["path", "sha256", "ok", "split"]).to_pylist())
     }
@@ -323,6 +336,7 @@ def _decode_dedupe_write_all(
             fn_kwargs={
                 "resolution": cfg.resolution, "s3": s3.to_dict(), "src_uri": cfg.src,
                 "images_dir": storage.absolute(images_uri), "run_token": uuid.uuid4().hex[:12],
+                "max_pixels": cfg.max_pixels,
             },
         )
         tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
@@ -379,6 +393,7 @@ def _summary(
         "resolution": cfg.resolution,
         "val_fraction": cfg.val_fraction,
         "seed": cfg.seed,
+        "max_pixels": cfg.max_pixels,
         "files_found": len(files),
         "rows": rows["total"],
         "quarantined": len(quarantine),

@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 import time
 from typing import Any, Callable
 
 import numpy as np
 
 from cxr_ray import storage
+from cxr_ray.data.fingerprint import INPUTS_SUFFIX
 from cxr_ray.data.layout import CLASS_NAMES
 from cxr_ray.filenames import TEST_PREDICTIONS_FILE
 from cxr_ray.manifest import Manifest
@@ -150,7 +152,7 @@ def _sample_images(table_uri: str, class_name: str, split: str, n: int, s3: S3Se
 
     from cxr_ray.data.datasets import images_from_column
 
-    table = _read_parquet(storage.join(table_uri, "images"), s3)
+    table = _read_parquet(storage.join(storage.published(table_uri, s3), "images"), s3)
     if table is None:
         return np.zeros((0, 1, 1), np.uint8)
     table = table.filter(pc.and_(pc.equal(table.column("class_name"), class_name), pc.equal(table.column("split"), split)))
@@ -260,8 +262,11 @@ def _ci(row: dict[str, Any], name: str) -> str:
 
 
 def run_label(run: str) -> str:
-    """The study's run names are task-label-source; the label is the model, plus "-robust" for augmented detectors."""
-    parts = run.split("-")
+    """The study's run names are task-label-source; the label is the model, plus "-robust" for augmented detectors.
+
+    A run retrained on new inputs is task-label-source-inputs-<digest> (cxr_ray/data/fingerprint.py): same label.
+    """
+    parts = re.sub(rf"{INPUTS_SUFFIX}[0-9a-f]{{8}}$", "", run).split("-")
     return "-".join(parts[1:-1]) if len(parts) > 2 else run
 
 
@@ -299,7 +304,7 @@ def _transfer_section(doc: _Doc, layout: StudyLayout, s3: S3Settings | None) -> 
     from cxr_ray.transfer import MARKDOWN_FILE, MATRIX_NAME
 
     doc.heading("Transfer: trained on real or fake, tested on real or fake")
-    matrix = _table_or_say(doc, storage.join(layout.transfer, f"{MATRIX_NAME}.parquet"), s3, "No transfer matrix found.")
+    matrix = _table_or_say(doc, storage.join(storage.published(layout.transfer, s3), f"{MATRIX_NAME}.parquet"), s3, "No transfer matrix found.")
     if matrix is None:
         return
     rows = [r for r in matrix.to_pylist() if r["metric"] == "accuracy"]
@@ -314,7 +319,7 @@ def _transfer_section(doc: _Doc, layout: StudyLayout, s3: S3Settings | None) -> 
                                             "Accuracy, pneumonia classifiers"),
               "Transfer matrix: accuracy of each architecture trained on real or fake images, tested on the real test split and on "
               f"held-out fakes ({layout.transfer}).")
-    text_uri = storage.join(layout.transfer, MARKDOWN_FILE)
+    text_uri = storage.join(storage.published(layout.transfer, s3), MARKDOWN_FILE)
     if storage.exists(text_uri, s3):
         text = storage.read_bytes(text_uri, s3).decode()
         # Its own top heading is this section's; sub-headings go one level below ours.
@@ -349,7 +354,7 @@ def _robustness_section(doc: _Doc, layout: StudyLayout, s3: S3Settings | None) -
     from cxr_ray.scoring import METRICS_NAME
 
     doc.heading("Robustness of the detectors (same perturbation on both classes)")
-    uri = storage.join(layout.evaluate, f"{METRICS_NAME}.parquet")
+    uri = storage.join(storage.published(layout.evaluate, s3), f"{METRICS_NAME}.parquet")
     metrics = _table_or_say(doc, uri, s3, "No cross-evaluation table found.")
     if metrics is None:
         return

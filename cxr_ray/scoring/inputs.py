@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from cxr_ray import storage
 from cxr_ray.config import ConfigError
 from cxr_ray.scoring.runs import ModelRun
 from cxr_ray.storage import S3Settings
@@ -28,15 +29,26 @@ class ScoringConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        from cxr_ray.config import at_least, check_fields
+
+        check_fields(self)
         if not self.runs:
             raise ConfigError("runs: give at least one run dir or runs root")
-        if self.n_boot < 1:
-            raise ConfigError(f"n_boot must be at least 1, got {self.n_boot}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        at_least(self, 1, "n_boot", "batch_size", "max_actors")
+        at_least(self, 0, "seed")
 
     def tables(self) -> list[str]:
         return [self.real] + ([self.fakes] if self.fakes else [])
+
+    def check_output(self, s3: S3Settings | None) -> None:
+        """StorageError when the output folder is, holds or lies inside a runs folder or table that is read
+        (`--overwrite` would delete the input; an output under a runs root would be searched as a run), or
+        exists and `overwrite` is off. Nothing is written."""
+        storage.check_separate(self.dest, list(self.runs), "runs folder")
+        storage.check_separate(self.dest, [self.real], "real table")
+        if self.fakes:
+            storage.check_separate(self.dest, [self.fakes], "fake table")
+        storage.check_destination(self.dest, s3, self.overwrite)
 
 
 def check_inputs(tables: Sequence[str], runs: Sequence[ModelRun], s3: S3Settings | None) -> int:

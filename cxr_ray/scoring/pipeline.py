@@ -102,7 +102,7 @@ def eval_dataset(tables: Sequence[str], perturbations: Sequence[str], seed: int,
 
     parts = []
     for uri in tables:
-        fs, path = storage.resolve(images_uri(uri), s3)
+        fs, path = storage.resolve(images_uri(storage.published(uri, s3)), s3)
         table = ray.data.read_parquet(path, filesystem=fs).select_columns(IMAGE_COLUMNS)
         parts.append(table.map_batches(keep_test_rows, batch_format="pyarrow", batch_size=None))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])

@@ -5,13 +5,19 @@ the study's promise to earlier study roots: a re-run skips a stage only when
 its hash is unchanged, so the dicts hashed here (keys, values, upstream
 hashes) must stay exactly as they are. Config classes load inside the
 functions: they import torch.
+
+Identity is content, not location (issue 13): ingest hashes the source's
+fingerprint (cxr_ray/data/fingerprint.py), never its path, and the stages
+below it fold in the ingested table's content identity, so the same data
+under another path, or re-ingested unchanged, re-uses every stage.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Any, Sequence
 
+from cxr_ray.data.fingerprint import INPUTS_SUFFIX
 from cxr_ray.data.layout import CLASS_NAMES
 from cxr_ray.manifest import stage_hash
 from cxr_ray.study.layout import StudyLayout
@@ -33,8 +39,9 @@ def ingest_config(p: Profile, layout: StudyLayout) -> IngestConfig:
     return IngestConfig(src=p.data, dest=layout.real(p.resolution), resolution=p.resolution, seed=p.seed, overwrite=True)
 
 
-def ingest_hash(p: Profile) -> str:
-    return stage_hash({"data": p.data, "resolution": p.resolution, "seed": p.seed}, [])
+def ingest_hash(p: Profile, source_digest: str) -> str:
+    """What ingest reads (the source's content fingerprint) and how; the source's path is left out."""
+    return stage_hash({"source": source_digest, "resolution": p.resolution, "seed": p.seed}, [])
 
 
 def gan_configs(p: Profile, layout: StudyLayout) -> dict[str, GanConfig]:
@@ -50,8 +57,8 @@ def gan_configs(p: Profile, layout: StudyLayout) -> dict[str, GanConfig]:
     }
 
 
-def gan_hash(cfgs: dict[str, GanConfig], h_ingest: str) -> str:
-    return stage_hash({cls: asdict(cfg) for cls, cfg in cfgs.items()}, [h_ingest])
+def gan_hash(cfgs: dict[str, GanConfig], real_identity: str) -> str:
+    return stage_hash({cls: asdict(cfg) for cls, cfg in cfgs.items()}, [real_identity])
 
 
 def gan_quality_hash(h_gan: str) -> str:
@@ -73,11 +80,15 @@ def generate_hash(cfg: GenerateConfig, h_gan: str) -> str:
     return stage_hash(asdict(cfg), [h_gan])
 
 
-def tune_configs(p: Profile, layout: StudyLayout) -> dict[str, SearchConfig]:
-    """A search (validation AUC only) per tuned model that the study trains."""
+def tune_configs(p: Profile, layout: StudyLayout, real_identity: str = "") -> dict[str, SearchConfig]:
+    """A search (validation AUC only) per tuned model that the study trains.
+
+    Each is named after its inputs (settings and the real table's identity): a
+    search over other data never resumes, or hands on, one over the old.
+    """
     from cxr_ray.tune import SearchConfig
 
-    return {
+    cfgs = {
         m: SearchConfig(
             data=layout.real(p.resolution), model=m, num_samples=p.tune_samples, max_epochs=p.tune_max_epochs,
             batch_sizes=p.tune_batch_sizes or (p.batch_size,),
@@ -86,10 +97,12 @@ def tune_configs(p: Profile, layout: StudyLayout) -> dict[str, SearchConfig]:
         for m in p.tune_models
         if m in p.models
     }
+    return {m: replace(cfg, name=f"{cfg.search_name()}{INPUTS_SUFFIX}{stage_hash(asdict(cfg), [real_identity])[:8]}")
+            for m, cfg in cfgs.items()}
 
 
-def tune_hash(cfgs: dict[str, SearchConfig], h_ingest: str) -> str:
-    return stage_hash({m: asdict(cfg) for m, cfg in cfgs.items()}, [h_ingest])
+def tune_hash(cfgs: dict[str, SearchConfig], real_identity: str) -> str:
+    return stage_hash({m: asdict(cfg) for m, cfg in cfgs.items()}, [real_identity])
 
 
 def classifier_config(
@@ -127,12 +140,20 @@ def train_hash(cfgs: list[ClassifierConfig], h_gen: str, h_tune: str) -> str:
     return stage_hash([asdict(cfg) for cfg in cfgs], [h_gen, h_tune])
 
 
-def evaluate_configs(p: Profile, layout: StudyLayout) -> tuple[EvaluateConfig, TransferConfig]:
-    """The cross-evaluation (with perturbations) and the transfer matrix over every run of the study."""
+def evaluate_configs(
+    p: Profile, layout: StudyLayout, run_dirs: Sequence[str] | None = None
+) -> tuple[EvaluateConfig, TransferConfig]:
+    """The cross-evaluation (with perturbations) and the transfer matrix over the runs this study trained.
+
+    `run_dirs`: those the train stage handed on, not the runs root, which may
+    also hold runs trained on earlier data (cxr_ray/data/fingerprint.claim_run_name);
+    None (a check before training) stands in the runs root.
+    """
     from cxr_ray.evaluate import EvaluateConfig
     from cxr_ray.transfer import TransferConfig
 
-    shared = dict(runs=(layout.runs,), real=layout.real(p.resolution), fakes=layout.fakes(p.resolution),
+    runs = tuple(sorted(run_dirs)) if run_dirs else (layout.runs,)
+    shared = dict(runs=runs, real=layout.real(p.resolution), fakes=layout.fakes(p.resolution),
                   n_boot=p.n_boot, seed=p.seed, overwrite=True)
     return EvaluateConfig(dest=layout.evaluate, **shared), TransferConfig(dest=layout.transfer, **shared)
 

@@ -71,11 +71,42 @@ def registered_models() -> tuple[str, ...]:
     return tuple(in_registration_order())
 
 
+# The least each numeric knob may be; the study's configs check the rest.
+MINIMUMS: dict[str, float] = {
+    "gan_epochs": 1, "gan_width": 1, "fakes_per_class": 2, "test_fakes_per_class": 1, "epochs": 1, "batch_size": 1,
+    "workers": 1, "tune_samples": 1, "tune_max_epochs": 1, "robust_aug": 0, "n_boot": 1, "seed": 0,
+}
+
+
+def option(key: str) -> str:
+    """The command-line spelling of a profile field."""
+    return "--" + key.replace("_", "-")
+
+
+def check_profile(profile: Profile) -> None:
+    """Types and bounds of every knob, named by its option (ConfigError), before any stage is planned."""
+    from cxr_ray.config import check_types
+
+    try:
+        check_types(Profile, {f: getattr(profile, f) for f in Profile.__dataclass_fields__})
+    except ConfigError as exc:
+        raise ConfigError(option(str(exc))) from None
+    for key, minimum in MINIMUMS.items():
+        value = getattr(profile, key)
+        if value < minimum:
+            raise ConfigError(f"{option(key)} must be at least {minimum}, got {value}")
+    if profile.robust_aug > 1:
+        raise ConfigError(f"--robust-aug must be in [0, 1], got {profile.robust_aug}")
+    if profile.tune_batch_sizes is not None and (not profile.tune_batch_sizes or min(profile.tune_batch_sizes) < 1):
+        raise ConfigError(f"tune_batch_sizes must be positive, got {profile.tune_batch_sizes}")
+
+
 def resolve_profile(profile: Profile) -> Profile:
     """The profile with every model list filled in and checked against the registry, and its data given.
 
-    Raises ConfigError naming the option that holds an unknown model or the missing --data.
+    Raises ConfigError naming the option that holds an unknown model or the missing --data, or a bad value.
     """
+    check_profile(profile)
     if profile.data is None:
         raise ConfigError(f"profile {profile.name!r} needs --data (a Kaggle-layout folder or s3:// prefix)")
     known = registered_models()

@@ -12,12 +12,35 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Sequence
 
+from cxr_ray import storage
 from cxr_ray.manifest import Manifest
 from cxr_ray.storage import S3Settings
-from cxr_ray.study import stages
+from cxr_ray.study import plan, stages
 from cxr_ray.study.concurrency import Timeline, cpu_share, slots
 from cxr_ray.study.layout import StudyLayout
-from cxr_ray.study.profile import StudyOptions, resolve_profile
+from cxr_ray.study.profile import Profile, StudyOptions, resolve_profile
+
+
+def check_stages(profile: Profile, layout: StudyLayout) -> None:
+    """Build every stage's configs now (pure, no Ray): a value one of them refuses fails the study in seconds,
+    not after the stages before it have run. Tuned hyperparameters and GAN run folders are not known yet:
+    the profile's values and placeholder run folders stand in for them.
+    """
+    plan.ingest_config(profile, layout)
+    gans = plan.gan_configs(profile, layout)
+    plan.generate_config(profile, layout, {cls: {"run_dir": storage.join(layout.gan, cls)} for cls in gans})
+    plan.tune_configs(profile, layout)
+    plan.classifier_configs(profile, layout, {}, None)
+    plan.evaluate_configs(profile, layout)
+
+
+def check_training_fits(profile: Profile) -> None:
+    """A study's trainings (profile.workers each) that no node set can ever host fail now, not after ingest."""
+    from cxr_ray.train.launch import LaunchSpec, check_resources, cluster_has_gpus, cpus_per_worker
+
+    spec = LaunchSpec(name="study-check", storage=".", num_workers=profile.workers,
+                      cpus_per_worker=cpus_per_worker(profile.workers))
+    check_resources(spec, cluster_has_gpus())
 
 
 def run_study(
@@ -32,8 +55,10 @@ def run_study(
 
     profile = resolve_profile(options.profile)
     layout = StudyLayout.at(options.storage)
+    check_stages(profile, layout)
     s3 = s3 or S3Settings.from_env()
     ray = init_ray(address)
+    check_training_fits(profile)
     manifest = Manifest.load(layout.root, s3)
     if options.overwrite:
         manifest.stages.clear()

@@ -4,6 +4,9 @@ Each stage takes the study context and the upstream stages it depends on and
 returns its own StageResult (manifest hash + outputs), so the dependency
 between stages is visible in the arguments. A stage the manifest records as
 done with the same hash is skipped and hands back its recorded outputs.
+Ingest is keyed by the source's content fingerprint and hands on the
+ingested table's content identity (cxr_ray/data/fingerprint.py), so a
+study re-uses its stages wherever its data lives.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from cxr_ray import storage
+from cxr_ray.data import fingerprint
 from cxr_ray.data.layout import CLASS_NAMES
 from cxr_ray.manifest import Manifest
 from cxr_ray.storage import S3Settings
@@ -49,22 +54,32 @@ class StudyContext:
 
 @dataclass(frozen=True)
 class StageResult:
-    digest: str  # the stage's manifest hash; downstream hashes fold it in
+    digest: str  # what downstream hashes fold in: the stage's manifest hash (ingest: its table's content identity)
     outputs: dict[str, Any]
 
 
 def ingest(ctx: StudyContext) -> StageResult:
-    """The source folder -> the real image table at the study resolution."""
+    """The source folder -> the real image table at the study resolution.
+
+    Keyed by what the source holds, not where: the same files under another
+    path skip it. Hands on the table's content identity, so an unchanged
+    re-ingest keeps every stage below it.
+    """
     from cxr_ray.data.ingest import format_summary, run_ingest
 
     cfg = plan.ingest_config(ctx.profile, ctx.layout)
+    source = fingerprint.source_fingerprint(cfg.src, ctx.s3)
+    ctx.log(f"[ingest] {cfg.src}: {source['files']} files, content fingerprint {source['digest']}")
 
     def run() -> dict[str, Any]:
         summary = run_ingest(cfg, **ctx.stage_args())
         ctx.log(format_summary(summary))
-        return {"table": cfg.dest, "summary": summary}
+        return {"table": cfg.dest, "summary": summary, "source": source,
+                "identity": fingerprint.table_identity(cfg.dest, ctx.s3)}
 
-    return ctx.stage("ingest", plan.ingest_hash(ctx.profile), run)
+    done = ctx.stage("ingest", plan.ingest_hash(ctx.profile, source["digest"]), run)
+    identity = done.outputs.get("identity") or fingerprint.table_identity(cfg.dest, ctx.s3)
+    return StageResult(identity, done.outputs)
 
 
 def gan(ctx: StudyContext, ingested: StageResult) -> StageResult:
@@ -94,16 +109,24 @@ def gan_quality(ctx: StudyContext, gans: StageResult) -> StageResult:
 
     seed, s3, log = ctx.profile.seed, ctx.s3, ctx.log
 
-    def quality(gan_run: dict[str, Any]) -> dict[str, Any]:
+    def quality(gan_run: dict[str, Any], encoder: str) -> dict[str, Any]:
         return {
-            **evaluate_generator(gan_run["checkpoint"], seed=seed, s3=s3, log=log),
-            "curve": quality_curve(gan_run["run_dir"], split="val", seed=seed, s3=s3, log=log),
+            **evaluate_generator(gan_run["checkpoint"], seed=seed, s3=s3, log=log, encoder_uri=encoder),
+            "curve": quality_curve(gan_run["run_dir"], split="val", seed=seed, s3=s3, log=log, encoder_uri=encoder),
         }
 
     def run() -> dict[str, Any]:
-        return {cls: quality(gans.outputs[cls]) for cls in CLASS_NAMES}
+        encoder = quality_encoder_uri(ctx)
+        return {cls: quality(gans.outputs[cls], encoder) for cls in CLASS_NAMES}
 
     return ctx.stage("gan_quality", plan.gan_quality_hash(gans.digest), run)
+
+
+def quality_encoder_uri(ctx: StudyContext) -> str:
+    """The feature encoder's cache, named after the real table it trains on: never one trained on other data."""
+    real = ctx.layout.real(ctx.profile.resolution)
+    identity = fingerprint.table_identity(real, ctx.s3)
+    return storage.join(ctx.layout.gan, f"quality-encoder-{ctx.profile.resolution}px{fingerprint.INPUTS_SUFFIX}{identity[:8]}.pt")
 
 
 def generate(ctx: StudyContext, gans: StageResult) -> StageResult:
@@ -122,7 +145,7 @@ def tune(ctx: StudyContext, ingested: StageResult) -> StageResult:
     """Hyperparameter searches (validation AUC only) on real data, one model after another."""
     from cxr_ray.tune import run_search
 
-    cfgs = plan.tune_configs(ctx.profile, ctx.layout)
+    cfgs = plan.tune_configs(ctx.profile, ctx.layout, ingested.digest)
 
     def run() -> dict[str, Any]:
         return {m: ctx.timed("tune", f"tune-{m}", lambda cfg=cfg: run_search(cfg, **ctx.stage_args()))()
@@ -132,7 +155,11 @@ def tune(ctx: StudyContext, ingested: StageResult) -> StageResult:
 
 
 def train(ctx: StudyContext, fakes: StageResult, tuned: StageResult) -> StageResult:
-    """Classifiers (real, fake) and detectors, side by side; each with its tuned hyperparameters if any."""
+    """Classifiers (real, fake) and detectors, side by side; each with its tuned hyperparameters if any.
+
+    Outputs are keyed by the study's run names; each run_dir is the folder the
+    training really used (`name-inputs-<digest>` when `name` holds a run on other inputs).
+    """
     from cxr_ray.train.classifier import train_classifier
 
     cfgs = plan.classifier_configs(ctx.profile, ctx.layout, tuned.outputs, ctx.cpu_share)
@@ -142,17 +169,19 @@ def train(ctx: StudyContext, fakes: StageResult, tuned: StageResult) -> StageRes
             (cfg.run_name(), ctx.timed("train", cfg.run_name(), lambda cfg=cfg: train_classifier(cfg, **ctx.stage_args())))
             for cfg in cfgs
         ]
-        return {name: {"run_dir": ctx.layout.run(name), "test": out["test"]} for name, out in parallel(jobs, ctx.width).items()}
+        return {name: {"run_dir": ctx.layout.run(out["run"]), "test": out["test"]}
+                for name, out in parallel(jobs, ctx.width).items()}
 
     return ctx.stage("train", plan.train_hash(cfgs, fakes.digest, tuned.digest), run)
 
 
 def evaluate(ctx: StudyContext, trained: StageResult) -> StageResult:
-    """Cross-evaluation of every run (with perturbations) and the transfer matrix."""
+    """Cross-evaluation of the runs the train stage handed on (with perturbations) and the transfer matrix."""
     from cxr_ray.evaluate import run_evaluate
     from cxr_ray.transfer import run_transfer
 
-    eval_cfg, transfer_cfg = plan.evaluate_configs(ctx.profile, ctx.layout)
+    run_dirs = [run["run_dir"] for run in trained.outputs.values()]
+    eval_cfg, transfer_cfg = plan.evaluate_configs(ctx.profile, ctx.layout, run_dirs)
 
     def run() -> dict[str, Any]:
         return {"evaluate": run_evaluate(eval_cfg, **ctx.stage_args()),

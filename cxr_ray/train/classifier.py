@@ -72,6 +72,9 @@ class ClassifierConfig:
     inject_failure: dict | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        from cxr_ray.config import at_least, check_fields, check_name
+
+        check_fields(self)
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.source not in SOURCES:
@@ -79,6 +82,11 @@ class ClassifierConfig:
         for key in ("epochs", "batch_size", "num_workers"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        at_least(self, 1, "n_boot")
+        at_least(self, 0, "max_failures", "seed", "weight_decay")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        check_name("name", self.name)
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.aug_strength <= 1:
@@ -382,13 +390,18 @@ def train_classifier(
 
     Inputs are checked before Ray starts, so a wrong path fails in a moment.
     """
+    from cxr_ray.data.fingerprint import claim_run_name, run_inputs
+
     s3 = s3 or S3Settings.from_env()
     cfg = for_workers(cfg)
+    check_inputs(cfg, s3)
+    # Re-used only when trained on these inputs (config, tables' content); else retrained under a new name.
+    inputs = run_inputs(cfg.identity(), task_data(cfg).tables(), s3)
+    cfg = replace(cfg, name=claim_run_name(cfg.storage, cfg.run_name(), inputs, s3, log))
     done = storage.join(run_uri(cfg), TEST_METRICS_FILE)
     if storage.exists(done, s3):
-        log(f"[train] {cfg.name}: finished earlier; test metrics at {done}")
+        log(f"[train] {cfg.name}: finished earlier on the same inputs; test metrics at {done}")
         return storage.read_json(done, s3)
-    check_inputs(cfg, s3)
     init_ray(address)
     log(f"[train] {cfg.name}: {cfg.task}/{cfg.model} on {cfg.num_workers} workers, {cfg.epochs} epochs -> {run_uri(cfg)}")
     t0 = time.perf_counter()

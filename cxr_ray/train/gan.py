@@ -99,6 +99,10 @@ class GanConfig:
     inject_failure: dict | None = None  # test hook, see loop.maybe_inject_failure
 
     def __post_init__(self) -> None:
+        from cxr_ray.config import at_least, check_fields, check_name
+
+        check_fields(self)
+        at_least(self, 0, "seed")
         if self.class_name not in CLASS_CHOICES:
             raise ConfigError(f"class_name must be one of {', '.join(CLASS_CHOICES)}, got {self.class_name!r}")
         if self.conditional != (self.class_name == "all"):
@@ -114,8 +118,7 @@ class GanConfig:
             raise ConfigError(f"beta1 must be in [0, 1), got {self.beta1}")
         if self.max_failures < 0:
             raise ConfigError(f"max_failures must be >= 0, got {self.max_failures}")
-        if self.name is not None and (not self.name or "/" in self.name):
-            raise ConfigError(f"name must be a non-empty folder name without '/', got {self.name!r}")
+        check_name("name", self.name)
 
     @property
     def num_classes(self) -> int:
@@ -491,7 +494,7 @@ def count_train_images(cfg: GanConfig, s3: S3Settings | None) -> int:
 
     from cxr_ray.data.datasets import images_uri
 
-    fs, path = storage.resolve(images_uri(cfg.data), s3)
+    fs, path = storage.resolve(images_uri(storage.published(cfg.data, s3)), s3)
     expr = pc.field("split") == "train"
     if not cfg.conditional:
         expr = expr & (pc.field("label") == CLASS_NAMES.index(cfg.class_name))
@@ -539,6 +542,18 @@ def train_dataset(cfg: GanConfig, s3: S3Settings | None) -> Any:
     return ds.map_batches(keep_class, batch_format="pyarrow", fn_kwargs={"label": CLASS_NAMES.index(cfg.class_name)}, batch_size=None)
 
 
+def claim_inputs(cfg: GanConfig, s3: S3Settings | None, log: Callable[[str], None]) -> str:
+    """The run name for a training on this config and the table's content: the run under `cfg.run_name()`
+    is re-used (finished or resumed) only when it recorded the same inputs, else a new name (issue 13)."""
+    from cxr_ray.data.fingerprint import INPUTS_FILE, claim_run_name, run_inputs
+
+    run_uri = storage.join(cfg.storage, cfg.run_name())
+    recorded = storage.exists(storage.join(run_uri, INPUTS_FILE), s3)
+    if not recorded and storage.exists(storage.join(run_uri, GAN_CONFIG_FILE), s3):
+        claim_run(cfg, run_uri, s3)  # a run from before inputs were recorded: another config under its name is refused
+    return claim_run_name(cfg.storage, cfg.run_name(), run_inputs(cfg.identity(), [cfg.data], s3), s3, log)
+
+
 def finished_summary(cfg: GanConfig, run_uri: str, s3: S3Settings | None) -> dict[str, Any] | None:
     """The run's summary if it already reached `cfg.epochs` (a finished re-run costs no Ray Train start)."""
     uri = storage.join(run_uri, GAN_SUMMARY_FILE)
@@ -584,11 +599,12 @@ def train_gan(
     t0 = time.perf_counter()
     s3 = s3 or S3Settings.from_env()
     cfg = resolve_config(cfg, s3)
-    run_uri = storage.join(cfg.storage, cfg.run_name())
     init_ray(address)
     use_gpu = cluster_has_gpus() if cfg.use_gpu is None else cfg.use_gpu
     if cfg.sync_bn and not use_gpu:
         raise ConfigError("sync_bn needs GPU workers: torch's SyncBatchNorm does not run on CPU")
+    cfg = replace(cfg, name=claim_inputs(cfg, s3, log))
+    run_uri = storage.join(cfg.storage, cfg.run_name())
     claim_run(cfg, run_uri, s3)
     finished = finished_summary(cfg, run_uri, s3)
     if finished is not None:

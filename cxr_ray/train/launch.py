@@ -119,12 +119,64 @@ def run_config(spec: LaunchSpec, s3: S3Settings, callbacks: list[Any] | None = N
     )
 
 
-def scaling_config(spec: LaunchSpec, use_gpu: bool) -> Any:
-    import ray.train
-
+def worker_resources(spec: LaunchSpec, use_gpu: bool) -> dict[str, float]:
+    """What one training worker asks of a node (its placement-group bundle)."""
     resources = {"CPU": spec.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = 1
+    return resources
+
+
+def placement_shortfall(num_workers: int, per_worker: dict[str, float], nodes: list[dict[str, float]]) -> str | None:
+    """Why `num_workers` bundles of `per_worker` can never be placed on these nodes (their total resources), or None.
+
+    Bundles are identical, so counting how many fit on each node and adding up
+    is exact: a worker never spans nodes.
+    """
+    def room(node: dict[str, float]) -> int:
+        # The small epsilon keeps 0.1 * 10 from counting as 9 bundles.
+        return min(int(node.get(key, 0.0) / amount + 1e-9) for key, amount in per_worker.items() if amount > 0)
+
+    fits = sum(room(node) for node in nodes)
+    if fits >= num_workers:
+        return None
+    totals = {key: sum(node.get(key, 0.0) for node in nodes) for key in per_worker}
+    short = [key for key, amount in per_worker.items()
+             if totals[key] < amount * num_workers or max((n.get(key, 0.0) for n in nodes), default=0.0) < amount]
+    have = ", ".join(f"{totals[key]:g} {key}" for key in per_worker)
+    ask = " + ".join(f"{amount:g} {key}" for key, amount in per_worker.items())
+    hint = "; drop --gpu or run on a cluster with GPUs" if "GPU" in short and totals.get("GPU", 0) == 0 else "; lower --workers"
+    return (
+        f"workers: {num_workers} training workers of {ask} each can never run here: the cluster has {have} "
+        f"on {len(nodes)} node(s), room for {fits} such worker(s) (short of {', '.join(short) or 'room'}){hint}"
+    )
+
+
+def check_resources(spec: LaunchSpec, use_gpu: bool, *, fixed: bool | None = None) -> None:
+    """ConfigError in seconds when no placement of the run's workers can ever exist (else Ray Train retries for minutes).
+
+    Only on a cluster that cannot grow: one this process started itself
+    (`runtime.cluster_is_fixed`). A joined cluster may have an autoscaler that
+    adds nodes (a head with 0 CPUs, GPU groups starting at 0), and public Ray
+    APIs do not say whether it does, so its requests are left to Ray.
+    """
+    import ray
+
+    from cxr_ray.config import ConfigError
+    from cxr_ray.runtime import cluster_is_fixed
+
+    if not (cluster_is_fixed() if fixed is None else fixed):
+        return
+    nodes = [dict(node.get("Resources", {})) for node in ray.nodes() if node.get("Alive")]
+    why = placement_shortfall(spec.num_workers, worker_resources(spec, use_gpu), nodes)
+    if why:
+        raise ConfigError(why)
+
+
+def scaling_config(spec: LaunchSpec, use_gpu: bool) -> Any:
+    import ray.train
+
+    resources = worker_resources(spec, use_gpu)
     return ray.train.ScalingConfig(num_workers=spec.num_workers, use_gpu=use_gpu, resources_per_worker=resources)
 
 
@@ -158,6 +210,7 @@ def run_trainer(
 
     s3 = s3 or S3Settings.from_env()
     use_gpu = cluster_has_gpus() if spec.use_gpu is None else spec.use_gpu
+    check_resources(spec, use_gpu)  # before reading any data: an impossible request fails in seconds
     dataset_config = None
     if datasets:
         datasets = materialized(datasets)
