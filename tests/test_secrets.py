@@ -87,7 +87,8 @@ def state_api_text(dashboard: str) -> str:
     """What Ray shows about jobs, actors and Train runs (dashboard and state API), as one string."""
     from ray.util.state import list_actors, list_jobs
 
-    parts = [repr(list_jobs(detail=True)), repr(list_actors(detail=True, limit=10_000))]
+    # The address explicitly: an earlier test's local Ray may have left RAY_API_SERVER_ADDRESS behind.
+    parts = [repr(list_jobs(address=dashboard, detail=True)), repr(list_actors(address=dashboard, detail=True, limit=10_000))]
     for route in ("/api/train/v2/runs", "/api/jobs/"):
         try:
             with urllib.request.urlopen(dashboard + route, timeout=30) as response:
