@@ -1,5 +1,10 @@
 """Binary-classification metrics in plain numpy (no sklearn), with stratified bootstrap CIs.
 
+Bootstrap replicates resample within each class; with ``groups`` (patient ids)
+they resample patients, not images, so correlated images of one patient move
+together. Rates with no errors get exact one-sided binomial bounds instead of
+a degenerate bootstrap interval (`rate_interval`).
+
 Conventions: ``y_true`` holds 0/1 (1 = positive: PNEUMONIA for the classifiers,
 fake for the detectors); ``score`` is higher for "more positive"; a sample is
 predicted positive when ``score >= threshold``. Rates whose denominator is 0
@@ -8,7 +13,8 @@ predicted positive when ``score >= threshold``. Rates whose denominator is 0
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -158,6 +164,104 @@ def tpr_at_fpr(y_true: np.ndarray, score: np.ndarray, max_fpr: float = 0.01) -> 
     return float(tpr[fpr <= max_fpr].max())
 
 
+def threshold_at_fpr(y_true: np.ndarray, score: np.ndarray, max_fpr: float) -> float:
+    """The lowest threshold among the distinct scores whose false-positive rate on (y, score) is <= ``max_fpr``.
+
+    Lowest = most sensitive point that still respects the limit. When even the
+    highest score gives FPR > ``max_fpr`` (a negative holds the top score), the
+    result is the next float above the highest score: nothing is flagged.
+    Only the negatives decide the threshold, so positives are not required.
+    """
+    if not 0.0 <= max_fpr <= 1.0:
+        raise ValueError(f"max_fpr must be in [0, 1], got {max_fpr}")
+    y, s = _as_arrays(y_true, score)
+    n_neg = int(y.size - y.sum())
+    if n_neg == 0:
+        raise ValueError("a threshold at a false-positive rate needs negatives in y_true")
+    thresholds, _, fps = _counts_by_threshold(y, s)
+    # fps grows as the threshold falls, so the allowed thresholds are a prefix of the decreasing list.
+    allowed = np.flatnonzero(fps / n_neg <= max_fpr)
+    if allowed.size == 0:
+        return float(np.nextafter(thresholds[0], np.inf))
+    return float(thresholds[allowed[-1]])
+
+
+def ppv(tpr: float, fpr: float, prevalence: float) -> float:
+    """Positive predictive value at a prevalence: tpr p / (tpr p + fpr (1 - p)); NaN when nothing is flagged."""
+    if not 0.0 <= prevalence <= 1.0:
+        raise ValueError(f"prevalence must be in [0, 1], got {prevalence}")
+    flagged = tpr * prevalence + fpr * (1.0 - prevalence)
+    return float(tpr * prevalence / flagged) if flagged else float("nan")
+
+
+# ---- exact binomial bounds ------------------------------------------------------------------
+
+
+def _check_binomial(k: int, n: int, alpha: float) -> None:
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+
+
+def _log_binomial_coefficients(k: int, n: int) -> np.ndarray:
+    return np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(k + 1)])
+
+
+def _binomial_cdf(log_coef: np.ndarray, n: int, p: float) -> float:
+    """P(X <= k | n, p) for k = len(log_coef) - 1, summed in logs (no overflow for n up to 1e5 and beyond)."""
+    i = np.arange(log_coef.size)
+    terms = log_coef + i * math.log(p) + (n - i) * math.log1p(-p)
+    top = terms.max()
+    return float(min(1.0, math.exp(top) * np.exp(terms - top).sum()))
+
+
+def exact_upper_bound(k: int, n: int, alpha: float = 0.05) -> float:
+    """One-sided (1 - alpha) Clopper-Pearson upper bound on a binomial rate seen as k of n.
+
+    The p with P(X <= k | n, p) = alpha: k = 0 gives 1 - alpha**(1/n) (0 false
+    alarms in 618 -> FPR <= 0.48% at 95%); k = n gives 1. Otherwise bisection
+    on the CDF, which falls monotonically in p.
+    """
+    _check_binomial(k, n, alpha)
+    if k == n:
+        return 1.0
+    if k == 0:
+        return float(1.0 - alpha ** (1.0 / n))
+    log_coef = _log_binomial_coefficients(k, n)
+    low, high = k / n, 1.0  # the CDF at p = k/n is about 1/2 > alpha, at p -> 1 it is 0
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        if mid in (low, high):
+            break
+        if _binomial_cdf(log_coef, n, mid) > alpha:
+            low = mid
+        else:
+            high = mid
+    return float(0.5 * (low + high))
+
+
+def exact_lower_bound(k: int, n: int, alpha: float = 0.05) -> float:
+    """One-sided (1 - alpha) Clopper-Pearson lower bound: 1 - upper bound of the complementary rate."""
+    _check_binomial(k, n, alpha)
+    return float(1.0 - exact_upper_bound(n - k, n, alpha))
+
+
+def rate_interval(k: int, n: int, boot_low: float, boot_high: float, alpha: float = 0.05) -> tuple[float, float]:
+    """The interval to report for a rate of k in n.
+
+    k == 0 or k == n: every bootstrap replicate repeats the point (e.g. [0, 0]),
+    which says nothing, so the exact one-sided (1 - alpha) bound replaces it:
+    (0, upper) or (lower, 1). Otherwise the (two-sided) bootstrap interval as given.
+    """
+    _check_binomial(k, n, alpha)
+    if k == 0:
+        return 0.0, exact_upper_bound(0, n, alpha)
+    if k == n:
+        return exact_lower_bound(n, n, alpha), 1.0
+    return float(boot_low), float(boot_high)
+
+
 # ---- stratified bootstrap -------------------------------------------------------------------
 
 
@@ -178,11 +282,51 @@ def _draw_counts(draw: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
 
 
+Groups = Sequence[Any] | np.ndarray | None  # one patient id per image; None: each image its own patient
+
+
+def patient_weights(y_true: np.ndarray, groups: Groups, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, N) image multiplicities of patient bootstrap replicates, stratified by class.
+
+    Each distinct value of ``groups`` is a patient; patients are drawn with
+    replacement within their class (positives first, then negatives, each in
+    sorted id order), so every replicate keeps the number of patients per class,
+    and all images of a patient share its multiplicity. A patient's class is the
+    label of its first image (a patient with images of both labels is drawn in
+    that stratum; its images keep their own labels). ``groups=None``: each image
+    is its own patient, which gives exactly the image bootstrap of `bootstrap_ci`
+    with the same seed (and the same as ``groups=np.arange(N)``).
+    """
+    y = np.asarray(y_true).ravel().astype(np.int64)
+    if groups is None:
+        pos, neg, pos_draw, neg_draw = _stratified_indices(y, n_boot, seed)
+        weights = np.zeros((n_boot, y.size))
+        weights[:, pos] = _draw_counts(pos_draw, pos.size)
+        weights[:, neg] = _draw_counts(neg_draw, neg.size)
+        return weights
+    g = np.asarray(groups).ravel()
+    if g.size != y.size:
+        raise ValueError(f"groups has {g.size} values but y_true has {y.size}")
+    if g.dtype == object and any(v is None for v in g):
+        raise ValueError("groups has missing patient ids (None)")
+    _, first, patient_of = np.unique(g, return_index=True, return_inverse=True)
+    patient_label = y[first]
+    # The same draws as the image bootstrap when every image is its own patient.
+    _, _, pos_draw, neg_draw = _stratified_indices(patient_label, n_boot, seed)
+    per_patient = np.zeros((n_boot, first.size))
+    for stratum, draw in ((1, pos_draw), (0, neg_draw)):
+        members = np.flatnonzero(patient_label == stratum)
+        per_patient[:, members] = _draw_counts(draw, members.size)
+    return per_patient[:, patient_of.ravel()]
+
+
 def _bootstrap_auc(s_pos: np.ndarray, s_neg: np.ndarray, w_pos: np.ndarray, w_neg: np.ndarray) -> np.ndarray:
     """Mann–Whitney AUC of every replicate at once, from per-sample multiplicities.
 
-    AUC* = sum_i w_i * (#neg* below x_i + 0.5 #neg* tied with x_i) / (m n): sorting the
+    AUC* = sum_i w_i * (#neg* below x_i + 0.5 #neg* tied with x_i) / (m* n*): sorting the
     negatives once, cumulative weights give each positive's count for all replicates.
+    m*, n* are the replicate's class sizes (fixed for the image bootstrap; they vary
+    when patients with different numbers of images are drawn).
     """
     if s_pos.size == 0 or s_neg.size == 0:
         return np.full(w_pos.shape[0], np.nan)
@@ -192,7 +336,8 @@ def _bootstrap_auc(s_pos: np.ndarray, s_neg: np.ndarray, w_pos: np.ndarray, w_ne
     below = np.searchsorted(neg_sorted, s_pos, side="left")
     up_to = np.searchsorted(neg_sorted, s_pos, side="right")
     wins = cum[:, below] + 0.5 * (cum[:, up_to] - cum[:, below])
-    return (w_pos * wins).sum(axis=1) / (s_pos.size * s_neg.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (w_pos * wins).sum(axis=1) / (w_pos.sum(axis=1) * w_neg.sum(axis=1))
 
 
 def _percentile_interval(replicates: np.ndarray, alpha: float) -> tuple[float, float]:
@@ -212,6 +357,19 @@ def _check_bootstrap_args(n_boot: int, alpha: float) -> None:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
 
 
+def _weighted_replicates(y: np.ndarray, s: np.ndarray, metric_fn: MetricFn, weights: np.ndarray) -> np.ndarray:
+    """``metric_fn`` on every replicate given as image multiplicities: roc_auc all at once, others per replicate."""
+    if metric_fn is roc_auc:
+        pos, neg = y == 1, y == 0
+        return _bootstrap_auc(s[pos], s[neg], weights[:, pos], weights[:, neg])
+    index = np.arange(y.size)
+    out = np.empty(weights.shape[0])
+    for b, row in enumerate(weights):
+        picked = np.repeat(index, row.astype(np.int64))
+        out[b] = metric_fn(y[picked], s[picked])
+    return out
+
+
 def bootstrap_ci(
     y_true: np.ndarray,
     score: np.ndarray,
@@ -219,51 +377,63 @@ def bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    groups: Groups = None,
 ) -> tuple[float, float]:
     """Percentile (1 - alpha) interval of ``metric_fn(y, score)`` over stratified bootstrap replicates.
 
     Positives and negatives are resampled separately, so each replicate has the
     original class counts and class-conditional metrics (AUC, sensitivity) are
-    always defined. ``roc_auc`` is computed for all replicates at once; other
-    metrics are called once per replicate.
+    always defined. With ``groups`` (one patient id per image) patients are
+    resampled instead of images (`patient_weights`). ``roc_auc`` is computed for
+    all replicates at once; other metrics are called once per replicate.
     """
     _check_bootstrap_args(n_boot, alpha)
     y, s = _as_arrays(y_true, score)
+    if groups is not None or metric_fn is roc_auc:
+        # groups=None gives the image draws below, as multiplicities.
+        weights = patient_weights(y, groups, n_boot, seed)
+        return _percentile_interval(_weighted_replicates(y, s, metric_fn, weights), alpha)
     pos, neg, pos_draw, neg_draw = _stratified_indices(y, n_boot, seed)
-    if metric_fn is roc_auc:
-        replicates = _bootstrap_auc(s[pos], s[neg], _draw_counts(pos_draw, pos.size), _draw_counts(neg_draw, neg.size))
-    else:
-        labels = np.r_[np.ones(pos.size, np.int64), np.zeros(neg.size, np.int64)]
-        replicates = np.array(
-            [metric_fn(labels, np.r_[s[pos][p], s[neg][q]]) for p, q in zip(pos_draw, neg_draw)], dtype=np.float64
-        )
+    labels = np.r_[np.ones(pos.size, np.int64), np.zeros(neg.size, np.int64)]
+    replicates = np.array(
+        [metric_fn(labels, np.r_[s[pos][p], s[neg][q]]) for p, q in zip(pos_draw, neg_draw)], dtype=np.float64
+    )
     return _percentile_interval(replicates, alpha)
 
 
+def _summary_replicates(y: np.ndarray, s: np.ndarray, threshold: float, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """accuracy, auc, sensitivity, specificity of every replicate: weighted sums of per-image calls."""
+    pos, neg = y == 1, y == 0
+    w_pos, w_neg = weights[:, pos], weights[:, neg]
+    tp = w_pos @ (s[pos] >= threshold).astype(np.float64)
+    tn = w_neg @ (s[neg] < threshold).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "accuracy": (tp + tn) / weights.sum(axis=1),
+            "auc": _bootstrap_auc(s[pos], s[neg], w_pos, w_neg),
+            "sensitivity": tp / w_pos.sum(axis=1),
+            "specificity": tn / w_neg.sum(axis=1),
+        }
+
+
 def summarize(
-    y_true: np.ndarray, score: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+    y_true: np.ndarray,
+    score: np.ndarray,
+    threshold: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    groups: Groups = None,
 ) -> dict[str, float | int]:
     """Report-ready metrics at ``threshold``: accuracy, auc, sensitivity, specificity, each with
     ``_ci_low`` / ``_ci_high`` (stratified bootstrap, same replicates as ``bootstrap_ci`` with
-    this seed), plus precision, f1, tn/fp/fn/tp, n, n_pos and the threshold."""
+    this seed and ``groups``: patients resampled when given), plus precision, f1, tn/fp/fn/tp,
+    n, n_pos and the threshold."""
     _check_bootstrap_args(n_boot, alpha)
     y, s = _as_arrays(y_true, score)
     counts = confusion(y, (s >= threshold).astype(np.int64))
     point = {"auc": roc_auc(y, s), **_rates(counts["tn"], counts["fp"], counts["fn"], counts["tp"])}
-
-    pos, neg, pos_draw, neg_draw = _stratified_indices(y, n_boot, seed)
-    w_pos, w_neg = _draw_counts(pos_draw, pos.size), _draw_counts(neg_draw, neg.size)
-    # All replicates at once: a replicate's confusion counts are weighted sums of per-sample calls.
-    tp = w_pos @ (s[pos] >= threshold).astype(np.float64)
-    tn = w_neg @ (s[neg] < threshold).astype(np.float64)
-    n_pos, n_neg = pos.size, neg.size
-    with np.errstate(invalid="ignore", divide="ignore"):
-        replicates = {
-            "accuracy": (tp + tn) / y.size,
-            "auc": _bootstrap_auc(s[pos], s[neg], w_pos, w_neg),
-            "sensitivity": tp / n_pos if n_pos else np.full(n_boot, np.nan),
-            "specificity": tn / n_neg if n_neg else np.full(n_boot, np.nan),
-        }
+    replicates = _summary_replicates(y, s, threshold, patient_weights(y, groups, n_boot, seed))
 
     summary: dict[str, float | int] = {}
     for name in ("accuracy", "auc", "sensitivity", "specificity"):
@@ -274,5 +444,57 @@ def summarize(
     summary["precision"] = float(point["precision"])
     summary["f1"] = float(point["f1"])
     summary.update(counts)
-    summary.update({"n": int(y.size), "n_pos": int(n_pos), "threshold": float(threshold)})
+    summary.update({"n": int(y.size), "n_pos": int(y.sum()), "threshold": float(threshold)})
     return summary
+
+
+# ---- differences between models -------------------------------------------------------------
+
+
+def paired_difference_ci(
+    y_true: np.ndarray,
+    score_a: np.ndarray,
+    score_b: np.ndarray,
+    metric_fn: MetricFn,
+    groups: Groups = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float, float]:
+    """(metric(a) - metric(b), low, high): two models scored on the same images.
+
+    Both models see the same patient draws in every replicate, so what the
+    images have in common cancels and the interval is that of the difference
+    (narrower than comparing two separate intervals). Identical models give (0, 0, 0).
+    """
+    _check_bootstrap_args(n_boot, alpha)
+    y, s_a = _as_arrays(y_true, score_a)
+    _, s_b = _as_arrays(y, score_b)
+    weights = patient_weights(y, groups, n_boot, seed)
+    diff = _weighted_replicates(y, s_a, metric_fn, weights) - _weighted_replicates(y, s_b, metric_fn, weights)
+    low, high = _percentile_interval(diff, alpha)
+    return float(metric_fn(y, s_a) - metric_fn(y, s_b)), low, high
+
+
+def difference_ci_independent(
+    y1: np.ndarray,
+    s1: np.ndarray,
+    g1: Groups,
+    y2: np.ndarray,
+    s2: np.ndarray,
+    g2: Groups,
+    metric_fn: MetricFn,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float, float]:
+    """(metric(set 1) - metric(set 2), low, high) for two independent test sets (e.g. one model's
+    AUC on fakes vs on real test images): each set's patients are resampled on its own stream."""
+    _check_bootstrap_args(n_boot, alpha)
+    y1, s1 = _as_arrays(y1, s1)
+    y2, s2 = _as_arrays(y2, s2)
+    seed1, seed2 = (int(x) for x in np.random.SeedSequence(seed).generate_state(2))
+    rep1 = _weighted_replicates(y1, s1, metric_fn, patient_weights(y1, g1, n_boot, seed1))
+    rep2 = _weighted_replicates(y2, s2, metric_fn, patient_weights(y2, g2, n_boot, seed2))
+    low, high = _percentile_interval(rep1 - rep2, alpha)
+    return float(metric_fn(y1, s1) - metric_fn(y2, s2)), low, high
