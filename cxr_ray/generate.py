@@ -12,6 +12,11 @@ test range gives held-out fakes (split `test`) that no detector ever trains
 on. Pixels go through `pixels.to_uint8`, the inverse of `pixels.to_input`,
 so reals and fakes share one pixel pipeline. The table is built in a staging
 folder and published with `_SUCCESS` and `summary.json`, like ingest.
+
+Storage format: "raw" keeps the generator's output as it is; "archive" stores
+each fake as the archive stores its reals (`cxr_ray.data.archive`: resampled
+to the archive's size, encoded in its format, decoded by ingest's decode path),
+so reals and fakes reach a detector with the same processing history.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ TEST_SEED_START = 1_000_000
 # Every generator forward sees exactly this many noise vectors (padded): the
 # batch size a kernel sees can change its floating-point results, the seed alone must not.
 MICRO_BATCH = 32
+STORAGE_FORMATS = ("raw", "archive")
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ class GenerateConfig:
     batch_size: int = 64  # rows per actor call
     max_actors: int | None = None  # None: one per GPU, else CPUs - 1
     overwrite: bool = False
+    storage_format: str = "raw"  # "raw": the generator's pixels; "archive": stored and decoded as the archive's reals
+    archive_format: dict | None = None  # ArchiveFormat.to_dict() (e.g. read_archive_format(real table)); for "archive" only
 
     def __post_init__(self) -> None:
         from cxr_ray.config import check_fields
@@ -71,6 +79,7 @@ class GenerateConfig:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.max_actors is not None and self.max_actors < 1:
             raise ConfigError(f"max_actors must be at least 1, got {self.max_actors}")
+        _check_storage(self.storage_format, self.archive_format)
 
     def split_ranges(self) -> dict[str, tuple[int, int]]:
         """[start, end) seed range of each split; val is the tail of the train range."""
@@ -88,6 +97,19 @@ def _check_seed_range(name: str, value: Any) -> None:
         raise ConfigError(f"{name} must satisfy 0 <= start < end, got {list(value)}")
     if name == "train_seeds" and end - start < 2:
         raise ConfigError(f"{name} needs at least 2 seeds (train and val), got {list(value)}")
+
+
+def _check_storage(storage_format: str, archive_format: dict | None) -> None:
+    from cxr_ray.data.archive import ArchiveFormat
+
+    if storage_format not in STORAGE_FORMATS:
+        raise ConfigError(f"storage_format must be one of {STORAGE_FORMATS}, got {storage_format!r}")
+    if storage_format == "archive" and archive_format is None:
+        raise ConfigError("storage_format 'archive' needs archive_format (read it from the real table: --archive-like)")
+    if storage_format == "raw" and archive_format is not None:
+        raise ConfigError("archive_format is given but storage_format is 'raw': set storage_format 'archive' or drop it")
+    if archive_format is not None:
+        ArchiveFormat.from_dict(archive_format)
 
 
 # ---------------------------------------------------------------- generator checkpoints
@@ -224,10 +246,32 @@ def images_from_seeds(generator: Any, seeds: list[int], labels: list[int] | None
     return out
 
 
-def fake_rows(spec: dict[str, Any], items: list[dict[str, Any]], images: Any) -> dict[str, list[Any]]:
-    """Image-schema columns for generated images of one generator."""
+def store_as_archive(images: Any, archive_format: dict[str, Any]) -> tuple[Any, list[bytes]]:
+    """(pixels, files) of (N, S, S) uint8 images stored as the archive stores them: each image encoded
+    (`encode_as_archive`), then decoded by ingest's path at S px; the pixels equal `to_archive_pixels(images, ...)`."""
+    import numpy as np
+
+    from cxr_ray.data.archive import ArchiveFormat, encode_as_archive
+    from cxr_ray.data.decode import decode_to_gray
+
+    fmt = ArchiveFormat.from_dict(archive_format)
+    files = [encode_as_archive(image, fmt) for image in images]
+    size = int(images.shape[1]) if len(images) else 0
+    pixels = np.stack([decode_to_gray(blob, size) for blob in files]) if files else images
+    return pixels, files
+
+
+def fake_rows(
+    spec: dict[str, Any], items: list[dict[str, Any]], images: Any, files: list[bytes] | None = None
+) -> dict[str, list[Any]]:
+    """Image-schema columns for generated images of one generator.
+
+    `sha256` is the hash of the stored file, as ingest's is of a real's file:
+    for raw fakes the pixels themselves, for archive fakes (`files` given) the
+    encoded archive file the pixels were decoded from.
+    """
     columns: dict[str, list[Any]] = defaultdict(list)
-    for item, image in zip(items, images):
+    for index, (item, image) in enumerate(zip(items, images)):
         pixels = image.tobytes()
         # A conditional GAN makes both classes under one run name: the class keeps ids unique.
         tag = f"{spec['run']}/{item['class_name']}" if spec["conditional"] else spec["run"]
@@ -239,7 +283,7 @@ def fake_rows(spec: dict[str, Any], items: list[dict[str, Any]], images: Any) ->
         columns["patient_id"].append(f"fake/{tag}/{item['seed']}")
         columns["split"].append(item["split"])
         columns["source"].append("fake")
-        columns["sha256"].append(hashlib.sha256(pixels).hexdigest())
+        columns["sha256"].append(hashlib.sha256(pixels if files is None else files[index]).hexdigest())
         columns["path"].append(f"generated://{tag}/{item['seed']}")
         columns["generator_run"].append(spec["run"])
         columns["seed"].append(int(item["seed"]))
@@ -249,7 +293,9 @@ def fake_rows(spec: dict[str, Any], items: list[dict[str, Any]], images: Any) ->
 class FakeImageMaker:
     """Ray Data actor: loads every generator once, then turns planned rows into image rows."""
 
-    def __init__(self, generators: list[dict[str, Any]], s3: dict[str, Any] | None) -> None:
+    def __init__(
+        self, generators: list[dict[str, Any]], s3: dict[str, Any] | None, archive_format: dict[str, Any] | None = None
+    ) -> None:
         import torch
 
         from cxr_ray.gan_state import generator_from_state, load_gan_state
@@ -261,6 +307,7 @@ class FakeImageMaker:
         settings = S3Settings.from_dict(s3)
         self.device = pick_device()
         self.specs = generators
+        self.archive_format = archive_format  # None: raw fakes
         self.generators = [generator_from_state(load_gan_state(g["state_uri"], settings), self.device) for g in generators]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -273,7 +320,10 @@ class FakeImageMaker:
             spec, generator = self.specs[index], self.generators[index]
             labels = [int(i["label"]) for i in group] if spec["conditional"] else None
             images = images_from_seeds(generator, [int(i["seed"]) for i in group], labels, self.device)
-            for key, values in fake_rows(spec, group, images).items():
+            files = None
+            if self.archive_format is not None:
+                images, files = store_as_archive(images, self.archive_format)
+            for key, values in fake_rows(spec, group, images, files).items():
                 columns[key].extend(values)
         return pa.table({name: columns[name] for name in schema.IMAGE_SCHEMA.names}, schema=schema.IMAGE_SCHEMA)
 
@@ -326,19 +376,20 @@ def run_generate(
     storage.check_separate(cfg.dest, cfg.generators, "generator")
     storage.check_destination(cfg.dest, s3, cfg.overwrite)
     specs = inspect_generators(cfg.generators, s3)
+    _check_archive_size(cfg, specs[0].image_size)
     items = plan_items(specs, cfg)
     ray = init_ray(address)
     pool = actor_pool_options(cfg.max_actors)
     log(
         f"generate: {len(items)} fakes of {', '.join(c for s in specs for c in s.classes)} at {specs[0].image_size}px "
-        f"on {pool_size(pool)} actor(s) -> {cfg.dest}"
+        f"on {pool_size(pool)} actor(s), {storage_label(cfg.storage_format, cfg.archive_format)} -> {cfg.dest}"
     )
     spec_dicts = [{"state_uri": s.state_uri, "run": s.run, "conditional": s.conditional} for s in specs]
     blocks = max(2 * pool_size(pool), math.ceil(len(items) / (4 * cfg.batch_size)))
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), blocks))
     ds = ds.map_batches(
         FakeImageMaker,
-        fn_constructor_kwargs={"generators": spec_dicts, "s3": s3.to_dict()},
+        fn_constructor_kwargs={"generators": spec_dicts, "s3": s3.to_dict(), "archive_format": cfg.archive_format},
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         **pool,
@@ -352,6 +403,25 @@ def run_generate(
         summary = _summary(cfg, specs, counts, pool, time.perf_counter() - t0, generate_seconds)
         storage.write_json_atomic(storage.join(staging, schema.SUMMARY_FILE), summary, s3)
     return summary
+
+
+def _check_archive_size(cfg: GenerateConfig, image_size: int) -> None:
+    """Archive fakes are decoded by ingest's path, which makes only its supported sizes."""
+    from cxr_ray.data.decode import SUPPORTED_RESOLUTIONS
+
+    if cfg.storage_format == "archive" and image_size not in SUPPORTED_RESOLUTIONS:
+        raise ConfigError(
+            f"storage_format 'archive': the generators make {image_size}px images; ingest decodes to {SUPPORTED_RESOLUTIONS} only"
+        )
+
+
+def storage_label(storage_format: str, archive_format: dict[str, Any] | None) -> str:
+    """'raw generator output', or 'stored as the archive: JPEG 224x224 RGB q75 4:2:0'."""
+    if storage_format != "archive" or archive_format is None:
+        return "raw generator output"
+    from cxr_ray.data.archive import ArchiveFormat
+
+    return f"stored as the archive: {ArchiveFormat(**archive_format).describe()}"
 
 
 def _summary(
@@ -377,6 +447,8 @@ def _summary(
         "actors": pool_size(pool),
         "gpu_actors": bool(pool.get("num_gpus")),
         "micro_batch": MICRO_BATCH,
+        "storage_format": cfg.storage_format,
+        "archive_format": cfg.archive_format,
         "seconds": round(seconds, 3),
         "generate_seconds": round(generate_seconds, 3),
         "images_per_second": round(counts["total"] / generate_seconds, 1) if generate_seconds > 0 else None,
@@ -391,6 +463,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             seeds = summary["seed_ranges"][split]
             parts = ", ".join(f"{c} {n}" for c, n in sorted(counts.items()))
             lines.append(f"  {split:<5} {sum(counts.values()):>6} fakes ({parts}); seeds [{seeds[0]}, {seeds[1]})")
+    lines.append(f"  storage: {storage_label(summary.get('storage_format', 'raw'), summary.get('archive_format'))}")
     for g in summary["generators"]:
         lines.append(f"  generator {g['run']} ({', '.join(g['classes'])}, epoch {g['epoch']}): {g['state']}")
     if summary["images_per_second"]:

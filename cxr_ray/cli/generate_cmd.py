@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from cxr_ray.cli.common import OVERWRITE_OUT, RAY_ADDRESS, S3_ENDPOINT, S3_REGION, run_stage
+from cxr_ray.cli.common import OVERWRITE_OUT, RAY_ADDRESS, S3_ENDPOINT, S3_REGION, run_stage, s3_settings
 
 EPILOG_GENERATE = (
     "Examples:\n\n"
@@ -19,7 +19,10 @@ EPILOG_GENERATE = (
     "  cxr-ray generate --gan s3://bucket/gan/dcgan-all-64px-7a8b9c --out s3://bucket/study/fakes-64 "
     "--n 500 --n-test 300 --s3-endpoint http://127.0.0.1:9000 --overwrite\n\n"
     "Per class, seeds [0, N) give the detector's train/val fakes (val = the last --val-fraction of them) and "
-    "seeds [--test-seed-start, --test-seed-start + N_TEST) its held-out test fakes."
+    "seeds [--test-seed-start, --test-seed-start + N_TEST) its held-out test fakes.\n\n"
+    "  cxr-ray generate --gan runs/gan/dcgan-all-64px-7a8b9c --out runs/study/fakes-archive-64 --archive-like runs/study/real-64\n\n"
+    "--archive-like stores each fake as the real table's archive stores its images (the format `cxr-ray ingest` "
+    "recorded: size, mode, JPEG quality and subsampling), then decodes it the way ingest decodes a real."
 )
 
 
@@ -32,6 +35,10 @@ def generate(
     val_fraction: float = typer.Option(0.1, help="Share of the train seed range used as validation."),
     batch_size: int = typer.Option(64, help="Images per actor call."),
     max_actors: Optional[int] = typer.Option(None, help="Cap on generator actors (default: one per GPU, else CPUs - 1)."),
+    archive_like: Optional[str] = typer.Option(
+        None, "--archive-like", metavar="REAL_TABLE",
+        help="Ingested real table: store the fakes in the format its source archive uses (default: raw generator output).",
+    ),
     overwrite: bool = OVERWRITE_OUT,
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,
@@ -42,9 +49,15 @@ def generate(
     def build():
         from cxr_ray.generate import GenerateConfig, run_generate
 
+        archive = None
+        if archive_like:
+            from cxr_ray.data.archive import read_archive_format
+
+            archive = read_archive_format(archive_like, s3_settings(s3_endpoint, s3_region)).to_dict()
         cfg = GenerateConfig(
             generators=tuple(gan), dest=out, train_seeds=(0, n), test_seeds=(test_seed_start, test_seed_start + n_test),
             val_fraction=val_fraction, batch_size=batch_size, max_actors=max_actors, overwrite=overwrite,
+            storage_format="archive" if archive else "raw", archive_format=archive,
         )
         return cfg, run_generate
 

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from cxr_ray import storage
 from cxr_ray.config import IngestConfig
 from cxr_ray.data import layout, schema
+from cxr_ray.data.archive import ARCHIVE_FORMAT_KEY, ArchiveFormat, archive_format_of
 from cxr_ray.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_to_gray
 from cxr_ray.runtime import init_ray
 from cxr_ray.storage import S3Settings, StorageError
@@ -293,9 +294,34 @@ def _ingest(cfg: IngestConfig, s3: S3Settings, log: Callable[[str], None], addre
         quarantine, dups, rows = _accounting(meta, _misplaced(cfg.src, files))
         _write_table(pa.Table.from_pylist(quarantine, schema.QUARANTINE_SCHEMA), storage.join(staging, schema.QUARANTINE_FILE), s3)
         _write_table(pa.Table.from_pylist(dups, schema.DUPLICATE_SCHEMA), storage.join(staging, schema.DUPLICATES_FILE), s3)
+        archive = _archive_format(meta, s3)
         summary = _summary(cfg, files, planned, rows, quarantine, dups, time.perf_counter() - t0, decode_seconds)
+        summary[ARCHIVE_FORMAT_KEY] = archive.to_dict() if archive else None
         storage.write_json_atomic(storage.join(staging, schema.SUMMARY_FILE), summary, s3)
     return summary
+
+
+# Files whose headers are read to learn the archive's format: enough to see a mixed archive, cheap on S3.
+ARCHIVE_SAMPLE_FILES = 256
+
+
+def _archive_format(meta: pa.Table | None, s3: S3Settings) -> ArchiveFormat | None:
+    """How the source stores its images, from up to ARCHIVE_SAMPLE_FILES decoded files (None when none decoded).
+
+    The pick is deterministic: the decoded files sorted by path, evenly spaced.
+    Only headers and quantisation tables are parsed, on the driver.
+    """
+    if meta is None:
+        return None
+    paths = sorted(meta.filter(meta.column("ok")).column("path").to_pylist())
+    if not paths:
+        return None
+    k = min(ARCHIVE_SAMPLE_FILES, len(paths))
+    picks = [paths[i * len(paths) // k] for i in range(k)]
+    try:
+        return archive_format_of(storage.read_many(picks, s3))
+    except ValueError:  # every sampled file failed its second read: record no format rather than fail the ingest
+        return None
 
 
 def _misplaced(src_uri: str, files: list[layout.SourceFile]) -> list[dict[str, Any]]:
@@ -427,6 +453,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     for reason, n in summary["quarantine_reasons"].items():
         lines.append(f"  quarantined: {n} x {reason}")
+    archive = summary.get(ARCHIVE_FORMAT_KEY)
+    if archive:
+        fmt = ArchiveFormat(**archive)  # as recorded: describing it needs no check that generate could write it
+        lines.append(f"  archive format: {fmt.describe()} ({fmt.files_sampled} files, {fmt.agreement:.0%} agree)")
     if summary["images_per_second"]:
         lines.append(
             f"  throughput {summary['images_per_second']} images/s decode; {summary['seconds']} s in all"
