@@ -11,6 +11,7 @@ STATE_FILE = "state.pt"  # a plain-data checkpoint inside every Ray Train checkp
 TEST_METRICS_FILE = "test_metrics.json"  # written last: its presence means "this run is finished"
 TEST_METRICS_TABLE = "test_metrics.parquet"
 TEST_PREDICTIONS_FILE = "test_predictions.parquet"
+VAL_PREDICTIONS_FILE = "val_predictions.parquet"  # the best checkpoint's val scores: operating points are chosen on them
 HISTORY_FILE = "history.json"
 
 # A GAN run (cxr_ray.train.gan).

@@ -207,15 +207,18 @@ def run_freq_baseline(
     report, its description and the threshold.
     """
     from cxr_ray.data.datasets import DatasetError, TaskData, load_arrays
+    from cxr_ray.operating import val_selection
     from cxr_ray.perturb import apply_perturbation
     from cxr_ray.scoring import DETECTION_TEST, metric_rows
 
     data = TaskData(task="deepfake", real=real, fake=fakes)
-    train, val, test = (load_arrays(data, [split], s3) for split in ("train", "val", "test"))
+    train, val, test = (load_arrays(data, [split], s3, columns=("patient_id",)) for split in ("train", "val", "test"))
     for name, arrays in (("train", train), ("val", val), ("test", test)):
         if len(np.unique(arrays["target"])) < 2:
             raise DatasetError(f"the {name} split of {real} + {fakes} needs both reals and fakes")
     detector = train_frequency_detector(train["image"], train["target"], val["image"], val["target"])
+    # Operating points and temperature fixed on val, as for the trained detectors.
+    chosen = val_selection(val["target"], detector.predict_proba(val["image"]), youden=detector.threshold)
     rows = []
     for name in perturbations:
         score = detector.predict_proba(apply_perturbation(name, test["image"], seed))
@@ -223,10 +226,17 @@ def run_freq_baseline(
             "model": MODEL_NAME, "run": RUN_NAME, "task": "deepfake", "train_source": "real+fake",
             "eval_set": DETECTION_TEST, "perturbation": name,
         }
-        rows.extend({**base, **r} for r in metric_rows(test["target"], score, detector.threshold, "deepfake", n_boot, seed))
+        rows.extend(
+            {**base, **r}
+            for r in metric_rows(
+                test["target"], score, "deepfake", chosen["operating_points"], temperature=chosen["temperature"],
+                groups=test["patient_id"], n_boot=n_boot, seed=seed,
+            )
+        )
     report = band_report(detector, train["image"][train["target"] == 0], train["image"][train["target"] == 1])
     return {
         "rows": rows,
+        **chosen,
         "threshold": float(detector.threshold),
         "bands": report,
         "explanation": describe_bands(report),

@@ -4,8 +4,13 @@ The file list streams through Ray Data: read + decode tasks (the same
 `decode_to_gray` as ingest, at the detector's resolution, so a scanned image
 reaches the model exactly as the training images did) feed an actor pool
 that loads the detector once per actor. Every file ends up in the result:
-with a fake probability and a verdict at the detector's val-calibrated
-threshold, or as `unreadable` with the reason. One bad file never stops a scan.
+with a fake probability and a verdict, or as `unreadable` with the reason.
+One bad file never stops a scan.
+
+The verdict's threshold is the one whose false-positive rate on the
+detector's validation reals is at most `fpr` (default 1%: a hospital's
+operating point, not the Youden point); a detector trained before its val
+predictions were recorded falls back to its Youden threshold, and says so.
 
 DICOM files are read when pydicom is installed; otherwise they are listed as
 unreadable with the reason.
@@ -26,13 +31,15 @@ import pyarrow as pa
 from cxr_ray import storage
 from cxr_ray.config import ConfigError
 from cxr_ray.data.decode import DEFAULT_MAX_PIXELS
-from cxr_ray.filenames import STATE_FILE, TEST_METRICS_FILE
+from cxr_ray.filenames import STATE_FILE, TEST_METRICS_FILE, VAL_PREDICTIONS_FILE
+from cxr_ray.operating import YOUDEN
 from cxr_ray.storage import S3Settings
 
 RESULTS_NAME = "results"
 VERDICT_FAKE, VERDICT_REAL, VERDICT_UNREADABLE = "fake", "real", "unreadable"
 DICOM_SUFFIXES = (".dcm", ".dicom")
 NO_PYDICOM = "DICOM support needs pydicom (pip install 'cxr-ray[dicom]')"
+DEFAULT_SCAN_FPR = 0.01
 RESULT_SCHEMA = pa.schema(
     [
         ("path", pa.string()),
@@ -56,6 +63,8 @@ class ScanConfig:
     overwrite: bool = False
     # Larger images are listed as unreadable, never decoded (= data.decode.DEFAULT_MAX_PIXELS).
     max_pixels: int = 40_000_000
+    # Target false-positive rate: the threshold is chosen on the detector's validation reals.
+    fpr: float = DEFAULT_SCAN_FPR
 
     def __post_init__(self) -> None:
         from cxr_ray.config import at_least, check_fields
@@ -63,6 +72,8 @@ class ScanConfig:
         check_fields(self)
         at_least(self, 1, "batch_size", "max_actors")
         at_least(self, 64, "max_pixels")  # 8x8, the smallest image decoded
+        if not 0.0 <= float(self.fpr) < 1.0:
+            raise ConfigError(f"fpr must be in [0, 1), got {self.fpr}")
 
 
 @dataclass(frozen=True)
@@ -70,18 +81,35 @@ class Detector:
     run: str
     state_uri: str
     model: str
-    threshold: float
+    threshold: float  # the one verdicts use
     resolution: int
+    youden_threshold: float = float("nan")  # chosen on val during training
+    operating_point: str = YOUDEN  # which point `threshold` is: "fpr_0.01", ... or "youden" (fallback)
 
 
-def load_detector(uri: str, s3: S3Settings | None) -> Detector:
-    """A finished deepfake run (its best checkpoint) or a checkpoint folder; refuses pneumonia models."""
+def scan_threshold(uri: str, finished: bool, youden: float, fpr: float, s3: S3Settings | None, log: Callable[[str], None]) -> tuple[float, str]:
+    """(threshold, operating point) for a target FPR, from the run's val predictions; Youden when it has none."""
+    from cxr_ray.operating import point_name, threshold_for_fpr, val_arrays
+
+    val = val_arrays(uri, s3) if finished else None
+    if val is None or not (val[0] == 0).any():
+        log(f"scan: {uri} has no validation predictions ({VAL_PREDICTIONS_FILE}); using its Youden threshold {youden:.4f}, not FPR {fpr:g}")
+        return youden, YOUDEN
+    return threshold_for_fpr(val[0], val[1], fpr), point_name(fpr)
+
+
+def load_detector(
+    uri: str, s3: S3Settings | None, fpr: float = DEFAULT_SCAN_FPR, log: Callable[[str], None] = print
+) -> Detector:
+    """A finished deepfake run (its best checkpoint) or a checkpoint folder, with its threshold for `fpr`;
+    refuses pneumonia models."""
     from cxr_ray.checkpoint import CheckpointError
     from cxr_ray.classifier_state import load_classifier_state
     from cxr_ray.data.decode import SUPPORTED_RESOLUTIONS
     from cxr_ray.scoring import checkpoint_state_uri, is_finished_run
 
-    if is_finished_run(uri, s3):
+    finished = is_finished_run(uri, s3)
+    if finished:
         recorded = str(storage.read_json(storage.join(uri, TEST_METRICS_FILE), s3).get("checkpoint") or "")
         state_uri = checkpoint_state_uri(uri, recorded, s3)
     elif storage.exists(storage.join(uri, STATE_FILE), s3):
@@ -97,12 +125,15 @@ def load_detector(uri: str, s3: S3Settings | None) -> Detector:
     resolution = int(state["model_kwargs"]["image_size"])
     if resolution not in SUPPORTED_RESOLUTIONS:
         raise ConfigError(f"{state_uri}: detector resolution {resolution} is not one of {SUPPORTED_RESOLUTIONS}")
+    threshold, point = scan_threshold(uri, finished, float(state["threshold"]), fpr, s3, log)
     return Detector(
         run=uri.rstrip("/").split("/")[-1],
         state_uri=state_uri,
         model=str(state["model_name"]),
-        threshold=float(state["threshold"]),
+        threshold=threshold,
         resolution=resolution,
+        youden_threshold=float(state["threshold"]),
+        operating_point=point,
     )
 
 
@@ -265,7 +296,7 @@ def run_scan(
     storage.check_separate(cfg.out, [cfg.src], "scanned folder")
     storage.check_separate(cfg.out, [cfg.detector], "detector")
     storage.check_destination(cfg.out, s3, cfg.overwrite)
-    detector = load_detector(cfg.detector, s3)
+    detector = load_detector(cfg.detector, s3, cfg.fpr, log)
     files = list_inputs(cfg.src, s3)
     if not files:
         raise ConfigError(f"{cfg.src}: no files to scan")
@@ -273,7 +304,7 @@ def run_scan(
     pool = actor_pool_options(cfg.max_actors)
     log(
         f"scan: {len(files)} file(s) under {cfg.src} with detector {detector.run} ({detector.model}, "
-        f"{detector.resolution}px, threshold {detector.threshold:.3f}) on {pool_size(pool)} actor(s)"
+        f"{detector.resolution}px, threshold {detector.threshold:.4f} at {detector.operating_point}) on {pool_size(pool)} actor(s)"
     )
     blocks = max(2 * pool_size(pool), math.ceil(len(files) / cfg.batch_size))
     ds = ray.data.from_items(files, override_num_blocks=min(len(files), blocks))
@@ -312,6 +343,8 @@ def scan_summary(cfg: ScanConfig, detector: Detector, results: pa.Table, scan_se
         "src": cfg.src,
         "out": cfg.out,
         "detector": {**detector.__dict__, "given": cfg.detector},
+        "fpr": cfg.fpr,  # asked for; detector.operating_point says whether it was used (else Youden)
+        "threshold": detector.threshold,
         "max_pixels": cfg.max_pixels,
         "scanned": len(verdict),
         "flagged_fake": verdict.count(VERDICT_FAKE),
@@ -328,7 +361,7 @@ def format_summary(summary: dict[str, Any], max_listed: int = 20) -> str:
     """The summary line, then the unreadable files with their reasons."""
     lines = [
         f"scanned {summary['scanned']}, flagged fake {summary['flagged_fake']}, unreadable {summary['unreadable']} "
-        f"(threshold {summary['detector']['threshold']:.3f}; results in {summary['out']})"
+        f"(threshold {summary['threshold']:.4f} at {summary['detector']['operating_point']}; results in {summary['out']})"
     ]
     for item in summary["unreadable_files"][:max_listed]:
         lines.append(f"  unreadable: {item['path']}: {item['reason']}")

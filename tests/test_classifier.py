@@ -18,7 +18,15 @@ from cxr_ray.classifier_state import CLASSIFIER_FORMAT
 from cxr_ray.config import IngestConfig
 from cxr_ray.data import schema
 from cxr_ray.data.ingest import run_ingest
-from cxr_ray.filenames import HISTORY_FILE, STATE_FILE, TEST_METRICS_FILE, TEST_METRICS_TABLE, TEST_PREDICTIONS_FILE
+from cxr_ray.filenames import (
+    HISTORY_FILE,
+    STATE_FILE,
+    TEST_METRICS_FILE,
+    TEST_METRICS_TABLE,
+    TEST_PREDICTIONS_FILE,
+    VAL_PREDICTIONS_FILE,
+)
+from cxr_ray.operating import threshold_for_fpr
 from cxr_ray.train.classifier import ClassifierConfig, train_classifier
 
 
@@ -62,7 +70,7 @@ def test_ddp_training_selects_on_val_and_tests_once(real64, tmp_path):
     run_dir = tmp_path / cfg.run_name()
 
     metrics = json.loads((run_dir / TEST_METRICS_FILE).read_text())
-    assert metrics == json.loads(json.dumps(out))
+    assert json.dumps(metrics, sort_keys=True) == json.dumps(out, sort_keys=True)  # as text: NaN (undefined PPV) != NaN
     test = metrics["test"]
     for key in ("accuracy", "auc", "sensitivity", "specificity"):
         assert test[f"{key}_ci_low"] <= test[key] <= test[f"{key}_ci_high"], key
@@ -78,6 +86,21 @@ def test_ddp_training_selects_on_val_and_tests_once(real64, tmp_path):
     assert {r["metric"] for r in table} == {"accuracy", "auc", "sensitivity", "specificity"}
     preds = pq.read_table(run_dir / TEST_PREDICTIONS_FILE)
     assert preds.num_rows == 65 and all("/test/" in p for p in preds.column("path").to_pylist())
+    assert preds.column_names == ["path", "patient_id", "target", "score"]
+
+    # Operating points, temperature and calibration fixed on the best checkpoint's val predictions, then applied to test.
+    val = pq.read_table(run_dir / VAL_PREDICTIONS_FILE)
+    assert val.column_names == preds.column_names and val.num_rows > 0
+    y_val, s_val = np.asarray(val.column("target")), np.asarray(val.column("score"))
+    points = metrics["operating_points"]
+    assert points["youden"] == metrics["threshold"]
+    assert points["fpr_0.01"] == threshold_for_fpr(y_val, s_val, 0.01) and points["fpr_0.001"] == threshold_for_fpr(y_val, s_val, 0.001)
+    assert metrics["temperature"] > 0 and set(metrics["val_calibration"]) == {"ece", "brier"}
+    assert set(metrics["test_at"]) == set(points)
+    y, s = np.asarray(preds.column("target")), np.asarray(preds.column("score"))
+    for name, at in metrics["test_at"].items():
+        assert at["threshold"] == points[name]
+        assert at["tpr"] == pytest.approx(np.mean(s[y == 1] >= points[name])) and at["fpr"] == pytest.approx(np.mean(s[y == 0] >= points[name]))
 
     states = load_checkpoint_file(run_dir)
     assert states and all(s["model_name"] == "cnn" and s["model_kwargs"]["image_size"] == 64 for s in states)
@@ -86,7 +109,7 @@ def test_ddp_training_selects_on_val_and_tests_once(real64, tmp_path):
 
     # Same command again: finished runs are not retrained.
     again = train_classifier(cfg, log=lambda m: None)
-    assert again == out
+    assert json.dumps(again, sort_keys=True) == json.dumps(out, sort_keys=True)
 
 
 def test_worker_failure_resumes_from_last_checkpoint(real64, tmp_path):

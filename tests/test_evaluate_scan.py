@@ -22,11 +22,19 @@ from cxr_ray.config import ConfigError, IngestConfig
 from cxr_ray.data import schema
 from cxr_ray.data.ingest import run_ingest
 from cxr_ray.evaluate import EvaluateConfig, run_evaluate
-from cxr_ray.filenames import STATE_FILE, SUMMARY_FILE, TEST_METRICS_FILE
+from cxr_ray.filenames import STATE_FILE, SUMMARY_FILE, TEST_METRICS_FILE, VAL_PREDICTIONS_FILE
 from cxr_ray.generate import GenerateConfig, run_generate
 from cxr_ray.perturb import PERTURBATIONS, apply_perturbation, augment_table
 from cxr_ray.scan import NO_PYDICOM, ScanConfig, format_summary, run_scan
-from cxr_ray.scoring import DETECTOR_METRICS, METRIC_COLUMNS, PNEUMONIA_METRICS, expand_perturbations
+from cxr_ray.operating import threshold_for_fpr
+from cxr_ray.scoring import (
+    DETECTOR_METRICS,
+    DETECTOR_POINT_METRICS,
+    DIFFERENCE_COLUMNS,
+    METRIC_COLUMNS,
+    PNEUMONIA_METRICS,
+    expand_perturbations,
+)
 from cxr_ray.train.classifier import ClassifierConfig, train_classifier
 from test_generate import save_untrained_gan
 
@@ -45,13 +53,14 @@ def read_csv(uri: str, s3=None) -> pa.Table:
 
 
 def assert_same_rows(left: list[dict], right: list[dict]) -> None:
-    """Row-by-row equality, floats to 1e-12 and NaN equal to NaN (what a CSV round trip keeps)."""
+    """Row-by-row equality, floats to 1e-12 and NaN equal to NaN (a CSV round trip reads "nan" back as null)."""
     assert len(left) == len(right)
+    nan = lambda v: float("nan") if v is None else v  # noqa: E731
     for a, b in zip(left, right):
         assert a.keys() == b.keys()
         for key in a:
             if isinstance(a[key], float) or isinstance(b[key], float):
-                assert a[key] == pytest.approx(b[key], abs=1e-12, nan_ok=True), (key, a, b)
+                assert nan(a[key]) == pytest.approx(nan(b[key]), abs=1e-12, nan_ok=True), (key, a, b)
             else:
                 assert a[key] == b[key], (key, a, b)
 
@@ -79,12 +88,32 @@ def study(ray_local, tmp_path_factory) -> dict[str, str]:
     return {"root": str(root), "real": real, "fakes": fakes, "runs": runs, **{f"run_{k}": v for k, v in names.items()}}
 
 
+BENIGN = ("ingest", "jpeg60")
+
+
 @pytest.fixture(scope="module")
 def evaluation(study) -> str:
+    """Evaluate with the fake table also passed as the raw fakes (the plumbing is the same) and a benign table."""
+    from cxr_ray.benign import BenignConfig, run_benign
+
+    benign = str(Path(study["root"]) / "benign-64")
+    run_benign(BenignConfig(real=study["real"], dest=benign, conditions=BENIGN), log=quiet)
     dest = str(Path(study["root"]) / "eval")
-    cfg = EvaluateConfig(runs=(study["runs"],), real=study["real"], fakes=study["fakes"], dest=dest, perturbations=EVAL_PERTURBATIONS, n_boot=100)
+    cfg = EvaluateConfig(
+        runs=(study["runs"],), real=study["real"], fakes=study["fakes"], raw_fakes=study["fakes"], benign=benign, dest=dest,
+        perturbations=EVAL_PERTURBATIONS, n_boot=100,
+    )
     run_evaluate(cfg, log=quiet)
     return dest
+
+
+def expected_cells(task: str, eval_set: str, points: list[str]) -> set[tuple[str, str]]:
+    """(operating_point, metric) of one run on one eval set and perturbation."""
+    if task == "pneumonia":
+        return {("" if m == "auc" else "youden", m) for m in PNEUMONIA_METRICS}
+    if eval_set == "benign_real":
+        return {(p, "fpr") for p in points}
+    return {("", m) for m in DETECTOR_METRICS} | {(p, m) for p in points for m in DETECTOR_POINT_METRICS}
 
 
 def test_evaluate_writes_one_tidy_table(study, evaluation):
@@ -95,62 +124,110 @@ def test_evaluate_writes_one_tidy_table(study, evaluation):
 
     rows = table.to_pylist()
     n_real, n_fake = 65, 2 * N_TEST_FAKES
+    detection = {"real+fake_test": n_real + n_fake, "real+raw_fake_test": n_real + n_fake}
     expected = {
         study["run_real"]: ("pneumonia", "real", {"real_test": n_real, "fake_test": n_fake}),
         study["run_fake"]: ("pneumonia", "fake", {"real_test": n_real, "fake_test": n_fake}),
-        study["run_detector"]: ("deepfake", "real+fake", {"real+fake_test": n_real + n_fake}),
+        study["run_detector"]: ("deepfake", "real+fake", {**detection, "benign_real": n_real}),
         "freq_baseline": ("deepfake", "real+fake", {"real+fake_test": n_real + n_fake}),
     }
     assert {r["run"] for r in rows} == set(expected)
+    points = ["youden", "fpr_0.01", "fpr_0.001"]
     for run, (task, source, sets) in expected.items():
         mine = [r for r in rows if r["run"] == run]
         assert {(r["task"], r["train_source"]) for r in mine} == {(task, source)}
-        metrics = PNEUMONIA_METRICS if task == "pneumonia" else DETECTOR_METRICS
-        assert {(r["eval_set"], r["perturbation"], r["metric"]) for r in mine} == {
-            (s, p, m) for s in sets for p in EVAL_PERTURBATIONS for m in metrics
-        }
+        assert {(r["eval_set"], r["perturbation"], r["operating_point"], r["metric"]) for r in mine} == {
+            (s, p, *cell) for s in sets for p in (BENIGN if s == "benign_real" else EVAL_PERTURBATIONS)
+            for cell in expected_cells(task, s, points)
+        }, run
         assert all(r["n"] == sets[r["eval_set"]] for r in mine)
     for r in rows:
         if np.isfinite(r["value"]) and np.isfinite(r["ci_low"]):
             assert r["ci_low"] - 1e-9 <= r["value"] <= r["ci_high"] + 1e-9, r
 
-    # The clean real-test numbers are the trainer's own test evaluation: same pixels, model and val threshold.
-    for key, eval_set in (("run_real", "real_test"), ("run_detector", "real+fake_test")):
-        trainer = json.loads((Path(study["runs"]) / study[key] / TEST_METRICS_FILE).read_text())["test"]
-        ours = {r["metric"]: r["value"] for r in rows if r["run"] == study[key] and r["eval_set"] == eval_set and r["perturbation"] == "none"}
-        for metric in ("accuracy", "auc", "sensitivity", "specificity"):
-            assert ours[metric] == pytest.approx(trainer[metric], abs=1e-6), (key, metric)
+    # The clean real-test numbers are the trainer's own test evaluation: same pixels, model and val thresholds.
+    def ours(key: str, eval_set: str, perturbation: str = "none") -> dict:
+        return {(r["operating_point"], r["metric"]): r for r in rows if r["run"] == study[key] and r["eval_set"] == eval_set and r["perturbation"] == perturbation}
+
+    trainer = json.loads((Path(study["runs"]) / study["run_real"] / TEST_METRICS_FILE).read_text())["test"]
+    for (point, metric), row in ours("run_real", "real_test").items():
+        assert row["value"] == pytest.approx(trainer[metric], abs=1e-6), metric
+    record = json.loads((Path(study["runs"]) / study["run_detector"] / TEST_METRICS_FILE).read_text())
+    clean, raw = ours("run_detector", "real+fake_test"), ours("run_detector", "real+raw_fake_test")
+    assert clean[("", "auc")]["value"] == pytest.approx(record["test"]["auc"], abs=1e-6)
+    for point in points:
+        for metric in ("tpr", "fpr", "accuracy"):
+            assert clean[(point, metric)]["value"] == pytest.approx(record["test_at"][point][metric], abs=1e-6), (point, metric)
+            assert raw[(point, metric)]["value"] == clean[(point, metric)]["value"]  # the same table passed twice
+        # The benign "ingest" condition is ingest's own decode: the clean reals' false alarms, image for image.
+        assert ours("run_detector", "benign_real", "ingest")[(point, "fpr")]["value"] == pytest.approx(clean[(point, "fpr")]["value"])
+        fpr = clean[(point, "fpr")]
+        if fpr["value"] == 0:  # no false alarm among the 65 reals: the exact one-sided bound
+            assert (fpr["ci_low"], fpr["ci_high"]) == (0.0, pytest.approx(1 - 0.05 ** (1 / n_real)))
 
     predictions = read_parquet(storage.join(evaluation, "predictions.parquet"))
-    assert predictions.num_rows == 3 * (n_real + n_fake) * len(EVAL_PERTURBATIONS)
+    benign_rows = n_real * len(BENIGN)
+    assert predictions.num_rows == 3 * ((n_real + 2 * n_fake) * len(EVAL_PERTURBATIONS) + benign_rows)
+    assert {"table", "patient_id"} <= set(predictions.column_names)
+    assert set(predictions.column("table").to_pylist()) == {"real", "fakes", "raw_fakes", "benign"}
+    differences = read_parquet(storage.join(evaluation, "detector_differences.parquet"))
+    assert differences.column_names == list(DIFFERENCE_COLUMNS) and differences.num_rows == 0  # one detector: no pair
     summary = storage.read_json(storage.join(evaluation, SUMMARY_FILE))
     assert summary["perturbations"] == list(EVAL_PERTURBATIONS) and summary["resolution"] == 64
     assert "band" in json.loads((Path(evaluation) / "freq_baseline.json").read_text())["explanation"]
 
 
 def test_metrics_table_scores_each_run_on_its_own_evaluation_sets():
-    """The scoring library's tables on hand-made scores (no Ray): pneumonia runs per source, detectors on both."""
-    from cxr_ray.scoring import ModelRun, metrics_table
+    """The scoring library's tables on hand-made scores (no Ray): pneumonia runs per table, detectors on reals + fakes
+    and on benign reals at every operating point, paired differences between detectors."""
+    from cxr_ray import metrics as M
+    from cxr_ray.scoring import ModelRun, differences_table, metrics_table
 
     rng = np.random.default_rng(0)
     rows = [
-        {"run": run, "source": source, "path": f"{source}/{i}", "label": i % 2, "class_name": ("NORMAL", "PNEUMONIA")[i % 2],
-         "perturbation": "none", "score": float(rng.random())}
-        for run in ("pneu", "det") for source in ("real", "fake") for i in range(30)
+        {"run": run, "table": table, "source": "fake" if "fakes" in table else "real", "path": f"{table}/{i}",
+         "patient_id": f"{table}/{i // 2}", "label": i % 2, "class_name": ("NORMAL", "PNEUMONIA")[i % 2],
+         "perturbation": "jpeg60" if table == "benign" else "none", "score": float(rng.random())}
+        for run in ("pneu", "det", "det2") for table in ("real", "fakes", "benign") for i in range(30)
     ]
+    points = {"youden": 0.4, "fpr_0.01": 1.0}  # scores < 1: nothing flagged
     runs = [
         ModelRun("pneu", "/runs/pneu", "/runs/pneu/state.pt", "pneumonia", "cnn", "real", 0.5, 64),
-        ModelRun("det", "/runs/det", "/runs/det/state.pt", "deepfake", "cnn", "real+fake", 0.4, 64),
+        ModelRun("det", "/runs/det", "/runs/det/state.pt", "deepfake", "cnn", "real+fake", 0.4, 64, points, 2.0),
+        ModelRun("det2", "/runs/det2", "/runs/det2/state.pt", "deepfake", "cnn", "real+fake", 0.5, 64, {"fpr_0.01": 0.9}),
     ]
-    table = metrics_table(pa.Table.from_pylist(rows), runs, n_boot=20, seed=0)
+    predictions = pa.Table.from_pylist(rows)
+    table = metrics_table(predictions, runs, n_boot=20, seed=0)
     assert table.column_names == list(METRIC_COLUMNS)
-    got = {(r["run"], r["eval_set"], r["metric"]): r for r in table.to_pylist()}
-    expected = {("pneu", s, m) for s in ("real_test", "fake_test") for m in PNEUMONIA_METRICS}
-    assert set(got) == expected | {("det", "real+fake_test", m) for m in DETECTOR_METRICS}
-    real = [r for r in rows if r["run"] == "pneu" and r["source"] == "real"]
+    got = {(r["run"], r["eval_set"], r["operating_point"], r["metric"]): r for r in table.to_pylist()}
+    expected = {("pneu", s, "" if m == "auc" else "youden", m) for s in ("real_test", "fake_test") for m in PNEUMONIA_METRICS}
+    detector = {("det", "real+fake_test", "", m) for m in DETECTOR_METRICS}
+    detector |= {("det", "real+fake_test", p, m) for p in points for m in DETECTOR_POINT_METRICS}
+    benign = {("det", "benign_real", p, "fpr") for p in points}
+    assert {k for k in got if k[0] != "det2"} == expected | detector | benign
+    assert {k[2] for k in got if k[0] == "det2"} == {"", "youden", "fpr_0.01"}  # Youden added from its threshold
+    real = [r for r in rows if r["run"] == "pneu" and r["table"] == "real"]
     accuracy = np.mean([(r["score"] >= 0.5) == r["label"] for r in real])
-    assert got[("pneu", "real_test", "accuracy")]["value"] == pytest.approx(accuracy)
-    assert got[("det", "real+fake_test", "accuracy")]["n"] == 60
+    assert got[("pneu", "real_test", "youden", "accuracy")]["value"] == pytest.approx(accuracy)
+    assert got[("det", "real+fake_test", "youden", "accuracy")]["n"] == 60
+    # At 1.0 no real is flagged: FPR 0 with the exact one-sided bound over its 30 (real) or 30 (benign) images.
+    for eval_set in ("real+fake_test", "benign_real"):
+        cell = got[("det", eval_set, "fpr_0.01", "fpr")]
+        assert (cell["value"], cell["ci_low"], cell["ci_high"]) == (0.0, 0.0, pytest.approx(1 - 0.05 ** (1 / 30)))
+    det = [r for r in rows if r["run"] == "det" and r["table"] != "benign"]
+    y, score = np.array([r["source"] == "fake" for r in det], np.int64), np.array([r["score"] for r in det])
+    from cxr_ray.calibration import apply_temperature, brier_score
+
+    assert got[("det", "real+fake_test", "", "brier")]["value"] == pytest.approx(brier_score(y, apply_temperature(score, 2.0)))
+
+    differences = differences_table(predictions, runs, n_boot=50, seed=0).to_pylist()
+    assert [(d["run_a"], d["run_b"], d["eval_set"], d["metric"], d["n"]) for d in differences] == [
+        ("det", "det2", "real+fake_test", "auc", 60), ("det", "det2", "real+fake_test", "tpr@fpr_0.01", 60)
+    ]
+    det2 = np.array([r["score"] for r in rows if r["run"] == "det2" and r["table"] != "benign"])
+    assert differences[0]["diff"] == pytest.approx(M.roc_auc(y, score) - M.roc_auc(y, det2))
+    assert differences[1]["diff"] == pytest.approx(np.mean(score[y == 1] >= 1.0) - np.mean(det2[y == 1] >= 0.9))
+    assert differences[0]["ci_low"] <= differences[0]["diff"] <= differences[0]["ci_high"]
 
 
 def test_perturbations_change_reals_and_fakes_identically(ray_local):
@@ -283,11 +360,16 @@ def test_scan_scores_images_and_lists_unreadable_files(study, scan_folder, tmp_p
     metrics = json.loads((Path(detector) / TEST_METRICS_FILE).read_text())
     state = load_state(str(Path(metrics["checkpoint"]) / STATE_FILE))
     model = build_model(state)
+    # The verdict threshold: FPR <= 1% (the default) on the detector's own validation predictions.
+    val = read_parquet(str(Path(detector) / VAL_PREDICTIONS_FILE))
+    threshold = threshold_for_fpr(np.asarray(val.column("target")), np.asarray(val.column("score")), 0.01)
+    assert summary["fpr"] == 0.01 and summary["threshold"] == threshold == metrics["operating_points"]["fpr_0.01"]
+    assert summary["detector"]["operating_point"] == "fpr_0.01"
     for path in sorted(p for p in scan_folder.rglob("*") if p.suffix in (".jpeg", ".png") and p.name != "broken.jpeg"):
         expected = float(predict_proba(model, np.array(decode_to_gray(path.read_bytes(), 64)[None]), batch_size=1)[0])
         row = rows[path.name]
         assert row["fake_probability"] == pytest.approx(expected, abs=1e-5)
-        assert row["verdict"] == ("fake" if row["fake_probability"] >= state["threshold"] else "real")
+        assert row["verdict"] == ("fake" if row["fake_probability"] >= threshold else "real")
         assert row["sha256"] and row["size_bytes"] == path.stat().st_size
 
 
@@ -349,9 +431,14 @@ def test_commands_help_scan_and_clean_errors(study, scan_folder, tmp_path):
         result = runner.invoke(cli_app(), [name, "--help"])
         assert result.exit_code == 0 and "Examples" in result.output, name
     detector = str(Path(study["runs"]) / study["run_detector"])
-    result = runner.invoke(cli_app(), ["scan", str(scan_folder), "--detector", detector, "--out", str(tmp_path / "s"), "--no-progress"])
+    args = ["scan", str(scan_folder), "--detector", detector, "--out", str(tmp_path / "s"), "--no-progress", "--fpr", "0.2"]
+    result = runner.invoke(cli_app(), args)
     assert result.exit_code == 0, result.output
     assert "scanned 7, flagged fake" in result.output and "unreadable: " in result.output
+    val = read_parquet(str(Path(detector) / VAL_PREDICTIONS_FILE))
+    summary = json.loads((tmp_path / "s" / SUMMARY_FILE).read_text())
+    assert summary["fpr"] == 0.2 and summary["threshold"] == threshold_for_fpr(np.asarray(val.column("target")), np.asarray(val.column("score")), 0.2)
+    assert "--fpr" in runner.invoke(cli_app(), ["scan", "--help"]).output
     result = runner.invoke(cli_app(), ["evaluate", "--runs", str(tmp_path / "none"), "--real", study["real"], "--out", str(tmp_path / "e")])
     assert result.exit_code == 2 and "no such runs folder" in result.output and "Traceback" not in result.output
     result = runner.invoke(cli_app(), ["evaluate", "--runs", study["runs"], "--real", study["real"], "--out", str(tmp_path / "e"), "--perturbation", "sharpen"])

@@ -104,6 +104,9 @@ def train(
     storage: Optional[str] = typer.Option(None, help="Runs root (path or s3://, default runs/train)."),
     name: Optional[str] = typer.Option(None, help="Run name; the same name resumes the same run."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
+    train_per_class: Optional[int] = typer.Option(
+        None, help="Train on N images per class, drawn with --seed (default: every train image); val and test untouched."
+    ),
     max_failures: Optional[int] = typer.Option(None, help="Worker failures to recover from (default 2)."),
     config: Optional[str] = typer.Option(None, "--config", help="YAML file of ClassifierConfig keys; flags override it."),
     s3_endpoint: Optional[str] = S3_ENDPOINT,
@@ -121,7 +124,7 @@ def train(
         data=data, task=task, model=model, fakes=fakes, source=source, epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, aug_strength=aug_strength,
         robust_aug=robust_aug, pretrained=pretrained, weights_path=weights_path, num_workers=workers, use_gpu=gpu,
-        storage=storage, name=name, seed=seed, max_failures=max_failures,
+        storage=storage, name=name, seed=seed, max_failures=max_failures, train_per_class=train_per_class,
     )
     out = run_configured(load, config, overrides, s3_endpoint, s3_region, address)
     t = out["test"]
@@ -223,15 +226,17 @@ def study(ctx: typer.Context) -> None:
 
 def _register_stage_commands() -> None:
     """Commands written in their own modules (typer only at import; heavy imports inside)."""
-    from cxr_ray.cli import eval_cmds, generate_cmd, train_gan_cmd
+    from cxr_ray.cli import benign_cmd, claim_cmd, eval_cmds, generate_cmd, train_gan_cmd
 
     app.command(name="train-gan", epilog=train_gan_cmd.EPILOG)(train_gan_cmd.train_gan)
     app.command(name="gan-quality", epilog=train_gan_cmd.EPILOG_QUALITY)(train_gan_cmd.quality)
     app.command(name="gan-curve", epilog=train_gan_cmd.EPILOG_CURVE)(train_gan_cmd.curve)
     app.command(name="generate", epilog=generate_cmd.EPILOG_GENERATE)(generate_cmd.generate)
+    app.command(name="benign", epilog=benign_cmd.EPILOG_BENIGN)(benign_cmd.benign)
     app.command(name="evaluate", epilog=eval_cmds.EPILOG_EVALUATE)(eval_cmds.evaluate)
     app.command(name="transfer", epilog=eval_cmds.EPILOG_TRANSFER)(eval_cmds.transfer)
     app.command(name="scan", epilog=eval_cmds.EPILOG_SCAN)(eval_cmds.scan)
+    app.command(name="claim", epilog=claim_cmd.EPILOG_CLAIM)(claim_cmd.claim)
 
 
 _register_stage_commands()

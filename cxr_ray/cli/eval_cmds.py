@@ -27,6 +27,8 @@ EPILOG_EVALUATE = (
     "--out runs/study/eval\n\n"
     "  cxr-ray evaluate --runs s3://bucket/runs --real s3://bucket/study/real-64 --fakes s3://bucket/study/fakes-64 "
     "--out s3://bucket/study/eval --perturbation none --perturbation jpeg50 --perturbation blur1 --overwrite\n\n"
+    "  cxr-ray evaluate --runs runs/train --real runs/study/data/real-64 --fakes runs/study/fakes-64 "
+    "--raw-fakes runs/study/fakes-64-raw --benign runs/study/benign-64 --out runs/study/eval\n\n"
     "Perturbations: none, jpeg95, jpeg75, jpeg50, jpeg30, blur1, resize0.5, noise5 (default: all)."
 )
 
@@ -44,7 +46,8 @@ EPILOG_SCAN = (
     "  cxr-ray scan s3://hospital-archive/incoming/ --detector s3://bucket/runs/deepfake-cnn-real-4d5e6f "
     "--out s3://bucket/scans/incoming --s3-endpoint http://127.0.0.1:9000\n\n"
     "Writes OUT/results.csv and OUT/results.parquet (path, size_bytes, sha256, fake_probability, verdict, reason) "
-    "and OUT/summary.json. Verdicts use the threshold the detector chose on its validation split."
+    "and OUT/summary.json. Verdicts use the threshold chosen on the detector's validation split for --fpr "
+    "(default 0.01: at most 1% of its validation reals flagged)."
 )
 
 
@@ -53,6 +56,12 @@ def evaluate(
     real: str = typer.Option(..., "--real", help="Ingested real image table (its test split is scored)."),
     out: str = typer.Option(..., "--out", help="Output folder: metrics.parquet/.csv, predictions.parquet, summary.json."),
     fakes: Optional[str] = typer.Option(None, "--fakes", help="Generated fake table (its held-out test split); needed for detectors."),
+    raw_fakes: Optional[str] = typer.Option(
+        None, "--raw-fakes", help="A second fake table, fakes as the generator wrote them: detectors' eval set real+raw_fake_test."
+    ),
+    benign: Optional[str] = typer.Option(
+        None, "--benign", help="Re-processed reals (cxr-ray benign): detectors' false-positive rate per condition (benign_real)."
+    ),
     perturbation: Optional[List[str]] = typer.Option(None, "--perturbation", help="Perturbation to apply (repeatable; default all)."),
     freq_baseline: bool = typer.Option(True, "--freq-baseline/--no-freq-baseline", help="Also fit and score the frequency baseline."),
     n_boot: int = N_BOOT,
@@ -71,7 +80,7 @@ def evaluate(
         from cxr_ray.perturb import DEFAULT_PERTURBATIONS
 
         cfg = EvaluateConfig(
-            runs=tuple(runs), real=real, dest=out, fakes=fakes,
+            runs=tuple(runs), real=real, dest=out, fakes=fakes, raw_fakes=raw_fakes, benign=benign,
             perturbations=tuple(perturbation) if perturbation else DEFAULT_PERTURBATIONS, freq_baseline=freq_baseline,
             n_boot=n_boot, seed=seed, batch_size=batch_size, max_actors=max_actors, overwrite=overwrite,
         )
@@ -118,6 +127,10 @@ def scan(
     out: str = typer.Option(..., "--out", help="Output folder for results.csv, results.parquet and summary.json."),
     batch_size: int = typer.Option(256, help="Files per read/score batch."),
     max_actors: Optional[int] = MAX_SCORING_ACTORS,
+    fpr: float = typer.Option(
+        0.01, "--fpr", help="Target false-positive rate (default 0.01): the verdict threshold is the one that flags at most "
+        "this share of the detector's validation reals. Detectors trained before val predictions were kept use their Youden threshold."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show Ray Data progress bars."),
     max_pixels: int = typer.Option(
         40_000_000, "--max-pixels", help="Larger images (width x height) are listed as unreadable, never decoded; X-ray detectors make at most ~18 MP."
@@ -134,7 +147,7 @@ def scan(
 
         cfg = ScanConfig(
             src=src, detector=detector, out=out, batch_size=batch_size, max_actors=max_actors,
-            progress=progress, overwrite=overwrite, max_pixels=max_pixels,
+            progress=progress, overwrite=overwrite, max_pixels=max_pixels, fpr=fpr,
         )
         return cfg, run_scan
 

@@ -8,7 +8,7 @@ pixels and the target reach a model; `source`, `path` and the rest stay here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -78,27 +78,83 @@ def to_task_batch(batch: pa.Table, task: str, splits: list[str] | None = None) -
     """Keep the split(s) asked for, and of those only pixels and target; the target depends on the task."""
     if splits is not None:
         batch = batch.filter(pc.is_in(batch.column("split"), value_set=pa.array(splits, pa.string())))
+    return pa.table({"image": batch.column("image"), "target": task_target(batch, task)})
+
+
+def task_target(batch: pa.Table, task: str) -> Any:
+    """What a model of `task` learns per row: fake-ness (deepfake) or the class label (pneumonia)."""
     if task == "deepfake":
-        target = pc.cast(pc.equal(batch.column("source"), "fake"), pa.int64())
-    else:
-        target = batch.column("label")
-    return pa.table({"image": batch.column("image"), "target": target})
+        return pc.cast(pc.equal(batch.column("source"), "fake"), pa.int64())
+    return batch.column("label")
 
 
 def _split_filter(splits: Iterable[str]) -> pc.Expression:
     return pc.field("split").isin(list(splits))
 
 
-def read_split(data: TaskData, splits: Iterable[str], s3: S3Settings | None = None) -> Any:
-    """A Ray Dataset of (image, target) rows for the task and split(s)."""
+def keep_train_paths(batch: pa.Table, paths: list[str]) -> pa.Table:
+    """Ray Data UDF: every non-train row, and of the train rows those whose path was chosen."""
+    chosen = pc.is_in(batch.column("path"), value_set=pa.array(paths, pa.string()))
+    return batch.filter(pc.or_(pc.not_equal(batch.column("split"), "train"), chosen))
+
+
+def train_subset(
+    data: TaskData, per_class: int, seed: int, s3: S3Settings | None = None
+) -> tuple[list[str], dict[int, int]]:
+    """The paths of `per_class` train images per target class, and how many each class got.
+
+    Read on the driver (path, label, source of the train rows only). Candidates
+    are ordered by path and drawn with `np.random.default_rng(seed)`, class 0
+    first, so the same seed on the same table(s) always picks the same images;
+    a class with fewer images keeps all of them.
+    """
+    tables = []
+    for uri in data.tables():
+        fs, path = storage.resolve(images_uri(require_complete(uri, s3)), s3)
+        dataset = pads.dataset(path, filesystem=fs, format="parquet", schema=schema.IMAGE_SCHEMA)
+        tables.append(dataset.to_table(columns=["path", "label", "source", "split"], filter=_split_filter(["train"])))
+    table = pa.concat_tables(tables)
+    paths = np.asarray(table.column("path").to_pylist(), dtype=object)
+    target = np.asarray(task_target(table, data.task).to_numpy(zero_copy_only=False))
+    order = np.argsort(paths.astype(str), kind="stable")
+    paths, target = paths[order], target[order]
+    rng = np.random.default_rng(seed)
+    chosen, counts = [], {}
+    for cls in (0, 1):
+        members = np.flatnonzero(target == cls)
+        picked = members[np.sort(rng.choice(members.size, size=min(per_class, members.size), replace=False))]
+        chosen.extend(paths[picked].tolist())
+        counts[cls] = int(picked.size)
+    return sorted(chosen), counts
+
+
+def read_split(
+    data: TaskData,
+    splits: Iterable[str],
+    s3: S3Settings | None = None,
+    per_class: int | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> Any:
+    """A Ray Dataset of (image, target) rows for the task and split(s).
+
+    `per_class`: the train rows are cut to that many images per class
+    (`train_subset`, drawn with `seed`); val and test rows are untouched.
+    """
     import ray
 
     splits = list(splits)
     parts = []
     for uri in data.tables():
         fs, path = storage.resolve(images_uri(require_complete(uri, s3)), s3)
-        parts.append(ray.data.read_parquet(path, filesystem=fs).select_columns(["image", "label", "split", "source"]))
+        parts.append(ray.data.read_parquet(path, filesystem=fs).select_columns(["image", "label", "split", "source", "path"]))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    if per_class is not None and "train" in splits:
+        paths, counts = train_subset(data, per_class, seed, s3)
+        short = {cls: n for cls, n in counts.items() if n < per_class}
+        if short:
+            log(f"[data] train_per_class={per_class}: class(es) with fewer train images keep all of them: {short}")
+        ds = ds.map_batches(keep_train_paths, batch_format="pyarrow", fn_kwargs={"paths": paths}, batch_size=None)
     return ds.map_batches(
         to_task_batch, batch_format="pyarrow", fn_kwargs={"task": data.task, "splits": splits}, batch_size=None
     )

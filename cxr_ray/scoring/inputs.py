@@ -11,6 +11,9 @@ from cxr_ray.scoring.runs import ModelRun
 from cxr_ray.storage import S3Settings
 
 
+TABLE_LABELS = {"real": "real", "fakes": "fake", "raw_fakes": "raw fake", "benign": "benign"}  # for error messages
+
+
 @dataclass(frozen=True)
 class ScoringConfig:
     """What every scoring job shares: finished runs, the tables whose test splits they score, the output folder.
@@ -37,17 +40,20 @@ class ScoringConfig:
         at_least(self, 1, "n_boot", "batch_size", "max_actors")
         at_least(self, 0, "seed")
 
+    def tagged_tables(self) -> dict[str, str]:
+        """Tag -> table URI of every table scored; each scored row carries its table's tag (scoring.pipeline)."""
+        return {"real": self.real, **({"fakes": self.fakes} if self.fakes else {})}
+
     def tables(self) -> list[str]:
-        return [self.real] + ([self.fakes] if self.fakes else [])
+        return list(self.tagged_tables().values())
 
     def check_output(self, s3: S3Settings | None) -> None:
         """StorageError when the output folder is, holds or lies inside a runs folder or table that is read
         (`--overwrite` would delete the input; an output under a runs root would be searched as a run), or
         exists and `overwrite` is off. Nothing is written."""
         storage.check_separate(self.dest, list(self.runs), "runs folder")
-        storage.check_separate(self.dest, [self.real], "real table")
-        if self.fakes:
-            storage.check_separate(self.dest, [self.fakes], "fake table")
+        for tag, uri in self.tagged_tables().items():
+            storage.check_separate(self.dest, [uri], f"{TABLE_LABELS.get(tag, tag)} table")
         storage.check_destination(self.dest, s3, self.overwrite)
 
 

@@ -1,14 +1,16 @@
 """The Ray Data scoring pipeline: test rows -> one copy per perturbation -> every model's score per row.
 
 The test splits of the real and fake tables flow through one pipeline:
-read -> keep test rows -> one copy per perturbation (the same function for
-reals and fakes) -> an actor pool that loads every model once per actor and
-scores each batch with all of them.
+read -> keep test rows (tagged with the table they came from) -> one copy per
+perturbation (the same function for reals and fakes) -> an actor pool that
+loads every model once per actor and scores each batch with all of them.
+A benign table's rows (reals already re-processed, cxr_ray.benign) are not
+perturbed again: their `condition` becomes their perturbation.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -19,14 +21,32 @@ from cxr_ray.perturb import apply_perturbation
 from cxr_ray.scoring.runs import ModelRun
 from cxr_ray.storage import S3Settings
 
-IMAGE_COLUMNS = ["image", "label", "class_name", "split", "source", "path"]
+IMAGE_COLUMNS = ["image", "label", "class_name", "split", "source", "path", "patient_id"]
+BENIGN_TABLE = "benign"  # the tag of a benign table's rows (see `eval_dataset`)
+CONDITION = "condition"  # a benign table's column: the re-processing each row went through
 
 
-def keep_test_rows(batch: pa.Table) -> pa.Table:
-    """Ray Data UDF: the test split only, with the columns evaluation needs."""
+def keep_test_rows(batch: pa.Table, table: str | None = None) -> pa.Table:
+    """Ray Data UDF: the test split only, with the columns evaluation needs (and `table` = the tag, when given)."""
     import pyarrow.compute as pc
 
-    return batch.filter(pc.equal(batch.column("split"), "test")).select(IMAGE_COLUMNS)
+    kept = batch.filter(pc.equal(batch.column("split"), "test")).select(IMAGE_COLUMNS)
+    return kept if table is None else kept.append_column("table", pa.array([table] * kept.num_rows, pa.string()))
+
+
+def benign_rows(batch: pa.Table) -> pa.Table:
+    """Ray Data UDF: a benign table's test rows as scored rows, their condition as the perturbation."""
+    import pyarrow.compute as pc
+
+    batch = batch.filter(pc.equal(batch.column("split"), "test"))
+    tagged = keep_test_rows(batch, BENIGN_TABLE).append_column("perturbation", batch.column(CONDITION).cast(pa.string()))
+    return _scored_layout(tagged)
+
+
+def _scored_layout(batch: pa.Table) -> pa.Table:
+    """One column order for every part, so the parts' union has one schema."""
+    meta = [c for c in batch.column_names if c not in ("image", "perturbation")]
+    return batch.select(meta + ["image", "perturbation"])
 
 
 def expand_perturbations(batch: pa.Table, names: list[str], seed: int) -> pa.Table:
@@ -38,7 +58,7 @@ def expand_perturbations(batch: pa.Table, names: list[str], seed: int) -> pa.Tab
     from cxr_ray.data.datasets import images_from_column
 
     if batch.num_rows == 0:
-        return batch.append_column("perturbation", pa.array([], pa.string()))
+        return _scored_layout(batch.append_column("perturbation", pa.array([], pa.string())))
     images = images_from_column(batch)
     meta = batch.drop_columns(["image"])
     parts = []
@@ -94,26 +114,32 @@ def collect(ds: Any) -> pa.Table:
     return pa.concat_tables(tables) if tables else pa.table({})
 
 
-def eval_dataset(tables: Sequence[str], perturbations: Sequence[str], seed: int, s3: S3Settings | None) -> Any:
-    """Test rows of the tables, each once per perturbation (perturbed inside the Ray Data pipeline)."""
+def eval_dataset(tables: Mapping[str, str], perturbations: Sequence[str], seed: int, s3: S3Settings | None) -> Any:
+    """Test rows of the tables (tag -> URI; each row's `table` column holds its tag), each once per perturbation
+    (perturbed inside the Ray Data pipeline); the "benign" table's rows once, at their own condition."""
     import ray
 
     from cxr_ray.data.datasets import images_uri
 
-    parts = []
-    for uri in tables:
+    parts, benign = [], None
+    for tag, uri in tables.items():
         fs, path = storage.resolve(images_uri(storage.published(uri, s3)), s3)
-        table = ray.data.read_parquet(path, filesystem=fs).select_columns(IMAGE_COLUMNS)
-        parts.append(table.map_batches(keep_test_rows, batch_format="pyarrow", batch_size=None))
+        if tag == BENIGN_TABLE:
+            read = ray.data.read_parquet(path, filesystem=fs).select_columns(IMAGE_COLUMNS + [CONDITION])
+            benign = read.map_batches(benign_rows, batch_format="pyarrow", batch_size=None)
+            continue
+        read = ray.data.read_parquet(path, filesystem=fs).select_columns(IMAGE_COLUMNS)
+        parts.append(read.map_batches(keep_test_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"table": tag}))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-    return ds.map_batches(
+    ds = ds.map_batches(
         expand_perturbations, batch_format="pyarrow", batch_size=64, fn_kwargs={"names": list(perturbations), "seed": seed}
     )
+    return ds if benign is None else ds.union(benign)
 
 
 def score_runs(
     runs: Sequence[ModelRun],
-    tables: Sequence[str],
+    tables: Mapping[str, str],
     perturbations: Sequence[str],
     s3: S3Settings | None,
     *,
@@ -121,7 +147,10 @@ def score_runs(
     batch_size: int = 256,
     max_actors: int | None = None,
 ) -> pa.Table:
-    """Per-image scores in long form: run, source, path, label, class_name, perturbation, score."""
+    """Per-image scores in long form: run, table, source, path, patient_id, label, class_name, perturbation, score.
+
+    `tables`: tag -> table URI ("real", "fakes", "raw_fakes", "benign"); a row's `table` is its tag.
+    """
     from cxr_ray.runtime import actor_pool_options
 
     ds = eval_dataset(tables, perturbations, seed, s3).map_batches(
@@ -133,10 +162,11 @@ def score_runs(
     )
     wide = collect(ds)
     if wide.num_rows == 0:
-        raise ConfigError(f"no test rows in {', '.join(tables)}")
-    keys = wide.select(["source", "path", "label", "class_name", "perturbation"])
+        raise ConfigError(f"no test rows in {', '.join(tables.values())}")
+    keys = wide.select(["table", "source", "path", "patient_id", "label", "class_name", "perturbation"])
     parts = []
     for index, run in enumerate(runs):
         part = keys.append_column("score", wide.column(f"score_{index}"))
         parts.append(part.add_column(0, "run", pa.array([run.run] * wide.num_rows, pa.string())))
-    return pa.concat_tables(parts).sort_by([("run", "ascending"), ("perturbation", "ascending"), ("path", "ascending")])
+    order = ("run", "perturbation", "table", "path")
+    return pa.concat_tables(parts).sort_by([(c, "ascending") for c in order])

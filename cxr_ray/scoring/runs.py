@@ -7,12 +7,13 @@ whose state.pt holds the model, its task and the threshold chosen on val.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 from cxr_ray import storage
 from cxr_ray.config import ConfigError
 from cxr_ray.filenames import STATE_FILE, TEST_METRICS_FILE
+from cxr_ray.operating import YOUDEN
 from cxr_ray.storage import S3Settings, StorageError
 
 
@@ -26,8 +27,15 @@ class ModelRun:
     task: str  # pneumonia / deepfake
     model: str  # architecture
     train_source: str  # real / fake / both (pneumonia), real+fake (deepfake)
-    threshold: float  # chosen on the run's validation split
+    threshold: float  # chosen on the run's validation split (its Youden point)
     image_size: int
+    # Thresholds chosen on validation, name -> threshold (cxr_ray.operating); runs trained before: {"youden": threshold}.
+    operating_points: dict[str, float] = field(default_factory=dict)
+    temperature: float = 1.0  # fitted on validation; 1.0 for runs trained before it was recorded
+
+    def __post_init__(self) -> None:
+        # Every run has its Youden point: the threshold it chose on val during training.
+        object.__setattr__(self, "operating_points", {YOUDEN: float(self.threshold), **self.operating_points})
 
 
 def is_finished_run(uri: str, s3: S3Settings | None) -> bool:
@@ -84,18 +92,36 @@ def load_run(run_dir: str, s3: S3Settings | None) -> ModelRun:
     state_uri = checkpoint_state_uri(run_dir, str(metrics.get("checkpoint") or ""), s3)
     state = load_classifier_state(state_uri, s3)
     try:
-        return ModelRun(
+        threshold = float(state["threshold"])
+        run = ModelRun(
             run=str(metrics.get("run") or run_dir.rstrip("/").split("/")[-1]),
             run_dir=run_dir,
             state_uri=state_uri,
             task=str(state["task"]),
             model=str(state["model_name"]),
             train_source=str(metrics.get("source") or state["config"].get("source", "real")),
-            threshold=float(state["threshold"]),
+            threshold=threshold,
             image_size=int(state["model_kwargs"]["image_size"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{state_uri}: classifier checkpoint lacks {exc}") from None
+    return with_val_choices(run, metrics, storage.join(run_dir, TEST_METRICS_FILE))
+
+
+def with_val_choices(run: ModelRun, metrics: dict[str, Any], where: str) -> ModelRun:
+    """`run` with the operating points and temperature its test_metrics.json records (absent: Youden only, T = 1)."""
+    from dataclasses import replace
+
+    points, temperature = metrics.get("operating_points") or {}, metrics.get("temperature", 1.0)
+    try:
+        points = {str(k): float(v) for k, v in dict(points).items()}
+        temperature = float(temperature if temperature is not None else 1.0)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: operating_points must map names to thresholds and temperature be a number") from None
+    if not temperature > 0:
+        raise ConfigError(f"{where}: temperature must be positive, got {temperature}")
+    # The Youden point is the checkpoint's own threshold, whatever an older record says.
+    return replace(run, operating_points={**points, YOUDEN: run.threshold}, temperature=temperature)
 
 
 def load_runs(uris: Sequence[str], s3: S3Settings | None) -> list[ModelRun]:

@@ -29,7 +29,14 @@ from cxr_ray.checkpoint import model_state, unwrap_model
 from cxr_ray.classifier_state import build_classifier_state, check_classifier_state
 from cxr_ray.config import ConfigError, config_hash, from_dict
 from cxr_ray.data.datasets import SOURCES, TASKS, TaskData, read_split, require_complete
-from cxr_ray.filenames import HISTORY_FILE, STATE_FILE, TEST_METRICS_FILE, TEST_METRICS_TABLE, TEST_PREDICTIONS_FILE
+from cxr_ray.filenames import (
+    HISTORY_FILE,
+    STATE_FILE,
+    TEST_METRICS_FILE,
+    TEST_METRICS_TABLE,
+    TEST_PREDICTIONS_FILE,
+    VAL_PREDICTIONS_FILE,
+)
 from cxr_ray.metrics import choose_threshold, roc_auc, summarize, threshold_metrics
 from cxr_ray.pixels import autocast, to_input
 from cxr_ray.runtime import init_ray
@@ -59,6 +66,9 @@ class ClassifierConfig:
     pretrained: bool = False
     weights_path: str | None = None
     seed: int = 0
+    # N train images per class, drawn with `seed` (None: every train image); val and test untouched.
+    # Matches a fake-trained run and its real control in size, class balance and optimiser steps.
+    train_per_class: int | None = None
     # Execution (not part of the run's identity).
     storage: str = "runs/train"
     name: str | None = None
@@ -82,7 +92,7 @@ class ClassifierConfig:
         for key in ("epochs", "batch_size", "num_workers"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
-        at_least(self, 1, "n_boot")
+        at_least(self, 1, "n_boot", "train_per_class")
         at_least(self, 0, "max_failures", "seed", "weight_decay")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -107,6 +117,8 @@ class ClassifierConfig:
         skip = {"storage", "name", "num_workers", "use_gpu", "max_failures", "cpus_per_worker", "n_boot", "inject_failure"}
         if not self.robust_aug:
             skip.add("robust_aug")  # off: keep the names runs had before the option existed
+        if self.train_per_class is None:
+            skip.add("train_per_class")  # likewise
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def run_name(self) -> str:
@@ -367,7 +379,10 @@ def launch_classifier(
         num_to_keep=num_to_keep,
         score_attribute="val_auc",
     )
-    datasets = {split: read_split(data, [split], s3) for split in ("train", "val")}
+    # train_per_class cuts the train rows only (val is read whole).
+    datasets = {
+        split: read_split(data, [split], s3, per_class=cfg.train_per_class, seed=cfg.seed) for split in ("train", "val")
+    }
     return run_trainer(
         classifier_worker, asdict(cfg), spec, s3=s3, datasets=datasets, datasets_to_split=["train"], callbacks=callbacks
     )
@@ -434,25 +449,36 @@ def evaluate_on_test(
     train_seconds: float | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """The one evaluation on the test split: metrics with 95% bootstrap intervals, as JSON and Parquet."""
+    """The one evaluation on the test split: metrics with 95% patient-bootstrap intervals, as JSON and Parquet.
+
+    The best checkpoint's val split is scored in the same task; the operating
+    points and the temperature are fixed on it, then applied to test.
+    """
+    from cxr_ray.operating import at_points, val_selection
+
     state = check_classifier_state(read_state(checkpoint), storage.join(checkpoint.path, STATE_FILE))
-    y, scores, paths = score_test_split(cfg, state, s3)
-    summary = summarize(y, scores, float(state["threshold"]), n_boot=cfg.n_boot, seed=cfg.seed)
+    scored = score_splits(cfg, state, s3)
+    val, test = scored["val"], scored["test"]
+    threshold = float(state["threshold"])
+    summary = summarize(test["target"], test["score"], threshold, n_boot=cfg.n_boot, seed=cfg.seed, groups=test["patient_id"])
     out = test_record(cfg, state, summary, checkpoint.path, train_seconds)
-    write_test_outputs(cfg, out, summary, (paths, y, scores), history, s3)
+    # The Youden point stays the threshold the run chose on val during training (its "threshold").
+    out.update(val_selection(val["target"], val["score"], youden=threshold))
+    out["test_at"] = at_points(
+        test["target"], test["score"], out["operating_points"], groups=test["patient_id"], n_boot=cfg.n_boot, seed=cfg.seed
+    )
+    write_test_outputs(cfg, out, summary, scored, history, s3)
     log(test_line(out))
     return out
 
 
-def score_test_split(
-    cfg: ClassifierConfig, state: dict[str, Any], s3: S3Settings | None
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(targets, P(class 1), paths) of the test split, scored in a Ray task (on a GPU when there is one)."""
+def score_splits(cfg: ClassifierConfig, state: dict[str, Any], s3: S3Settings | None) -> dict[str, dict[str, np.ndarray]]:
+    """{"val", "test"}: {path, patient_id, target, score (P(class 1))}, scored in one Ray task (on a GPU when there is one)."""
     import ray
 
     use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     settings = (s3 or S3Settings.from_env()).to_dict()
-    return ray.get(_score_test_split.options(num_gpus=1 if use_gpu else 0).remote(state, asdict(cfg), settings))
+    return ray.get(_score_splits.options(num_gpus=1 if use_gpu else 0).remote(state, asdict(cfg), settings))
 
 
 def test_record(
@@ -491,20 +517,28 @@ def write_test_outputs(
     cfg: ClassifierConfig,
     out: dict[str, Any],
     summary: dict[str, Any],
-    predictions: tuple[list[str], np.ndarray, np.ndarray],
+    scored: dict[str, dict[str, np.ndarray]],
     history: list[dict[str, Any]],
     s3: S3Settings | None,
 ) -> None:
-    """Metrics table, per-image predictions, history, and last test_metrics.json (the run's "finished" mark)."""
+    """Metrics table, per-image test and val predictions, history, and last test_metrics.json (the run's "finished" mark)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    paths, y, scores = predictions
     fs, base = storage.resolve(run_uri(cfg), s3)
     fs.create_dir(base, recursive=True)
     pq.write_table(pa.Table.from_pylist(metric_table(summary)), f"{base}/{TEST_METRICS_TABLE}", filesystem=fs)
-    table = pa.table({"path": paths, "target": y.astype("int64"), "score": scores.astype("float64")})
-    pq.write_table(table, f"{base}/{TEST_PREDICTIONS_FILE}", filesystem=fs)
+    for split, name in (("test", TEST_PREDICTIONS_FILE), ("val", VAL_PREDICTIONS_FILE)):
+        part = scored[split]
+        table = pa.table(
+            {
+                "path": pa.array([str(p) for p in part["path"]], pa.string()),
+                "patient_id": pa.array([str(p) for p in part["patient_id"]], pa.string()),
+                "target": np.asarray(part["target"], np.int64),
+                "score": np.asarray(part["score"], np.float64),
+            }
+        )
+        pq.write_table(table, f"{base}/{name}", filesystem=fs)
     storage.write_json_atomic(storage.join(run_uri(cfg), HISTORY_FILE), history, s3)
     # Written last: its presence means "this run is finished".
     storage.write_json_atomic(storage.join(run_uri(cfg), TEST_METRICS_FILE), out, s3)
@@ -512,11 +546,15 @@ def write_test_outputs(
 
 def test_line(out: dict[str, Any]) -> str:
     t = out["test"]
-    return (
+    line = (
         f"[test] {out['run']}: AUC {t['auc']:.3f} [{t['auc_ci_low']:.3f}, {t['auc_ci_high']:.3f}], "
         f"accuracy {t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, specificity {t['specificity']:.3f} "
         f"(threshold {out['threshold']:.3f} from val, best epoch {out['best_epoch']})"
     )
+    at = out.get("test_at", {}).get("fpr_0.01")
+    if at:
+        line += f"; at the val FPR-1% threshold {at['threshold']:.4f}: TPR {at['tpr']:.3f}, test FPR {at['fpr']:.4f}"
+    return line
 
 
 def _remote_score():
@@ -528,9 +566,14 @@ def _remote_score():
         from cxr_ray.inference import build_model, predict_proba
 
         cfg = from_dict(ClassifierConfig, cfg_dict)
-        arrays = load_arrays(task_data(cfg), ["test"], S3Settings.from_dict(s3), columns=("path",))
-        scores = predict_proba(build_model(state), arrays["image"])
-        return arrays["target"], scores, arrays["path"].tolist()
+        model, out = build_model(state), {}
+        for split in ("val", "test"):
+            arrays = load_arrays(task_data(cfg), [split], S3Settings.from_dict(s3), columns=("path", "patient_id"))
+            out[split] = {
+                "path": arrays["path"], "patient_id": arrays["patient_id"], "target": arrays["target"],
+                "score": predict_proba(model, arrays["image"]),
+            }
+        return out
 
     return score
 
@@ -547,4 +590,4 @@ class _LazyRemote:
         return self._fn.options(**kwargs)
 
 
-_score_test_split = _LazyRemote(_remote_score)
+_score_splits = _LazyRemote(_remote_score)
