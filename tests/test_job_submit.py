@@ -49,7 +49,12 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
     for key in (
         "study/manifest.json",
         f"{inside('data/real-64')}/_SUCCESS",
-        f"{inside('data/fake-64')}/_SUCCESS",
+        f"{inside('data/fake-archive-64')}/_SUCCESS",
+        f"{inside('data/fake-raw-64')}/_SUCCESS",
+        f"{inside('data/benign-64')}/_SUCCESS",
+        "study/runs/deepfake-cnn-raw-real/test_metrics.json",  # the detector trained on raw fakes
+        "study/runs/deepfake-cnn-real/val_predictions.parquet",  # operating points come from these
+        f"{inside('claim')}/claim.md",
         "study/runs/pneumonia-cnn-real/test_metrics.json",
         "study/runs/pneumonia-cnn-fake/test_metrics.json",
         "study/runs/deepfake-cnn-real/test_metrics.json",
@@ -66,6 +71,7 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
         assert stages[stage]["status"] == "done", stage
     html = client.get_object(Bucket=s3_bucket, Key="study/report/report.html")["Body"].read().decode()
     assert "data:image/png;base64," in html and "Transfer" in html and "cnn-robust" in html
+    assert "Headline" in html and "False alarms on benignly re-processed" in html and "transfer claim" in html
     # Credentials reach the workers through the runtime env, never the report.
     assert s3_server.secret_key not in html and s3_server.secret_key not in json.dumps(manifest)
 
@@ -83,7 +89,7 @@ def test_a_job_over_a_study_finished_locally_re_uses_every_stage(ray_local, ray_
 
     root = tmp_path / "study"
     knobs = ["--profile", "quick", "--storage", str(root), "--models", "cnn", "--tune-models", "", "--robust-models", "",
-             "--gan-epochs", "1", "--gan-width", "8", "--fakes-per-class", "16", "--test-fakes-per-class", "8",
+             "--raw-models", "", "--claim-models", "", "--gan-epochs", "1", "--gan-width", "8", "--fakes-per-class", "16", "--test-fakes-per-class", "8",
              "--n-boot", "20"]
     run_study(study_options(build_parser().parse_args(knobs)), address=ray_cluster["address"], log=lambda _: None)
     cmd = [

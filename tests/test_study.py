@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,10 @@ def options(*argv: str) -> StudyOptions:
 def test_layout_spells_every_folder_of_a_local_root():
     layout = StudyLayout("/studies/a")
     assert layout.real(64) == "/studies/a/data/real-64"
-    assert layout.fakes(128) == "/studies/a/data/fake-128"
+    assert layout.fakes(128) == "/studies/a/data/fake-archive-128"
+    assert layout.raw_fakes(128) == "/studies/a/data/fake-raw-128"
+    assert layout.benign(64) == "/studies/a/data/benign-64"
+    assert (layout.claim, layout.claim_runs) == ("/studies/a/claim", "/studies/a/claim-runs")
     assert (layout.gan, layout.tune, layout.runs) == ("/studies/a/gan", "/studies/a/tune", "/studies/a/runs")
     assert layout.run("deepfake-cnn-real") == "/studies/a/runs/deepfake-cnn-real"
     assert (layout.evaluate, layout.transfer, layout.report) == (
@@ -49,7 +52,7 @@ def test_layout_spells_every_folder_of_a_local_root():
 def test_layout_spells_every_folder_of_an_s3_root():
     layout = StudyLayout("s3://bucket/study/")
     assert layout.real(224) == "s3://bucket/study/data/real-224"
-    assert layout.fakes(64) == "s3://bucket/study/data/fake-64"
+    assert layout.fakes(64) == "s3://bucket/study/data/fake-archive-64"
     assert layout.run("pneumonia-cnn-fake") == "s3://bucket/study/runs/pneumonia-cnn-fake"
     assert layout.report == "s3://bucket/study/report"
 
@@ -128,28 +131,28 @@ SOURCE, REAL = "4e3c04fd47d97b16", "c0ffee0123456789"  # a source fingerprint, a
 DIGESTS = {
     "quick-cnn-local": {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
-        "generate": "7df3b1e90039d9fe", "tune": "ab25ac37d6ae76c2", "train": "5b7a3c6535ecbcb4",
-        "evaluate": "cf54eb9388a5316f",
+        "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "5341420bb64c8a96",
+        "benign": "b7cb166733c01626", "evaluate": "bab19c689e6d22a4", "claim": "016588bec88d2a81",
     },
     "quick-cnn-s3-shared": {
         "ingest": "0eb202cb12770452", "gan": "682ae2622c1b1d4b", "gan_quality": "1ebed1ea88c40241",
-        "generate": "e75cf90e4cc4553a", "tune": "a0dd538c46d45a8f", "train": "08933820effcac61",
-        "evaluate": "40b379de2cc7484f",
+        "generate": "4c28be763f8b50e9", "tune": "a0dd538c46d45a8f", "train": "43d37a01165c24c2",
+        "benign": "a18894c6f1b9945f", "evaluate": "87dfa5652f78913c", "claim": "977bf85375ffae13",
     },
     "full-two-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
-        "generate": "28bd482dd030bb41", "tune": "3c472e4bb817ad31", "train": "0face51ed2a59835",
-        "evaluate": "90894f045a57c24e",
+        "generate": "c5cc620565360501", "tune": "3c472e4bb817ad31", "train": "a1024be6b5822627",
+        "benign": "b7cb166733c01626", "evaluate": "f2ea5809c2ac491a", "claim": "30f2066e9891797f",
     },
     "quick-default-models": {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
-        "generate": "7df3b1e90039d9fe", "tune": "ab25ac37d6ae76c2", "train": "a895b8c23eb95d27",
-        "evaluate": "eea2dbf77761fc3d",
+        "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "b4e8a31ba19b5b60",
+        "benign": "b7cb166733c01626", "evaluate": "e9b6e6a61d9e0df2", "claim": "016588bec88d2a81",
     },
     "full-default-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
-        "generate": "28bd482dd030bb41", "tune": "12a20b12b192d30d", "train": "858f3c2850e5efe6",
-        "evaluate": "b4256e1c4ddfa721",
+        "generate": "c5cc620565360501", "tune": "12a20b12b192d30d", "train": "3b6a254edfa1ea07",
+        "benign": "b7cb166733c01626", "evaluate": "03cc704da3d5da93", "claim": "92dea87765a01587",
     },
 }
 CASES = {  # profile, root, CPU share of a training worker
@@ -166,6 +169,8 @@ CASES = {  # profile, root, CPU share of a training worker
     "full-default-models": (replace(PROFILES["full"], data="/data/chest_xray"), "/study", None),
 }
 # What the upstream stages handed on (their outputs in the manifest).
+ARCHIVE = {"format": "JPEG", "width": 224, "height": 224, "mode": "RGB", "quality": 75, "subsampling": "4:2:0",
+           "files_sampled": 256, "agreement": 1.0}
 TUNED = {"cnn": {"best_config": {"lr": 0.001, "weight_decay": 1e-05, "batch_size": 16, "aug_strength": 0.25, "epochs": 2}}}
 
 
@@ -175,12 +180,16 @@ def stage_digests(profile, root: str, cpu_share: float | None, source: str = SOU
     h = {"ingest": plan.ingest_hash(profile, source)}
     h["gan"] = plan.gan_hash(plan.gan_configs(profile, layout), real)
     h["gan_quality"] = plan.gan_quality_hash(h["gan"])
-    h["generate"] = plan.generate_hash(plan.generate_config(profile, layout, gans), h["gan"])
+    generated = plan.generate_configs(profile, layout, gans, ARCHIVE)
+    h["generate"] = plan.generate_hash(generated, h["gan"])
     h["tune"] = plan.tune_hash(plan.tune_configs(profile, layout, real), real)
     cfgs = plan.classifier_configs(profile, layout, TUNED, cpu_share)
     h["train"] = plan.train_hash(cfgs, h["generate"], h["tune"])
+    h["benign"] = plan.benign_hash(plan.benign_config(profile, layout), real)
     run_dirs = [layout.run(c.run_name()) for c in cfgs]
-    h["evaluate"] = plan.evaluate_hash(*plan.evaluate_configs(profile, layout, run_dirs), h["train"])
+    h["evaluate"] = plan.evaluate_hash(*plan.evaluate_configs(profile, layout, run_dirs), h["train"], h["benign"])
+    pairs = plan.claim_trainings(profile, layout, plan.fake_train_per_class(generated["archive"]), cpu_share)
+    h["claim"] = plan.claim_hash(pairs, h["generate"])
     return h
 
 
@@ -234,9 +243,26 @@ def test_run_names_are_task_label_source_with_the_tuned_hyperparameters():
     cfgs = plan.classifier_configs(profile, StudyLayout("/study"), TUNED, None)
     assert [c.run_name() for c in cfgs] == [
         "pneumonia-cnn-real", "pneumonia-cnn-fake", "pneumonia-resnet18-real", "pneumonia-resnet18-fake",
-        "deepfake-cnn-real", "deepfake-resnet18-real", "deepfake-cnn-robust-real",
+        "deepfake-cnn-real", "deepfake-resnet18-real", "deepfake-cnn-robust-real", "deepfake-cnn-raw-real",
     ]
     assert {(c.model, c.epochs, c.batch_size) for c in cfgs} == {("cnn", 2, 16), ("resnet18", 1, 32)}
+    # Detectors learn archive-format fakes; the second condition's detector the raw generator pixels.
+    layout = StudyLayout("/study")
+    assert {c.fakes for c in cfgs if not c.run_name().endswith("-raw-real")} == {layout.fakes(64)}
+    assert [c.fakes for c in cfgs if c.run_name().endswith("-raw-real")] == [layout.raw_fakes(64)]
+
+
+def test_the_claim_pairs_a_fake_trained_classifier_with_a_real_control_of_the_same_size_and_steps():
+    profile = resolve_profile(replace(PROFILES["full"], data="/d", claim_models=("cnn",), claim_seeds=3, claim_epochs=20))
+    pairs = plan.claim_trainings(profile, StudyLayout("/study"), per_class=450, cpu_share=None)
+    assert [(a.run_name(), b.run_name()) for a, b in pairs] == [
+        (f"claim-cnn-fake-s{seed}", f"claim-cnn-real-s{seed}") for seed in (0, 1, 2)
+    ]
+    for fake, real in pairs:
+        assert (fake.source, real.source) == ("fake", "real")
+        differing = {k for k, v in asdict(fake).items() if asdict(real)[k] != v}
+        assert differing == {"source", "name"}  # same model, seed, images per class, epochs, batch: same steps
+        assert (fake.train_per_class, fake.epochs, fake.storage) == (450, 20, "/study/claim-runs")
 
 
 def test_the_timeline_keeps_the_rows_of_skipped_stages(tmp_path):
@@ -339,8 +365,10 @@ def test_a_run_folder_is_re_used_only_for_the_inputs_it_recorded(tmp_path):
 
 
 def small_study(data) -> Profile:
-    """The cheapest study that still runs every stage: one model, no search, no robust detector, a tiny GAN."""
-    return replace(PROFILES["quick"], data=str(data), models=("cnn",), tune_models=(), robust_models=(), gan_epochs=1,
+    """The cheapest study that still runs every stage: one model, no search, no robust, raw or claim trainings,
+    two benign conditions, a tiny GAN."""
+    return replace(PROFILES["quick"], data=str(data), models=("cnn",), tune_models=(), robust_models=(), raw_models=(),
+                   claim_models=(), benign_conditions=("ingest", "jpeg85"), gan_epochs=1,
                    gan_width=8, fakes_per_class=16, test_fakes_per_class=8, n_boot=20)
 
 

@@ -7,8 +7,6 @@ at any time; a section whose inputs are missing says so.
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 import re
 import time
@@ -22,112 +20,17 @@ from cxr_ray.data.layout import CLASS_NAMES
 from cxr_ray.filenames import TEST_PREDICTIONS_FILE
 from cxr_ray.manifest import Manifest
 from cxr_ray.report import plots
+from cxr_ray.report.detection import (
+    benign_section,
+    claim_section,
+    differences_section,
+    headline_section,
+    index_rows,
+    operating_section,
+)
+from cxr_ray.report.doc import CSS, Doc, markdown_to_html  # noqa: F401  (markdown_to_html: the report's public helper)
 from cxr_ray.storage import S3Settings
 from cxr_ray.study.layout import STAGES, TIMELINE, StudyLayout
-
-
-class _Doc:
-    """Accumulates Markdown and HTML side by side; images go to files (md) and inline (html)."""
-
-    def __init__(self, folder: str, s3: S3Settings | None) -> None:
-        self.folder, self.s3 = folder, s3
-        self.md: list[str] = []
-        self.html: list[str] = []
-        self.images: list[str] = []
-
-    def heading(self, text: str, level: int = 2) -> None:
-        self.md.append(f"{'#' * level} {text}\n")
-        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
-
-    def para(self, text: str) -> None:
-        self.md.append(text + "\n")
-        self.html.append(f"<p>{html.escape(text)}</p>")
-
-    def table(self, header: list[str], rows: list[list[Any]]) -> None:
-        fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-        self.md.append("| " + " | ".join(header) + " |")
-        self.md.append("|" + "---|" * len(header))
-        for r in rows:
-            self.md.append("| " + " | ".join(fmt(v) for v in r) + " |")
-        self.md.append("")
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(_td(fmt(v)) for v in r) + "</tr>" for r in rows)
-        self.html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-
-    def markdown(self, text: str) -> None:
-        """Markdown from a stage (tables, bullets, **bold**, `code`) into both outputs."""
-        self.md.append(text.rstrip() + "\n")
-        self.html.append(markdown_to_html(text))
-
-    def image(self, name: str, png: bytes, caption: str) -> None:
-        storage.write_bytes_atomic(storage.join(self.folder, name), png, self.s3)
-        self.images.append(name)
-        self.md.append(f"![{caption}]({name})\n\n*{caption}*\n")
-        data = base64.b64encode(png).decode()
-        self.html.append(
-            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
-
-
-def _td(text: str) -> str:
-    """A table cell; numbers (and "value [low, high]" cells) align right, words left."""
-    import re
-
-    numeric = re.fullmatch(r"[-+]?[\d.,%]+( \[[-\d., ]+\])?|nan", text.strip()) is not None
-    return f"<td class='num'>{_inline(text)}</td>" if numeric else f"<td>{_inline(text)}</td>"
-
-
-def _inline(text: str) -> str:
-    import re
-
-    out = html.escape(text)
-    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
-
-
-def markdown_to_html(text: str) -> str:
-    """The small Markdown subset the stages write: headings, pipe tables, '- ' bullets and paragraphs."""
-    parts: list[str] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i].strip()
-        if not line:
-            i += 1
-        elif line.startswith("|"):
-            block = []
-            while i < len(lines) and lines[i].strip().startswith("|"):
-                block.append(lines[i].strip())
-                i += 1
-            cells = [[c.strip() for c in row.strip("|").split("|")] for row in block if not set(row) <= set("|-: ")]
-            head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
-            body = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in cells[1:])
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif line.startswith("- "):
-            items = []
-            while i < len(lines) and lines[i].strip().startswith("- "):
-                items.append(f"<li>{_inline(lines[i].strip()[2:])}</li>")
-                i += 1
-            parts.append(f"<ul>{''.join(items)}</ul>")
-        elif line.startswith("#"):
-            level = min(6, len(line) - len(line.lstrip("#")) + 1)
-            parts.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
-            i += 1
-        else:
-            parts.append(f"<p>{_inline(line)}</p>")
-            i += 1
-    return "".join(parts)
-
-
-CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
-h1{font-size:1.7em;border-bottom:2px solid #4C72B0}h2{font-size:1.3em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:1em 0;font-size:.88em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
-th{background:#f0f3f8}td.num{text-align:right;font-variant-numeric:tabular-nums}figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}
-figcaption{font-size:.85em;color:#555}li{margin:.25em 0}code{font-size:.9em;background:#f4f4f4;padding:0 .2em}
-h3{font-size:1.1em}
-"""
 
 
 def _read_parquet(uri: str, s3: S3Settings | None):
@@ -139,7 +42,7 @@ def _read_parquet(uri: str, s3: S3Settings | None):
     return pq.read_table(path, filesystem=fs)
 
 
-def _table_or_say(doc: _Doc, uri: str, s3: S3Settings | None, missing: str):
+def _table_or_say(doc: Doc, uri: str, s3: S3Settings | None, missing: str):
     """The Parquet table at `uri`, or None after saying `missing` in the report."""
     table = _read_parquet(uri, s3)
     if table is None:
@@ -163,18 +66,23 @@ def build_report(layout: StudyLayout, s3: S3Settings | None = None, log: Callabl
     """Write report.md and report.html into the study's report folder; returns their URIs."""
     manifest = Manifest.load(layout.root, s3).stages
     out = lambda name: manifest.get(name, {}).get("outputs", {})  # noqa: E731
-    doc = _Doc(layout.report, s3)
+    doc = Doc(layout.report, s3)
     doc.heading("cxr-ray study report", 1)
     doc.para(f"Study root: {layout.root}. Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
 
+    detection = _detection_inputs(layout, out("train"), s3)
+    detection_sections(doc, detection)
     _data_section(doc, out("ingest"))
     real_uri = out("ingest").get("table")
     fake_uri = out("generate").get("table")
     _samples_section(doc, real_uri, fake_uri, s3)
     _gan_section(doc, out("gan"), out("gan_quality"))
     _classifier_section(doc, out("train"), s3)
+    claim_section(doc, layout.claim, s3)
     _transfer_section(doc, layout, s3)
     _detector_section(doc, out("train"), s3)
+    operating_section(doc, detection["rows"], detection["labels"], detection["points"])
+    differences_section(doc, detection["differences"], run_label)
     _robustness_section(doc, layout, s3)
     _tune_section(doc, out("tune"))
     _timing_section(doc, manifest)
@@ -191,7 +99,31 @@ def build_report(layout: StudyLayout, s3: S3Settings | None = None, log: Callabl
     return {"md": md_uri, "html": html_uri}
 
 
-def _data_section(doc: _Doc, ingest: dict[str, Any]) -> None:
+def _detection_inputs(layout: StudyLayout, train: dict[str, Any], s3: S3Settings | None) -> dict[str, Any]:
+    """The evaluate stage's detector rows by key, the detectors' labels, their recorded operating points, and the
+    paired differences table (each None/empty when the stage has not run)."""
+    from cxr_ray.filenames import TEST_METRICS_FILE
+    from cxr_ray.scoring import METRICS_NAME
+
+    folder = storage.published(layout.evaluate, s3)
+    metrics = _read_parquet(storage.join(folder, f"{METRICS_NAME}.parquet"), s3)
+    rows = index_rows(metrics.to_pylist(), run_label) if metrics is not None else {}
+    points = {}
+    for name, run in train.items():
+        uri = storage.join(run["run_dir"], TEST_METRICS_FILE)
+        if name.startswith("deepfake-") and storage.exists(uri, s3):
+            points[run_label(name)] = storage.read_json(uri, s3)
+    return {"rows": rows, "labels": sorted({k[0] for k in rows}), "points": points,
+            "differences": _read_parquet(storage.join(folder, "detector_differences.parquet"), s3)}
+
+
+def detection_sections(doc: Doc, detection: dict[str, Any]) -> None:
+    """The headline (archive-format fakes and benign false alarms at the 1% point) and the benign table."""
+    headline_section(doc, detection["rows"], detection["labels"])
+    benign_section(doc, detection["rows"], detection["labels"])
+
+
+def _data_section(doc: Doc, ingest: dict[str, Any]) -> None:
     doc.heading("Data")
     summary = ingest.get("summary")
     if not summary:
@@ -209,7 +141,7 @@ def _data_section(doc: _Doc, ingest: dict[str, Any]) -> None:
     doc.table(["split", *CLASS_NAMES, "patients"], rows)
 
 
-def _samples_section(doc: _Doc, real_uri: str | None, fake_uri: str | None, s3: S3Settings | None) -> None:
+def _samples_section(doc: Doc, real_uri: str | None, fake_uri: str | None, s3: S3Settings | None) -> None:
     doc.heading("Real and fake images")
     if not real_uri:
         doc.para("No image tables found.")
@@ -226,7 +158,7 @@ def _samples_section(doc: _Doc, real_uri: str | None, fake_uri: str | None, s3: 
                           f"DCGAN fakes of class {cls} (held-out test seeds, {fake_uri}).")
 
 
-def _gan_section(doc: _Doc, gans: dict[str, Any], quality: dict[str, Any]) -> None:
+def _gan_section(doc: Doc, gans: dict[str, Any], quality: dict[str, Any]) -> None:
     doc.heading("GANs: losses and quality")
     if not gans:
         doc.para("No GAN runs recorded.")
@@ -280,7 +212,7 @@ def _test_rows(train: dict[str, Any], task: str, source: str | None = None) -> l
     return rows
 
 
-def _classifier_section(doc: _Doc, train: dict[str, Any], s3: S3Settings | None) -> None:
+def _classifier_section(doc: Doc, train: dict[str, Any], s3: S3Settings | None) -> None:
     doc.heading("Pneumonia classifiers (trained on real images, real test split)")
     rows = _test_rows(train, "pneumonia", "real")
     if not rows:
@@ -300,7 +232,7 @@ def _classifier_section(doc: _Doc, train: dict[str, Any], s3: S3Settings | None)
               "Test accuracy at the threshold chosen on validation, with 95% bootstrap intervals.")
 
 
-def _transfer_section(doc: _Doc, layout: StudyLayout, s3: S3Settings | None) -> None:
+def _transfer_section(doc: Doc, layout: StudyLayout, s3: S3Settings | None) -> None:
     from cxr_ray.transfer import MARKDOWN_FILE, MATRIX_NAME
 
     doc.heading("Transfer: trained on real or fake, tested on real or fake")
@@ -327,7 +259,7 @@ def _transfer_section(doc: _Doc, layout: StudyLayout, s3: S3Settings | None) -> 
         doc.markdown("\n".join(lines))
 
 
-def _detector_section(doc: _Doc, train: dict[str, Any], s3: S3Settings | None) -> None:
+def _detector_section(doc: Doc, train: dict[str, Any], s3: S3Settings | None) -> None:
     from cxr_ray.metrics import roc_curve
 
     doc.heading("Deepfake detectors (real test split vs held-out fakes)")
@@ -350,7 +282,7 @@ def _detector_section(doc: _Doc, train: dict[str, Any], s3: S3Settings | None) -
               [[r["label"], _ci(r, "auc"), r["accuracy"], r["sensitivity"], r["specificity"]] for r in rows])
 
 
-def _robustness_section(doc: _Doc, layout: StudyLayout, s3: S3Settings | None) -> None:
+def _robustness_section(doc: Doc, layout: StudyLayout, s3: S3Settings | None) -> None:
     from cxr_ray.scoring import METRICS_NAME
 
     doc.heading("Robustness of the detectors (same perturbation on both classes)")
@@ -371,7 +303,7 @@ def _robustness_section(doc: _Doc, layout: StudyLayout, s3: S3Settings | None) -
     doc.table(["detector", *perturbations], [[m, *[table.get((m, p), float("nan")) for p in perturbations]] for m in models])
 
 
-def _tune_section(doc: _Doc, tune: dict[str, Any]) -> None:
+def _tune_section(doc: Doc, tune: dict[str, Any]) -> None:
     doc.heading("Hyperparameter search (Ray Tune, ASHA, validation AUC)")
     if not tune:
         doc.para("No search recorded.")
@@ -383,7 +315,7 @@ def _tune_section(doc: _Doc, tune: dict[str, Any]) -> None:
     )
 
 
-def _timing_section(doc: _Doc, manifest: dict[str, Any]) -> None:
+def _timing_section(doc: Doc, manifest: dict[str, Any]) -> None:
     doc.heading("Time per stage")
     names = sorted((n for n in manifest if n != TIMELINE), key=lambda n: STAGES.index(n) if n in STAGES else len(STAGES))
     seconds = [manifest[name].get("seconds") for name in names]

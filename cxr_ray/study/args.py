@@ -15,7 +15,7 @@ from cxr_ray.study.profile import MODEL_FIELDS, PROFILES, StudyOptions
 # Profile knobs given as plain values on the command line (model lists are MODEL_FIELDS).
 VALUE_FIELDS: tuple[str, ...] = (
     "data", "resolution", "gan_epochs", "gan_width", "fakes_per_class", "test_fakes_per_class", "epochs",
-    "batch_size", "workers", "tune_samples", "tune_max_epochs", "robust_aug", "n_boot", "seed",
+    "batch_size", "workers", "tune_samples", "tune_max_epochs", "robust_aug", "claim_seeds", "claim_epochs", "n_boot", "seed",
 )
 
 EPILOG = (
@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-models", help="comma-separated models to tune ('' for none)")
     p.add_argument("--robust-models", help="comma-separated models whose detector is also trained with blur/JPEG augmentation ('' for none)")
     p.add_argument("--robust-aug", type=float, help="per-image probability of that augmentation")
+    p.add_argument("--raw-models", help="comma-separated models whose detector is also trained on raw (not archive-format) fakes ('' for none)")
+    p.add_argument("--benign-conditions", help="comma-separated benign re-processings of the real test images (default: all)")
+    p.add_argument("--claim-models", help="comma-separated models for the seed's transfer claim ('' for none)")
+    p.add_argument("--claim-seeds", type=int, help="seeds per model for the transfer claim (at least 3 for a result)")
+    p.add_argument("--claim-epochs", type=int, help="epochs of each transfer-claim training (best epoch by val AUC is kept)")
     p.add_argument("--tune-samples", type=int)
     p.add_argument("--tune-max-epochs", type=int)
     p.add_argument("--n-boot", type=int)
@@ -62,15 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def model_list(value: str) -> tuple[str, ...]:
-    """'cnn,resnet18' -> ('cnn', 'resnet18'); '' -> () (none). Names are checked later, against the registry."""
+def comma_list(value: str) -> tuple[str, ...]:
+    """'cnn,resnet18' -> ('cnn', 'resnet18'); '' -> () (none). Names are checked later (models against the registry)."""
     return tuple(m for m in value.split(",") if m)
 
 
 def study_options(args: argparse.Namespace) -> StudyOptions:
     """The chosen profile with every option that was given on top."""
     overrides: dict[str, Any] = {key: getattr(args, key) for key in VALUE_FIELDS if getattr(args, key) is not None}
-    overrides.update({key: model_list(getattr(args, key)) for key in MODEL_FIELDS if getattr(args, key) is not None})
+    overrides.update({key: comma_list(getattr(args, key)) for key in MODEL_FIELDS if getattr(args, key) is not None})
+    if args.benign_conditions is not None:
+        overrides["benign_conditions"] = comma_list(args.benign_conditions)
     return StudyOptions(
         profile=replace(PROFILES[args.profile], **overrides),
         storage=args.storage,

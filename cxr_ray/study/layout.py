@@ -13,7 +13,7 @@ from pathlib import Path
 from cxr_ray import storage
 
 # The manifest's stage entries, in the order the study runs them (the report lists them so).
-STAGES: tuple[str, ...] = ("ingest", "gan", "gan_quality", "generate", "tune", "train", "evaluate")
+STAGES: tuple[str, ...] = ("ingest", "gan", "gan_quality", "generate", "tune", "train", "benign", "evaluate", "claim")
 TIMELINE = "timeline"  # the manifest entry that keeps every training's start and end
 
 
@@ -40,8 +40,16 @@ class StudyLayout:
         return self._under("data", f"real-{resolution}")
 
     def fakes(self, resolution: int) -> str:
-        """The generated fakes (an image table) at one resolution."""
-        return self._under("data", f"fake-{resolution}")
+        """The generated fakes stored as the archive stores its images (an image table) at one resolution."""
+        return self._under("data", f"fake-archive-{resolution}")
+
+    def raw_fakes(self, resolution: int) -> str:
+        """The same generators' fakes as raw generator pixels (an image table): the second condition."""
+        return self._under("data", f"fake-raw-{resolution}")
+
+    def benign(self, resolution: int) -> str:
+        """Real test images after a hospital's own re-processing (an image table with a `condition` column)."""
+        return self._under("data", f"benign-{resolution}")
 
     @property
     def gan(self) -> str:
@@ -70,6 +78,16 @@ class StudyLayout:
     def transfer(self) -> str:
         """The transfer matrix's output folder."""
         return self._under("transfer")
+
+    @property
+    def claim(self) -> str:
+        """The seed's transfer claim: its output folder (its trainings live beside it, under `claim_runs`)."""
+        return self._under("claim")
+
+    @property
+    def claim_runs(self) -> str:
+        """Runs root of the transfer claim's fake-trained classifiers and their real controls."""
+        return self._under("claim-runs")
 
     @property
     def report(self) -> str:

@@ -24,6 +24,8 @@ from cxr_ray.study.layout import StudyLayout
 from cxr_ray.study.profile import Profile
 
 if TYPE_CHECKING:
+    from cxr_ray.benign import BenignConfig
+    from cxr_ray.claim import ClaimConfig
     from cxr_ray.config import IngestConfig
     from cxr_ray.evaluate import EvaluateConfig
     from cxr_ray.generate import GenerateConfig
@@ -65,19 +67,31 @@ def gan_quality_hash(h_gan: str) -> str:
     return stage_hash("gan_quality", [h_gan])
 
 
-def generate_config(p: Profile, layout: StudyLayout, gans: dict[str, Any]) -> GenerateConfig:
-    """Detector train/val seeds and held-out test seeds per class, from the GAN stage's run folders."""
+def generate_configs(
+    p: Profile, layout: StudyLayout, gans: dict[str, Any], archive_format: dict[str, Any] | None
+) -> dict[str, GenerateConfig]:
+    """The same generators and seeds twice: stored as the archive stores images (what the detectors learn and are
+    tested on) and as raw generator pixels (the second condition). Detector train/val and held-out test seeds per class."""
     from cxr_ray.generate import TEST_SEED_START, GenerateConfig
 
-    return GenerateConfig(
-        generators=tuple(gans[cls]["run_dir"] for cls in CLASS_NAMES), dest=layout.fakes(p.resolution),
-        train_seeds=(0, p.fakes_per_class),
+    shared = dict(
+        generators=tuple(gans[cls]["run_dir"] for cls in CLASS_NAMES), train_seeds=(0, p.fakes_per_class),
         test_seeds=(TEST_SEED_START, TEST_SEED_START + p.test_fakes_per_class), overwrite=True,
     )
+    return {
+        "archive": GenerateConfig(dest=layout.fakes(p.resolution), storage_format="archive", archive_format=archive_format, **shared),
+        "raw": GenerateConfig(dest=layout.raw_fakes(p.resolution), **shared),
+    }
 
 
-def generate_hash(cfg: GenerateConfig, h_gan: str) -> str:
-    return stage_hash(asdict(cfg), [h_gan])
+def generate_hash(cfgs: dict[str, GenerateConfig], h_gan: str) -> str:
+    return stage_hash({name: asdict(cfg) for name, cfg in cfgs.items()}, [h_gan])
+
+
+def fake_train_per_class(cfg: GenerateConfig) -> int:
+    """Fakes per class in the fake table's train split (the rest of the train seeds are its val split)."""
+    start, end = cfg.split_ranges()["train"]
+    return end - start
 
 
 def tune_configs(p: Profile, layout: StudyLayout, real_identity: str = "") -> dict[str, SearchConfig]:
@@ -126,13 +140,17 @@ def classifier_config(
 def classifier_configs(
     p: Profile, layout: StudyLayout, tuned: dict[str, Any], cpu_share: float | None
 ) -> list[ClassifierConfig]:
-    """Pneumonia classifiers on real and on fake images, the detectors, and the augmented detectors, in this order."""
+    """Pneumonia classifiers on real and on fake images, the detectors, the augmented detectors and the detectors
+    trained on raw fakes, in this order. Fakes are the archive-format table unless named raw."""
     def cfg(model: str, task: str, source: str, robust_aug: float = 0.0) -> ClassifierConfig:
         return classifier_config(p, layout, tuned, cpu_share, model, task, source, robust_aug)
 
     cfgs = [cfg(m, "pneumonia", src) for m in p.models for src in ("real", "fake")]
     cfgs += [cfg(m, "deepfake", "real") for m in p.models]
     cfgs += [cfg(m, "deepfake", "real", p.robust_aug) for m in p.robust_models if m in p.models]
+    # The second condition: detectors that learn raw generator pixels ("-raw" in the run's label).
+    cfgs += [replace(cfg(m, "deepfake", "real"), fakes=layout.raw_fakes(p.resolution), name=f"deepfake-{m}-raw-real")
+             for m in p.raw_models if m in p.models]
     return cfgs
 
 
@@ -140,10 +158,23 @@ def train_hash(cfgs: list[ClassifierConfig], h_gen: str, h_tune: str) -> str:
     return stage_hash([asdict(cfg) for cfg in cfgs], [h_gen, h_tune])
 
 
+def benign_config(p: Profile, layout: StudyLayout) -> BenignConfig:
+    """The real test images after each benign re-processing a hospital's own software does."""
+    from cxr_ray.benign import BenignConfig
+
+    return BenignConfig(real=layout.real(p.resolution), dest=layout.benign(p.resolution),
+                        conditions=tuple(p.benign_conditions or ()), overwrite=True)
+
+
+def benign_hash(cfg: BenignConfig, real_identity: str) -> str:
+    return stage_hash(asdict(cfg), [real_identity])
+
+
 def evaluate_configs(
     p: Profile, layout: StudyLayout, run_dirs: Sequence[str] | None = None
 ) -> tuple[EvaluateConfig, TransferConfig]:
-    """The cross-evaluation (with perturbations) and the transfer matrix over the runs this study trained.
+    """The cross-evaluation (with perturbations, raw fakes and benign re-processing) and the transfer matrix over
+    the runs this study trained.
 
     `run_dirs`: those the train stage handed on, not the runs root, which may
     also hold runs trained on earlier data (cxr_ray/data/fingerprint.claim_run_name);
@@ -155,8 +186,39 @@ def evaluate_configs(
     runs = tuple(sorted(run_dirs)) if run_dirs else (layout.runs,)
     shared = dict(runs=runs, real=layout.real(p.resolution), fakes=layout.fakes(p.resolution),
                   n_boot=p.n_boot, seed=p.seed, overwrite=True)
-    return EvaluateConfig(dest=layout.evaluate, **shared), TransferConfig(dest=layout.transfer, **shared)
+    extra = dict(raw_fakes=layout.raw_fakes(p.resolution), benign=layout.benign(p.resolution))
+    return EvaluateConfig(dest=layout.evaluate, **extra, **shared), TransferConfig(dest=layout.transfer, **shared)
 
 
-def evaluate_hash(eval_cfg: EvaluateConfig, transfer_cfg: TransferConfig, h_train: str) -> str:
-    return stage_hash({"eval": asdict(eval_cfg), "transfer": asdict(transfer_cfg)}, [h_train])
+def evaluate_hash(eval_cfg: EvaluateConfig, transfer_cfg: TransferConfig, h_train: str, h_benign: str) -> str:
+    return stage_hash({"eval": asdict(eval_cfg), "transfer": asdict(transfer_cfg)}, [h_train, h_benign])
+
+
+def claim_trainings(
+    p: Profile, layout: StudyLayout, per_class: int, cpu_share: float | None
+) -> list[tuple[ClassifierConfig, ClassifierConfig]]:
+    """(fake-trained, real control) per claim model and seed: the same model, seed, epochs, batch size and images
+    per class (the fake table's train split per class), so the same optimiser steps."""
+    from cxr_ray.train.classifier import ClassifierConfig
+
+    def cfg(model: str, source: str, seed: int) -> ClassifierConfig:
+        return ClassifierConfig(
+            data=layout.real(p.resolution), fakes=layout.fakes(p.resolution), task="pneumonia", model=model,
+            source=source, epochs=p.claim_epochs, batch_size=p.batch_size, train_per_class=per_class,
+            storage=layout.claim_runs, num_workers=p.workers, seed=seed, n_boot=p.n_boot,
+            cpus_per_worker=cpu_share, name=f"claim-{model}-{source}-s{seed}",
+        )
+
+    seeds = range(p.seed, p.seed + p.claim_seeds)
+    return [(cfg(m, "fake", s), cfg(m, "real", s)) for m in p.claim_models if m in p.models for s in seeds]
+
+
+def claim_config(p: Profile, layout: StudyLayout, fake_runs: Sequence[str], real_runs: Sequence[str]) -> ClaimConfig:
+    from cxr_ray.claim import ClaimConfig
+
+    return ClaimConfig(fake_runs=tuple(fake_runs), real_runs=tuple(real_runs), real=layout.real(p.resolution),
+                       fakes=layout.fakes(p.resolution), dest=layout.claim, n_boot=p.n_boot, seed=p.seed, overwrite=True)
+
+
+def claim_hash(pairs: list[tuple[ClassifierConfig, ClassifierConfig]], h_gen: str) -> str:
+    return stage_hash([[asdict(a), asdict(b)] for a, b in pairs], [h_gen])

@@ -14,7 +14,7 @@ from cxr_ray.config import ConfigError
 SAMPLE_DATA = str(Path(__file__).resolve().parents[1] / "sample" / "chest_xray")
 
 # The profile fields that name models; None in a profile means every registered model.
-MODEL_FIELDS: tuple[str, ...] = ("models", "tune_models", "robust_models")
+MODEL_FIELDS: tuple[str, ...] = ("models", "tune_models", "robust_models", "raw_models", "claim_models")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,16 @@ class Profile:
     tune_batch_sizes: tuple[int, ...] | None = (32, 64, 128)  # None: batch_size only
     robust_models: tuple[str, ...] | None = None  # detectors also trained with blur/JPEG augmentation
     robust_aug: float = 0.5  # its per-image probability
+    # Detectors train on archive-format fakes (resampled and encoded as the ingested source files are, then
+    # decoded by ingest's path: what an attacker who writes into the archive plants); these models' detectors
+    # are also trained on raw generator pixels, the second condition. Both are tested on both.
+    raw_models: tuple[str, ...] | None = None
+    benign_conditions: tuple[str, ...] | None = None  # benign re-processing of real test images (None: all, cxr_ray.benign)
+    # The seed's transfer claim, tested as written (cxr_ray/claim.py): per model and seed a classifier trained on
+    # the fake train split and a real control with as many images per class, the same steps.
+    claim_models: tuple[str, ...] | None = None
+    claim_seeds: int = 3
+    claim_epochs: int = 30  # the best epoch by val AUC is kept: run long enough to converge
     n_boot: int = 1000
     seed: int = 0
 
@@ -47,7 +57,7 @@ PROFILES = {
     "quick": Profile(
         name="quick", data=SAMPLE_DATA, gan_epochs=3, gan_width=16, fakes_per_class=100, test_fakes_per_class=30,
         epochs=1, batch_size=32, tune_models=("cnn",), tune_samples=2, tune_max_epochs=1, tune_batch_sizes=None,
-        robust_models=("cnn",), n_boot=200,
+        robust_models=("cnn",), raw_models=("cnn",), claim_models=("cnn",), claim_seeds=1, claim_epochs=1, n_boot=200,
     ),
     # GPU defaults, the whole dataset.
     "full": Profile(name="full", data=None),
@@ -75,6 +85,7 @@ def registered_models() -> tuple[str, ...]:
 MINIMUMS: dict[str, float] = {
     "gan_epochs": 1, "gan_width": 1, "fakes_per_class": 2, "test_fakes_per_class": 1, "epochs": 1, "batch_size": 1,
     "workers": 1, "tune_samples": 1, "tune_max_epochs": 1, "robust_aug": 0, "n_boot": 1, "seed": 0,
+    "claim_seeds": 1, "claim_epochs": 1,
 }
 
 
@@ -119,4 +130,15 @@ def resolve_profile(profile: Profile) -> Profile:
                 f"--{key.replace('_', '-')}: unknown model(s) {', '.join(unknown)}; known models: {', '.join(known)}"
             )
         filled[key] = known if names is None else names
+    filled["benign_conditions"] = benign_conditions(profile.benign_conditions)
     return replace(profile, **filled)
+
+
+def benign_conditions(names: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The benign re-processings asked for (None: all of them), checked by name."""
+    from cxr_ray.benign import BENIGN_CONDITIONS
+
+    unknown = sorted(set(names or ()) - set(BENIGN_CONDITIONS))
+    if unknown:
+        raise ConfigError(f"--benign-conditions: unknown {', '.join(unknown)}; known: {', '.join(BENIGN_CONDITIONS)}")
+    return BENIGN_CONDITIONS if names is None else names

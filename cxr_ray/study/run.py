@@ -1,4 +1,5 @@
-"""The full study as one job: ingest -> GAN per class -> GAN quality -> generate -> tune -> train -> evaluate -> report.
+"""The full study as one job: ingest -> GAN per class -> GAN quality -> generate (archive-format and raw fakes)
+-> tune -> train -> benign re-processing of reals -> evaluate -> the seed's transfer claim -> report.
 
 Shared by `jobs/full_study.py` (for `ray job submit`) and `cxr-ray study`.
 Every stage is recorded in the study manifest (cxr_ray/manifest.py): a
@@ -23,15 +24,19 @@ from cxr_ray.study.profile import Profile, StudyOptions, resolve_profile
 
 def check_stages(profile: Profile, layout: StudyLayout) -> None:
     """Build every stage's configs now (pure, no Ray): a value one of them refuses fails the study in seconds,
-    not after the stages before it have run. Tuned hyperparameters and GAN run folders are not known yet:
-    the profile's values and placeholder run folders stand in for them.
+    not after the stages before it have run. Tuned hyperparameters, GAN run folders and the archive's format are not
+    known yet: the profile's values, placeholder run folders and a lossless format stand in for them.
     """
     plan.ingest_config(profile, layout)
     gans = plan.gan_configs(profile, layout)
-    plan.generate_config(profile, layout, {cls: {"run_dir": storage.join(layout.gan, cls)} for cls in gans})
+    # The archive format is ingest's finding; a lossless stand-in of the study's size checks the rest.
+    stand_in = {"format": "PNG", "width": profile.resolution, "height": profile.resolution, "mode": "L"}
+    generated = plan.generate_configs(profile, layout, {cls: {"run_dir": storage.join(layout.gan, cls)} for cls in gans}, stand_in)
     plan.tune_configs(profile, layout)
     plan.classifier_configs(profile, layout, {}, None)
+    plan.benign_config(profile, layout)
     plan.evaluate_configs(profile, layout)
+    plan.claim_trainings(profile, layout, plan.fake_train_per_class(generated["raw"]), None)
 
 
 def check_training_fits(profile: Profile) -> None:
@@ -73,10 +78,12 @@ def run_study(
     ingested = stages.ingest(ctx)
     gans = stages.gan(ctx, ingested)
     stages.gan_quality(ctx, gans)
-    fakes = stages.generate(ctx, gans)
+    fakes = stages.generate(ctx, gans, ingested)
     tuned = stages.tune(ctx, ingested)
     trained = stages.train(ctx, fakes, tuned)
-    stages.evaluate(ctx, trained)
+    reprocessed = stages.benign(ctx, ingested)
+    stages.evaluate(ctx, trained, reprocessed)
+    stages.claim(ctx, fakes)
     report = stages.report(ctx, t_study)
     log(f"study finished in {time.time() - t_study:.0f} s; report: {report['html']}")
     return {"root": layout.root, "report": report}

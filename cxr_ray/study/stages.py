@@ -129,16 +129,21 @@ def quality_encoder_uri(ctx: StudyContext) -> str:
     return storage.join(ctx.layout.gan, f"quality-encoder-{ctx.profile.resolution}px{fingerprint.INPUTS_SUFFIX}{identity[:8]}.pt")
 
 
-def generate(ctx: StudyContext, gans: StageResult) -> StageResult:
-    """The fake image table: detector train/val fakes and held-out test fakes per class."""
+def generate(ctx: StudyContext, gans: StageResult, ingested: StageResult) -> StageResult:
+    """The fake image tables: detector train/val fakes and held-out test fakes per class, stored as the archive
+    (the ingested source files' format, recorded by ingest) and as raw generator pixels."""
+    from cxr_ray.data.archive import read_archive_format
     from cxr_ray.generate import run_generate
 
-    cfg = plan.generate_config(ctx.profile, ctx.layout, gans.outputs)
+    archive = read_archive_format(ingested.outputs["table"], ctx.s3).to_dict()
+    cfgs = plan.generate_configs(ctx.profile, ctx.layout, gans.outputs, archive)
 
     def run() -> dict[str, Any]:
-        return {"table": cfg.dest, "summary": run_generate(cfg, **ctx.stage_args())}
+        summaries = {name: run_generate(cfg, **ctx.stage_args()) for name, cfg in cfgs.items()}
+        return {"table": cfgs["archive"].dest, "raw_table": cfgs["raw"].dest, "summary": summaries["archive"],
+                "raw_summary": summaries["raw"], "train_per_class": plan.fake_train_per_class(cfgs["archive"])}
 
-    return ctx.stage("generate", plan.generate_hash(cfg, gans.digest), run)
+    return ctx.stage("generate", plan.generate_hash(cfgs, gans.digest), run)
 
 
 def tune(ctx: StudyContext, ingested: StageResult) -> StageResult:
@@ -175,8 +180,23 @@ def train(ctx: StudyContext, fakes: StageResult, tuned: StageResult) -> StageRes
     return ctx.stage("train", plan.train_hash(cfgs, fakes.digest, tuned.digest), run)
 
 
-def evaluate(ctx: StudyContext, trained: StageResult) -> StageResult:
-    """Cross-evaluation of the runs the train stage handed on (with perturbations) and the transfer matrix."""
+def benign(ctx: StudyContext, ingested: StageResult) -> StageResult:
+    """The real test images re-processed as a hospital's own software does (re-encoding, resizing, window/level)."""
+    from cxr_ray.benign import format_summary, run_benign
+
+    cfg = plan.benign_config(ctx.profile, ctx.layout)
+
+    def run() -> dict[str, Any]:
+        summary = run_benign(cfg, **ctx.stage_args())
+        ctx.log(format_summary(summary))
+        return {"table": cfg.dest, "summary": summary}
+
+    return ctx.stage("benign", plan.benign_hash(cfg, ingested.digest), run)
+
+
+def evaluate(ctx: StudyContext, trained: StageResult, reprocessed: StageResult) -> StageResult:
+    """Cross-evaluation of the runs the train stage handed on (perturbations, raw fakes, benign re-processing of
+    reals, at each run's operating points) and the transfer matrix."""
     from cxr_ray.evaluate import run_evaluate
     from cxr_ray.transfer import run_transfer
 
@@ -187,7 +207,30 @@ def evaluate(ctx: StudyContext, trained: StageResult) -> StageResult:
         return {"evaluate": run_evaluate(eval_cfg, **ctx.stage_args()),
                 "transfer": run_transfer(transfer_cfg, **ctx.stage_args())}
 
-    return ctx.stage("evaluate", plan.evaluate_hash(eval_cfg, transfer_cfg, trained.digest), run)
+    digest = plan.evaluate_hash(eval_cfg, transfer_cfg, trained.digest, reprocessed.digest)
+    return ctx.stage("evaluate", digest, run)
+
+
+def claim(ctx: StudyContext, fakes: StageResult) -> StageResult:
+    """The seed's transfer claim in both readings: per model and seed a classifier trained on fakes and a real
+    control matched in images per class and steps, side by side, then scored on real and fake test images."""
+    from cxr_ray.claim import run_claim
+    from cxr_ray.train.classifier import train_classifier
+
+    pairs = plan.claim_trainings(ctx.profile, ctx.layout, fakes.outputs["train_per_class"], ctx.cpu_share)
+
+    def run() -> dict[str, Any]:
+        if not pairs:
+            return {}  # no claim models: recorded as done, nothing to train
+        cfgs = [cfg for pair in pairs for cfg in pair]
+        jobs = [(cfg.run_name(), ctx.timed("claim", cfg.run_name(), lambda cfg=cfg: train_classifier(cfg, **ctx.stage_args())))
+                for cfg in cfgs]
+        done = parallel(jobs, ctx.width)
+        run_dir = lambda cfg: storage.join(ctx.layout.claim_runs, done[cfg.run_name()]["run"])  # noqa: E731
+        claim_cfg = plan.claim_config(ctx.profile, ctx.layout, [run_dir(a) for a, _ in pairs], [run_dir(b) for _, b in pairs])
+        return {"runs": {name: out["test"] for name, out in done.items()}, "claim": run_claim(claim_cfg, **ctx.stage_args())}
+
+    return ctx.stage("claim", plan.claim_hash(pairs, fakes.digest), run)
 
 
 def report(ctx: StudyContext, t_study: float) -> dict[str, str]:
