@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robust-aug", type=float, help="per-image probability of that augmentation")
     p.add_argument("--raw-models", help="comma-separated models whose detector is also trained on raw (not archive-format) fakes ('' for none)")
     p.add_argument("--benign-conditions", help="comma-separated benign re-processings of the real test images (default: all)")
+    p.add_argument("--perturbations", help="comma-separated perturbations applied to both classes at evaluation (default: all)")
     p.add_argument("--claim-models", help="comma-separated models for the seed's transfer claim ('' for none)")
     p.add_argument("--claim-seeds", type=int, help="seeds per model for the transfer claim (at least 3 for a result)")
     p.add_argument("--claim-epochs", type=int, help="epochs of each transfer-claim training (best epoch by val AUC is kept)")
@@ -76,8 +77,9 @@ def study_options(args: argparse.Namespace) -> StudyOptions:
     """The chosen profile with every option that was given on top."""
     overrides: dict[str, Any] = {key: getattr(args, key) for key in VALUE_FIELDS if getattr(args, key) is not None}
     overrides.update({key: comma_list(getattr(args, key)) for key in MODEL_FIELDS if getattr(args, key) is not None})
-    if args.benign_conditions is not None:
-        overrides["benign_conditions"] = comma_list(args.benign_conditions)
+    for key in ("benign_conditions", "perturbations"):
+        if getattr(args, key) is not None:
+            overrides[key] = comma_list(getattr(args, key))
     return StudyOptions(
         profile=replace(PROFILES[args.profile], **overrides),
         storage=args.storage,

@@ -187,7 +187,8 @@ def evaluate_configs(
     shared = dict(runs=runs, real=layout.real(p.resolution), fakes=layout.fakes(p.resolution),
                   n_boot=p.n_boot, seed=p.seed, overwrite=True)
     extra = dict(raw_fakes=layout.raw_fakes(p.resolution), benign=layout.benign(p.resolution))
-    return EvaluateConfig(dest=layout.evaluate, **extra, **shared), TransferConfig(dest=layout.transfer, **shared)
+    return (EvaluateConfig(dest=layout.evaluate, perturbations=tuple(p.perturbations or ()), **extra, **shared),
+            TransferConfig(dest=layout.transfer, **shared))
 
 
 def evaluate_hash(eval_cfg: EvaluateConfig, transfer_cfg: TransferConfig, h_train: str, h_benign: str) -> str:

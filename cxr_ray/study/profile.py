@@ -43,6 +43,7 @@ class Profile:
     # are also trained on raw generator pixels, the second condition. Both are tested on both.
     raw_models: tuple[str, ...] | None = None
     benign_conditions: tuple[str, ...] | None = None  # benign re-processing of real test images (None: all, cxr_ray.benign)
+    perturbations: tuple[str, ...] | None = None  # applied to both classes at evaluation (None: all, cxr_ray.perturb)
     # The seed's transfer claim, tested as written (cxr_ray/claim.py): per model and seed a classifier trained on
     # the fake train split and a real control with as many images per class, the same steps.
     claim_models: tuple[str, ...] | None = None
@@ -131,7 +132,18 @@ def resolve_profile(profile: Profile) -> Profile:
             )
         filled[key] = known if names is None else names
     filled["benign_conditions"] = benign_conditions(profile.benign_conditions)
+    filled["perturbations"] = perturbations(profile.perturbations)
     return replace(profile, **filled)
+
+
+def perturbations(names: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The evaluation's perturbations (None: all of them), checked by name; 'none' (clean) always first."""
+    from cxr_ray.perturb import DEFAULT_PERTURBATIONS, check_perturbations
+
+    try:
+        return DEFAULT_PERTURBATIONS if names is None else check_perturbations(names)
+    except ValueError as exc:
+        raise ConfigError(f"--perturbations: {exc}") from None
 
 
 def benign_conditions(names: tuple[str, ...] | None) -> tuple[str, ...]:
