@@ -37,7 +37,7 @@ from cxr_ray.storage import S3Settings
 
 BENIGN_CONDITIONS = (
     "ingest", "jpeg95", "jpeg85", "jpeg60", "png", "resize_nearest", "resize_bicubic", "resize_lanczos",
-    "no_draft", "gamma0.8", "gamma1.2", "contrast_stretch", "png16",
+    "no_draft", "resave", "gamma0.8", "gamma1.2", "contrast_stretch", "png16",
 )  # fmt: skip
 
 JPEG_QUALITIES = {"jpeg95": 95, "jpeg85": 85, "jpeg60": 60}
@@ -91,7 +91,11 @@ def reprocess(blob: bytes, condition: str, resolution: int, max_pixels: int = DE
         # A 16-bit export (x257 spreads 0-255 over 0-65535); ingest min-max scales deep images per image.
         deep = Image.fromarray(pixels.astype(np.uint16) * np.uint16(257))
         return decode_to_gray(_encode(deep, "PNG"), resolution, max_pixels)
-    windowed = apply_gamma(pixels, GAMMAS[condition]) if condition in GAMMAS else contrast_stretch(pixels)
+    # Window/level changes are re-saved in the archive's format; "resave" is that re-save alone, their control.
+    if condition == "resave":
+        windowed = pixels
+    else:
+        windowed = apply_gamma(pixels, GAMMAS[condition]) if condition in GAMMAS else contrast_stretch(pixels)
     return decode_to_gray(_save_as_archive(windowed, blob), resolution, max_pixels)
 
 

@@ -12,19 +12,14 @@ import math
 
 import numpy as np
 
-PROB_CLIP = 1e-7  # keeps logits finite for saturated outputs (p = 0 or 1)
+PROB_CLIP = 1e-15  # keeps logits finite for saturated outputs (p = 0 or 1) without tying float64 scores
 LOG_T_RANGE = (math.log(0.05), math.log(20.0))
 
 
 def _as_pair(y_true: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y_true).ravel()
-    p = np.asarray(prob, dtype=np.float64).ravel()
-    if y.shape != p.shape:
-        raise ValueError(f"y_true has {y.size} values but prob has {p.size}")
-    if y.size == 0:
-        raise ValueError("no samples")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError(f"y_true must be 0/1, got values {np.unique(y)[:10].tolist()}")
+    from cxr_ray.metrics import as_arrays
+
+    y, p = as_arrays(y_true, prob)
     return y.astype(np.float64), _check_prob(p)
 
 
@@ -71,7 +66,7 @@ def fit_temperature(y_true: np.ndarray, prob: np.ndarray) -> float:
 
 
 def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
-    """sigmoid(logit(p) / T), p clipped to [1e-7, 1 - 1e-7] first (so T = 1 returns the clipped p)."""
+    """sigmoid(logit(p) / T), p clipped to [PROB_CLIP, 1 - PROB_CLIP] first (so T = 1 returns the clipped p)."""
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive number, got {temperature}")
     p = _check_prob(np.asarray(prob, dtype=np.float64))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cxr_ray.models import create_model
-from cxr_ray.pixels import autocast, to_input
+from cxr_ray.pixels import autocast, positive_probability, to_input
 
 
 def build_model(state: dict[str, Any]) -> torch.nn.Module:
@@ -42,5 +42,5 @@ def predict_proba(
         x = torch.from_numpy(np.array(images[start : start + batch_size], dtype=np.uint8)).unsqueeze(1).to(device)
         with autocast(device):
             logits = model(to_input(x, channels_last))
-        out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+        out.append(positive_probability(logits.float()))
+    return np.concatenate(out) if out else np.zeros(0, np.float64)

@@ -21,7 +21,8 @@ import numpy as np
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
 
-def _as_arrays(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def as_arrays(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(0/1 int labels, finite float scores), flattened; ValueError naming what is wrong otherwise."""
     y = np.asarray(y_true).ravel()
     s = np.asarray(score, dtype=np.float64).ravel()
     if y.shape != s.shape:
@@ -55,7 +56,7 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
     """Area under the ROC curve = P(score_pos > score_neg) + 0.5 P(tie) (Mann–Whitney U); NaN if a class is absent."""
-    y, s = _as_arrays(y_true, score)
+    y, s = as_arrays(y_true, score)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -81,7 +82,7 @@ def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.nda
     Thresholds decrease; point i is the rate of ``score >= thresholds[i]``.
     A rate whose class is absent is NaN.
     """
-    y, s = _as_arrays(y_true, score)
+    y, s = as_arrays(y_true, score)
     thresholds, tps, fps = _counts_by_threshold(y, s)
     n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
     tps, fps = np.r_[0, tps], np.r_[0, fps]
@@ -93,7 +94,7 @@ def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.nda
 def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
     """Sum over distinct thresholds of (recall_n - recall_{n-1}) * precision_n (sklearn's definition,
     no interpolation); NaN without positives."""
-    y, s = _as_arrays(y_true, score)
+    y, s = as_arrays(y_true, score)
     n_pos = int(y.sum())
     if n_pos == 0:
         return float("nan")
@@ -105,7 +106,7 @@ def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, int]:
     """Counts ``tn``, ``fp``, ``fn``, ``tp`` for 0/1 labels and 0/1 predictions."""
-    y, p = _as_arrays(y_true, y_pred)
+    y, p = as_arrays(y_true, y_pred)
     if not np.isin(p, (0, 1)).all():
         raise ValueError("y_pred must be 0/1 predictions; use threshold_metrics for scores")
     p = p.astype(np.int64)
@@ -129,7 +130,7 @@ def _rates(tn: float, fp: float, fn: float, tp: float) -> dict[str, float]:
 
 def threshold_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
     """accuracy, sensitivity (recall), specificity, precision, f1 of the predictions ``score >= threshold``."""
-    y, s = _as_arrays(y_true, score)
+    y, s = as_arrays(y_true, score)
     counts = confusion(y, (s >= threshold).astype(np.int64))
     return _rates(counts["tn"], counts["fp"], counts["fn"], counts["tp"])
 
@@ -142,7 +143,7 @@ def choose_threshold(y_true: np.ndarray, score: np.ndarray, rule: str = "youden"
     """
     if rule != "youden":
         raise ValueError(f"unknown threshold rule {rule!r}; supported: 'youden'")
-    y, s = _as_arrays(y_true, score)
+    y, s = as_arrays(y_true, score)
     if y.min() == y.max():
         raise ValueError("choosing a threshold needs both classes in y_true")
     fpr, tpr, thresholds = roc_curve(y, s)
@@ -174,7 +175,7 @@ def threshold_at_fpr(y_true: np.ndarray, score: np.ndarray, max_fpr: float) -> f
     """
     if not 0.0 <= max_fpr <= 1.0:
         raise ValueError(f"max_fpr must be in [0, 1], got {max_fpr}")
-    y, s = _as_arrays(y_true, score)
+    y, s = as_arrays(y_true, score)
     n_neg = int(y.size - y.sum())
     if n_neg == 0:
         raise ValueError("a threshold at a false-positive rate needs negatives in y_true")
@@ -388,7 +389,7 @@ def bootstrap_ci(
     all replicates at once; other metrics are called once per replicate.
     """
     _check_bootstrap_args(n_boot, alpha)
-    y, s = _as_arrays(y_true, score)
+    y, s = as_arrays(y_true, score)
     if groups is not None or metric_fn is roc_auc:
         # groups=None gives the image draws below, as multiplicities.
         weights = patient_weights(y, groups, n_boot, seed)
@@ -430,7 +431,7 @@ def summarize(
     this seed and ``groups``: patients resampled when given), plus precision, f1, tn/fp/fn/tp,
     n, n_pos and the threshold."""
     _check_bootstrap_args(n_boot, alpha)
-    y, s = _as_arrays(y_true, score)
+    y, s = as_arrays(y_true, score)
     counts = confusion(y, (s >= threshold).astype(np.int64))
     point = {"auc": roc_auc(y, s), **_rates(counts["tn"], counts["fp"], counts["fn"], counts["tp"])}
     replicates = _summary_replicates(y, s, threshold, patient_weights(y, groups, n_boot, seed))
@@ -468,8 +469,8 @@ def paired_difference_ci(
     (narrower than comparing two separate intervals). Identical models give (0, 0, 0).
     """
     _check_bootstrap_args(n_boot, alpha)
-    y, s_a = _as_arrays(y_true, score_a)
-    _, s_b = _as_arrays(y, score_b)
+    y, s_a = as_arrays(y_true, score_a)
+    _, s_b = as_arrays(y, score_b)
     weights = patient_weights(y, groups, n_boot, seed)
     diff = _weighted_replicates(y, s_a, metric_fn, weights) - _weighted_replicates(y, s_b, metric_fn, weights)
     low, high = _percentile_interval(diff, alpha)
@@ -491,8 +492,8 @@ def difference_ci_independent(
     """(metric(set 1) - metric(set 2), low, high) for two independent test sets (e.g. one model's
     AUC on fakes vs on real test images): each set's patients are resampled on its own stream."""
     _check_bootstrap_args(n_boot, alpha)
-    y1, s1 = _as_arrays(y1, s1)
-    y2, s2 = _as_arrays(y2, s2)
+    y1, s1 = as_arrays(y1, s1)
+    y2, s2 = as_arrays(y2, s2)
     seed1, seed2 = (int(x) for x in np.random.SeedSequence(seed).generate_state(2))
     rep1 = _weighted_replicates(y1, s1, metric_fn, patient_weights(y1, g1, n_boot, seed1))
     rep2 = _weighted_replicates(y2, s2, metric_fn, patient_weights(y2, g2, n_boot, seed2))

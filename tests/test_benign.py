@@ -60,6 +60,13 @@ def test_png_is_a_lossless_resave_so_it_equals_no_draft():
     assert not np.array_equal(png, decode_to_gray(NORMAL, 64))
 
 
+def test_resave_is_the_archive_re_save_alone_the_control_of_the_window_level_changes():
+    # A second generation of the archive's own JPEG (q75 4:2:0): small change; gamma adds its own on top of it.
+    ref, resaved = decode_to_gray(NORMAL, 64), reprocess(NORMAL, "resave", 64)
+    assert 0 < mad(resaved, ref) < 3
+    assert mad(reprocess(NORMAL, "gamma0.8", 64), resaved) > 5
+
+
 def test_window_functions_by_hand():
     # 255 * (128/255) ** 0.8 = 146.93 -> 147; the ends stay put.
     assert apply_gamma(np.array([0, 128, 255], np.uint8), 0.8).tolist() == [0, 147, 255]

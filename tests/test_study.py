@@ -132,27 +132,27 @@ DIGESTS = {
     "quick-cnn-local": {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
         "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "5341420bb64c8a96",
-        "benign": "b7cb166733c01626", "evaluate": "bab19c689e6d22a4", "claim": "016588bec88d2a81",
+        "benign": "6d93fb9b0cb4a733", "evaluate": "643a95f15456cc9c", "claim": "016588bec88d2a81",
     },
     "quick-cnn-s3-shared": {
         "ingest": "0eb202cb12770452", "gan": "682ae2622c1b1d4b", "gan_quality": "1ebed1ea88c40241",
         "generate": "4c28be763f8b50e9", "tune": "a0dd538c46d45a8f", "train": "43d37a01165c24c2",
-        "benign": "a18894c6f1b9945f", "evaluate": "87dfa5652f78913c", "claim": "977bf85375ffae13",
+        "benign": "6f0a06a41d9e3db4", "evaluate": "b6b973213befc814", "claim": "977bf85375ffae13",
     },
     "full-two-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
         "generate": "c5cc620565360501", "tune": "3c472e4bb817ad31", "train": "a1024be6b5822627",
-        "benign": "b7cb166733c01626", "evaluate": "f2ea5809c2ac491a", "claim": "30f2066e9891797f",
+        "benign": "6d93fb9b0cb4a733", "evaluate": "28a6aa31ffde9dab", "claim": "6e9e6846502f1348",
     },
     "quick-default-models": {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
         "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "b4e8a31ba19b5b60",
-        "benign": "b7cb166733c01626", "evaluate": "e9b6e6a61d9e0df2", "claim": "016588bec88d2a81",
+        "benign": "6d93fb9b0cb4a733", "evaluate": "a63c5560162e60e6", "claim": "016588bec88d2a81",
     },
     "full-default-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
         "generate": "c5cc620565360501", "tune": "12a20b12b192d30d", "train": "3b6a254edfa1ea07",
-        "benign": "b7cb166733c01626", "evaluate": "03cc704da3d5da93", "claim": "92dea87765a01587",
+        "benign": "6d93fb9b0cb4a733", "evaluate": "ce75cbf0ea969585", "claim": "7d63bf670998398b",
     },
 }
 CASES = {  # profile, root, CPU share of a training worker
@@ -254,7 +254,7 @@ def test_run_names_are_task_label_source_with_the_tuned_hyperparameters():
 
 def test_the_claim_pairs_a_fake_trained_classifier_with_a_real_control_of_the_same_size_and_steps():
     profile = resolve_profile(replace(PROFILES["full"], data="/d", claim_models=("cnn",), claim_seeds=3, claim_epochs=20))
-    pairs = plan.claim_trainings(profile, StudyLayout("/study"), per_class=450, cpu_share=None)
+    pairs = plan.claim_trainings(profile, StudyLayout("/study"), fakes_per_class=450, cpu_share=None)
     assert [(a.run_name(), b.run_name()) for a, b in pairs] == [
         (f"claim-cnn-fake-s{seed}", f"claim-cnn-real-s{seed}") for seed in (0, 1, 2)
     ]
@@ -262,7 +262,10 @@ def test_the_claim_pairs_a_fake_trained_classifier_with_a_real_control_of_the_sa
         assert (fake.source, real.source) == ("fake", "real")
         differing = {k for k, v in asdict(fake).items() if asdict(real)[k] != v}
         assert differing == {"source", "name"}  # same model, seed, images per class, epochs, batch: same steps
-        assert (fake.train_per_class, fake.epochs, fake.storage) == (450, 20, "/study/claim-runs")
+        assert (fake.train_per_class, fake.epochs, fake.storage) == (250, 20, "/study/claim-runs")  # the seed's 500 fakes
+    # Never more per class than the fake train split holds (the control would then see more images).
+    small = plan.claim_trainings(profile, StudyLayout("/study"), fakes_per_class=90, cpu_share=None)
+    assert {cfg.train_per_class for pair in small for cfg in pair} == {90}
 
 
 def test_the_timeline_keeps_the_rows_of_skipped_stages(tmp_path):

@@ -14,7 +14,7 @@ from cxr_ray.cli.common import RAY_ADDRESS, S3_ENDPOINT, S3_REGION, run_stage
 
 # Kept here, not imported from cxr_ray.benign, so `--help` needs no PIL or pyarrow; a test checks they agree.
 CONDITIONS_HELP = (
-    "ingest, jpeg95, jpeg85, jpeg60, png, resize_nearest, resize_bicubic, resize_lanczos, no_draft, "
+    "ingest, jpeg95, jpeg85, jpeg60, png, resize_nearest, resize_bicubic, resize_lanczos, no_draft, resave, "
     "gamma0.8, gamma1.2, contrast_stretch, png16"
 )
 

@@ -15,7 +15,7 @@ from cxr_ray.study.profile import MODEL_FIELDS, PROFILES, StudyOptions
 # Profile knobs given as plain values on the command line (model lists are MODEL_FIELDS).
 VALUE_FIELDS: tuple[str, ...] = (
     "data", "resolution", "gan_epochs", "gan_width", "fakes_per_class", "test_fakes_per_class", "epochs",
-    "batch_size", "workers", "tune_samples", "tune_max_epochs", "robust_aug", "claim_seeds", "claim_epochs", "n_boot", "seed",
+    "batch_size", "workers", "tune_samples", "tune_max_epochs", "robust_aug", "claim_per_class", "claim_seeds", "claim_epochs", "n_boot", "seed",
 )
 
 EPILOG = (
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benign-conditions", help="comma-separated benign re-processings of the real test images (default: all)")
     p.add_argument("--perturbations", help="comma-separated perturbations applied to both classes at evaluation (default: all)")
     p.add_argument("--claim-models", help="comma-separated models for the seed's transfer claim ('' for none)")
+    p.add_argument("--claim-per-class", type=int, help="train images per class of each transfer-claim training (default 250: the seed's 500 fakes)")
     p.add_argument("--claim-seeds", type=int, help="seeds per model for the transfer claim (at least 3 for a result)")
     p.add_argument("--claim-epochs", type=int, help="epochs of each transfer-claim training (best epoch by val AUC is kept)")
     p.add_argument("--tune-samples", type=int)

@@ -196,11 +196,14 @@ def evaluate_hash(eval_cfg: EvaluateConfig, transfer_cfg: TransferConfig, h_trai
 
 
 def claim_trainings(
-    p: Profile, layout: StudyLayout, per_class: int, cpu_share: float | None
+    p: Profile, layout: StudyLayout, fakes_per_class: int, cpu_share: float | None
 ) -> list[tuple[ClassifierConfig, ClassifierConfig]]:
     """(fake-trained, real control) per claim model and seed: the same model, seed, epochs, batch size and images
-    per class (the fake table's train split per class), so the same optimiser steps."""
+    per class (the profile's claim_per_class, at most the `fakes_per_class` the fake train split holds), so the
+    same optimiser steps."""
     from cxr_ray.train.classifier import ClassifierConfig
+
+    per_class = min(p.claim_per_class, fakes_per_class)
 
     def cfg(model: str, source: str, seed: int) -> ClassifierConfig:
         return ClassifierConfig(

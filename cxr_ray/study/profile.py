@@ -47,6 +47,7 @@ class Profile:
     # The seed's transfer claim, tested as written (cxr_ray/claim.py): per model and seed a classifier trained on
     # the fake train split and a real control with as many images per class, the same steps.
     claim_models: tuple[str, ...] | None = None
+    claim_per_class: int = 250  # the seed's "500 DCGAN fakes", half per class (at most the fake train split's share)
     claim_seeds: int = 3
     claim_epochs: int = 30  # the best epoch by val AUC is kept: run long enough to converge
     n_boot: int = 1000
@@ -86,7 +87,7 @@ def registered_models() -> tuple[str, ...]:
 MINIMUMS: dict[str, float] = {
     "gan_epochs": 1, "gan_width": 1, "fakes_per_class": 2, "test_fakes_per_class": 1, "epochs": 1, "batch_size": 1,
     "workers": 1, "tune_samples": 1, "tune_max_epochs": 1, "robust_aug": 0, "n_boot": 1, "seed": 0,
-    "claim_seeds": 1, "claim_epochs": 1,
+    "claim_per_class": 1, "claim_seeds": 1, "claim_epochs": 1,
 }
 
 

@@ -38,7 +38,7 @@ from cxr_ray.filenames import (
     VAL_PREDICTIONS_FILE,
 )
 from cxr_ray.metrics import choose_threshold, roc_auc, summarize, threshold_metrics
-from cxr_ray.pixels import autocast, to_input
+from cxr_ray.pixels import autocast, positive_probability, to_input
 from cxr_ray.runtime import init_ray
 from cxr_ray.storage import S3Settings
 from cxr_ray.train import loop
@@ -271,7 +271,7 @@ def val_scores(
             logits = model(x).float()
         y = data.y_val[start : start + batch_size]
         loss_sum += F.cross_entropy(logits, y, weight=data.class_weights, reduction="sum").item()
-        scores.append(torch.softmax(logits, 1)[:, 1].cpu().numpy())
+        scores.append(positive_probability(logits))
     s = np.concatenate(scores) if scores else np.zeros(0)
     return s, loss_sum / max(1, len(data.y_val))
 
