@@ -13,7 +13,8 @@ import math
 import numpy as np
 
 PROB_CLIP = 1e-15  # keeps logits finite for saturated outputs (p = 0 or 1) without tying float64 scores
-LOG_T_RANGE = (math.log(0.05), math.log(20.0))
+TEMPERATURE_RANGE = (0.05, 20.0)  # searched by fit_temperature; a fit at the low end means separable data
+LOG_T_RANGE = (math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1]))
 
 
 def _as_pair(y_true: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -93,7 +93,10 @@ def scan_threshold(uri: str, finished: bool, youden: float, fpr: float, s3: S3Se
 
     val = val_arrays(uri, s3) if finished else None
     if val is None or not (val[0] == 0).any():
-        log(f"scan: {uri} has no validation predictions ({VAL_PREDICTIONS_FILE}); using its Youden threshold {youden:.4f}, not FPR {fpr:g}")
+        why = ("is a checkpoint folder, not a finished run" if not finished
+               else f"has no validation predictions ({VAL_PREDICTIONS_FILE}: trained before they were recorded)"
+               if val is None else f"has no real images among its validation predictions ({VAL_PREDICTIONS_FILE})")
+        log(f"scan: {uri} {why}; using its Youden threshold {youden:.4f}, not FPR {fpr:g}")
         return youden, YOUDEN
     return threshold_for_fpr(val[0], val[1], fpr), point_name(fpr)
 

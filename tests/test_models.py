@@ -241,3 +241,16 @@ def test_dcgan_rejects_unsupported_sizes():
     for build in (lambda: build_dcgan(96), lambda: Generator(image_size=96), lambda: Discriminator(image_size=96)):
         with pytest.raises(ValueError, match="64 or 128, got 96"):
             build()
+
+
+def test_scores_keep_confident_detectors_apart():
+    # A float32 softmax rounds 1 - e^-18 and 1 - e^-25 to the same 1.0: thresholds near 1 would tie.
+    import numpy as np
+
+    from cxr_ray.pixels import positive_probability
+
+    logits = torch.tensor([[0.0, 18.0], [0.0, 20.0], [0.0, 25.0], [3.0, 1.0]])
+    assert len(set(torch.softmax(logits, 1)[:3, 1].tolist())) == 1
+    p = positive_probability(logits)
+    assert p.dtype == np.float64 and p[0] < p[1] < p[2] < 1.0
+    assert abs(p[3] - 1 / (1 + np.exp(2.0))) < 1e-15  # P(class 1) = sigmoid(l1 - l0)

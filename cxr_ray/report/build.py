@@ -21,6 +21,7 @@ from cxr_ray.filenames import TEST_PREDICTIONS_FILE
 from cxr_ray.manifest import Manifest
 from cxr_ray.report import plots
 from cxr_ray.report.detection import (
+    ARCHIVE_SET,
     benign_section,
     claim_section,
     differences_section,
@@ -102,7 +103,9 @@ def build_report(layout: StudyLayout, s3: S3Settings | None = None, log: Callabl
 def _detection_inputs(layout: StudyLayout, train: dict[str, Any], s3: S3Settings | None) -> dict[str, Any]:
     """The evaluate stage's detector rows by key, the detectors' labels, their recorded operating points, and the
     paired differences table (each None/empty when the stage has not run)."""
+    from cxr_ray.evaluate import FREQ_BASELINE_FILE
     from cxr_ray.filenames import TEST_METRICS_FILE
+    from cxr_ray.freq_baseline import RUN_NAME as FREQ_BASELINE_RUN
     from cxr_ray.scoring import METRICS_NAME
 
     folder = storage.published(layout.evaluate, s3)
@@ -113,6 +116,9 @@ def _detection_inputs(layout: StudyLayout, train: dict[str, Any], s3: S3Settings
         uri = storage.join(run["run_dir"], TEST_METRICS_FILE)
         if name.startswith("deepfake-") and storage.exists(uri, s3):
             points[run_label(name)] = storage.read_json(uri, s3)
+    baseline = storage.join(folder, FREQ_BASELINE_FILE)
+    if storage.exists(baseline, s3):  # the frequency baseline fixes its points on its own validation split
+        points[FREQ_BASELINE_RUN] = storage.read_json(baseline, s3)
     return {"rows": rows, "labels": sorted({k[0] for k in rows}), "points": points,
             "differences": _read_parquet(storage.join(folder, "detector_differences.parquet"), s3)}
 
@@ -290,14 +296,14 @@ def _robustness_section(doc: Doc, layout: StudyLayout, s3: S3Settings | None) ->
     metrics = _table_or_say(doc, uri, s3, "No cross-evaluation table found.")
     if metrics is None:
         return
-    rows = [r for r in metrics.to_pylist() if r["task"] == "deepfake" and r["metric"] == "auc"]
+    rows = [r for r in metrics.to_pylist() if r["task"] == "deepfake" and r["metric"] == "auc" and r["eval_set"] == ARCHIVE_SET]
     if not rows:
         doc.para("No detector rows in the cross-evaluation table.")
         return
     perturbations = list(dict.fromkeys(r["perturbation"] for r in rows))
     models = sorted({run_label(r["run"]) for r in rows})
     table = {(run_label(r["run"]), r["perturbation"]): r["value"] for r in rows}
-    doc.para("Detector AUC on real test vs held-out fakes, each column one perturbation applied to both classes; "
+    doc.para("Detector AUC on real test vs held-out archive-format fakes, each column one perturbation applied to both classes; "
              "'-robust' detectors were trained with random blur/JPEG augmentation "
              f"({storage.join(layout.evaluate, METRICS_NAME + '.csv')} has intervals and every other metric).")
     doc.table(["detector", *perturbations], [[m, *[table.get((m, p), float("nan")) for p in perturbations]] for m in models])

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from cxr_ray import storage
+from cxr_ray.calibration import TEMPERATURE_RANGE
 from cxr_ray.report.doc import Doc
 from cxr_ray.storage import S3Settings
 
@@ -19,6 +20,7 @@ ARCHIVE_SET, RAW_SET, BENIGN_SET = "real+fake_test", "real+raw_fake_test", "beni
 HEADLINE_POINT = "fpr_0.01"  # the operating point of the headline: 1% false alarms on validation reals
 TARGET_FPR = 0.01  # the issue's bar: at most 1% false alarms per benign condition at the 1% point
 
+POINT_ORDER = ("fpr_0.01", "fpr_0.001", "youden")  # the headline point first
 Key = tuple[str, str, str, str, str]  # (run label, eval set, perturbation, operating point, metric)
 
 
@@ -96,16 +98,21 @@ def operating_section(doc: Doc, rows: dict[Key, dict[str, Any]], labels: list[st
         return
     doc.para(
         "Thresholds at 1% and 0.1% validation FPR and the Youden point; TPR and FPR on the held-out archive-format "
-        "fakes and real test images; PPV at archive prevalences of 1 fake in 1,000 and in 100 images. Calibration: "
-        "temperature fitted on validation; ECE (15 bins) and Brier score of the calibrated scores on the test set."
+        "fakes and real test images; PPV at archive prevalences of 1 fake in 1,000 and in 100 images. With fewer than "
+        "1,000 validation reals the 0.1% point is the zero-false-alarm point on validation, and 0 false alarms in the "
+        "test reals bounds the FPR only at the exact bound shown. Calibration: temperature fitted on validation (val ECE "
+        "and Brier are on the data it was fitted on; a temperature at the search bound 0.05 means validation was "
+        "separable and the calibrated scores saturate); ECE (15 bins) and Brier of the calibrated scores on the test set."
     )
     body = []
     for label in labels:
         record = points.get(label, {})
-        for point, threshold in (record.get("operating_points") or {}).items():
+        recorded = record.get("operating_points") or {}
+        for point in sorted(recorded, key=lambda name: POINT_ORDER.index(name) if name in POINT_ORDER else len(POINT_ORDER)):
+            threshold = recorded[point]
             at = lambda metric: rows.get((label, ARCHIVE_SET, "none", point, metric))  # noqa: E731
             ppv = [at(f"ppv@{p}") for p in ("0.001", "0.01")]
-            body.append([label, point, f"{threshold:.4g}", rate(at("tpr")), rate(at("fpr")),
+            body.append([label, point, f"{threshold:.6g}", rate(at("tpr")), rate(at("fpr")),
                          *[f"{r['value']:.3f}" if r else "-" for r in ppv]])
     doc.table(["detector", "operating point", "threshold", "TPR", "FPR", "PPV @1e-3", "PPV @1e-2"], body)
     calib = []
@@ -113,7 +120,9 @@ def operating_section(doc: Doc, rows: dict[Key, dict[str, Any]], labels: list[st
         record = points.get(label, {})
         free = lambda metric: rows.get((label, ARCHIVE_SET, "none", "", metric))  # noqa: E731
         val = record.get("val_calibration") or {}
-        calib.append([label, f"{record.get('temperature', float('nan')):.3g}", _num(val.get("ece")), _num(val.get("brier")),
+        temperature = record.get("temperature", float("nan"))
+        at_bound = " (bound)" if temperature <= TEMPERATURE_RANGE[0] * 1.001 else ""
+        calib.append([label, f"{temperature:.3g}{at_bound}", _num(val.get("ece")), _num(val.get("brier")),
                       _num((free("ece") or {}).get("value")), _num((free("brier") or {}).get("value")),
                       _num((free("auc") or {}).get("value"))])
     doc.table(["detector", "temperature", "val ECE", "val Brier", "test ECE", "test Brier", "test AUC"], calib)
