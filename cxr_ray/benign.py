@@ -32,7 +32,7 @@ from PIL import Image, JpegImagePlugin
 from cxr_ray import storage
 from cxr_ray.config import ConfigError
 from cxr_ray.data import schema
-from cxr_ray.data.decode import DEFAULT_MAX_PIXELS, DecodeError, check_pixels, decode_to_gray
+from cxr_ray.data.decode import DEFAULT_MAX_PIXELS, DecodeError, check_pixels, decode_to_gray, to_uint8_gray
 from cxr_ray.storage import S3Settings
 
 BENIGN_CONDITIONS = (
@@ -81,7 +81,7 @@ def reprocess(blob: bytes, condition: str, resolution: int, max_pixels: int = DE
         return decode_to_gray(_reencode_jpeg(src, JPEG_QUALITIES[condition]), resolution, max_pixels)
     if condition == "png":
         return decode_to_gray(_encode(_png_mode(src), "PNG"), resolution, max_pixels)
-    gray = _gray(src)
+    gray = to_uint8_gray(src)
     if condition in RESIZE_FILTERS:
         if gray.size != (resolution, resolution):
             gray = gray.resize((resolution, resolution), RESIZE_FILTERS[condition])
@@ -114,18 +114,6 @@ def _decode_full(blob: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def _gray(img: Image.Image) -> Image.Image:
-    """Full-resolution 'L', converted as ingest converts (deep images min-max scaled per image)."""
-    if img.mode == "L":
-        return img
-    if img.mode in _DEEP_MODES:
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.zeros(arr.shape, np.uint8) if hi <= lo else np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L")
-    return img.convert("L")  # RGB, RGBA, LA, P, CMYK: luma, alpha ignored
-
-
 def _encode(img: Image.Image, fmt: str, **options: Any) -> bytes:
     out = io.BytesIO()
     img.save(out, fmt, **options)
@@ -137,7 +125,7 @@ def _reencode_jpeg(src: Image.Image, quality: int) -> bytes:
     if src.mode in ("L", "RGB", "CMYK"):
         img = src
     elif src.mode in _DEEP_MODES or src.mode in ("LA", "1"):
-        img = _gray(src)
+        img = to_uint8_gray(src)
     else:
         img = src.convert("RGB")  # RGBA, P: JPEG has no alpha or palette
     options: dict[str, Any] = {"quality": quality}
@@ -237,7 +225,7 @@ def real_rows(real: str, split: str, s3: S3Settings | None) -> list[dict[str, An
     return sorted(rows, key=lambda r: r["path"])
 
 
-def benign_rows(items: list[dict[str, Any]], images: list[list[np.ndarray]], conditions: tuple[str, ...]) -> pa.Table:
+def benign_table(items: list[dict[str, Any]], images: list[list[np.ndarray]], conditions: tuple[str, ...]) -> pa.Table:
     """Image-schema rows (+ condition) for re-processed files: one per (file, condition), the real row's metadata kept."""
     columns: dict[str, list[Any]] = {name: [] for name in BENIGN_SCHEMA.names}
     for item, per_condition in zip(items, images):
@@ -291,7 +279,7 @@ class BenignWriter:
             # Named by this run and the batch's first file: unique per batch, and no two runs collide.
             name = hashlib.sha1(items[0]["path"].encode()).hexdigest()[:16]
             fs, path = storage.resolve(storage.join(self.images_dir, f"part-{self.run_token}-{name}.parquet"), self.s3)
-            pq.write_table(benign_rows(kept, images, self.conditions), path, filesystem=fs)
+            pq.write_table(benign_table(kept, images, self.conditions), path, filesystem=fs)
         return pa.table({"path": [i["path"] for i in items], "reason": pa.array(reasons, pa.string())})
 
 

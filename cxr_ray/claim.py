@@ -231,16 +231,16 @@ def replicates(es: EvalSet, weights: np.ndarray) -> dict[str, np.ndarray]:
     for s, t in zip(es.scores, es.thresholds):
         out["auc"].append(M.roc_auc(es.y, s))
         out["accuracy"].append(M.threshold_metrics(es.y, s, float(t))["accuracy"])
-        reps = M._summary_replicates(es.y.astype(np.int64), np.asarray(s, np.float64), float(t), weights)
+        reps = M.summary_replicates(es.y.astype(np.int64), np.asarray(s, np.float64), float(t), weights)
         out["auc_rep"].append(reps["auc"])
         out["accuracy_rep"].append(reps["accuracy"])
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
 def interval(reps: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
-    from cxr_ray.metrics import _percentile_interval
+    from cxr_ray.metrics import percentile_interval
 
-    return _percentile_interval(np.asarray(reps, np.float64), alpha)
+    return percentile_interval(np.asarray(reps, np.float64), alpha)
 
 
 def stat_rows(point: np.ndarray, reps: np.ndarray, base: dict[str, Any], seeds: Sequence[int], runs: Sequence[str]) -> list[dict]:
@@ -261,6 +261,8 @@ def reading_a(
     """Rows of reading A: both arms on the real test split, and fake-trained minus control, on shared patient draws."""
     from cxr_ray.metrics import patient_weights
 
+    if not (np.array_equal(fake_trained.y, control.y) and np.array_equal(fake_trained.groups, control.groups)):
+        raise ConfigError(f"{', '.join(runs[0])} and their controls scored other real test images: no paired comparison")
     weights = patient_weights(fake_trained.y, fake_trained.groups, n_boot, seed)
     a, b = replicates(fake_trained, weights), replicates(control, weights)
     n = int(fake_trained.y.size)

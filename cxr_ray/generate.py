@@ -38,6 +38,7 @@ from cxr_ray.runtime import pool_size
 from cxr_ray.storage import S3Settings, StorageError
 
 TEST_SEED_START = 1_000_000
+MIN_AGREEMENT = 0.9  # below this share of sampled files in one format, archive-format fakes get a warning
 # Every generator forward sees exactly this many noise vectors (padded): the
 # batch size a kernel sees can change its floating-point results, the seed alone must not.
 MICRO_BATCH = 32
@@ -246,21 +247,6 @@ def images_from_seeds(generator: Any, seeds: list[int], labels: list[int] | None
     return out
 
 
-def store_as_archive(images: Any, archive_format: dict[str, Any]) -> tuple[Any, list[bytes]]:
-    """(pixels, files) of (N, S, S) uint8 images stored as the archive stores them: each image encoded
-    (`encode_as_archive`), then decoded by ingest's path at S px; the pixels equal `to_archive_pixels(images, ...)`."""
-    import numpy as np
-
-    from cxr_ray.data.archive import ArchiveFormat, encode_as_archive
-    from cxr_ray.data.decode import decode_to_gray
-
-    fmt = ArchiveFormat.from_dict(archive_format)
-    files = [encode_as_archive(image, fmt) for image in images]
-    size = int(images.shape[1]) if len(images) else 0
-    pixels = np.stack([decode_to_gray(blob, size) for blob in files]) if files else images
-    return pixels, files
-
-
 def fake_rows(
     spec: dict[str, Any], items: list[dict[str, Any]], images: Any, files: list[bytes] | None = None
 ) -> dict[str, list[Any]]:
@@ -298,6 +284,7 @@ class FakeImageMaker:
     ) -> None:
         import torch
 
+        from cxr_ray.data.archive import ArchiveFormat
         from cxr_ray.gan_state import generator_from_state, load_gan_state
         from cxr_ray.inference import pick_device
 
@@ -307,7 +294,7 @@ class FakeImageMaker:
         settings = S3Settings.from_dict(s3)
         self.device = pick_device()
         self.specs = generators
-        self.archive_format = archive_format  # None: raw fakes
+        self.archive_format = None if archive_format is None else ArchiveFormat.from_dict(archive_format)  # None: raw
         self.generators = [generator_from_state(load_gan_state(g["state_uri"], settings), self.device) for g in generators]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -322,7 +309,9 @@ class FakeImageMaker:
             images = images_from_seeds(generator, [int(i["seed"]) for i in group], labels, self.device)
             files = None
             if self.archive_format is not None:
-                images, files = store_as_archive(images, self.archive_format)
+                from cxr_ray.data.archive import store_as_archive
+
+                images, files = store_as_archive(images, self.archive_format, int(images.shape[1]))
             for key, values in fake_rows(spec, group, images, files).items():
                 columns[key].extend(values)
         return pa.table({name: columns[name] for name in schema.IMAGE_SCHEMA.names}, schema=schema.IMAGE_SCHEMA)
@@ -384,6 +373,10 @@ def run_generate(
         f"generate: {len(items)} fakes of {', '.join(c for s in specs for c in s.classes)} at {specs[0].image_size}px "
         f"on {pool_size(pool)} actor(s), {storage_label(cfg.storage_format, cfg.archive_format)} -> {cfg.dest}"
     )
+    agreement = float((cfg.archive_format or {}).get("agreement", 1.0))
+    if agreement < MIN_AGREEMENT:
+        # A mixed archive has no one format: fakes stored in its most common one differ from most reals.
+        log(f"generate: warning: only {agreement:.0%} of the archive's sampled files share the format the fakes are stored in")
     spec_dicts = [{"state_uri": s.state_uri, "run": s.run, "conditional": s.conditional} for s in specs]
     blocks = max(2 * pool_size(pool), math.ceil(len(items) / (4 * cfg.batch_size)))
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), blocks))

@@ -341,7 +341,7 @@ def _bootstrap_auc(s_pos: np.ndarray, s_neg: np.ndarray, w_pos: np.ndarray, w_ne
         return (w_pos * wins).sum(axis=1) / (w_pos.sum(axis=1) * w_neg.sum(axis=1))
 
 
-def _percentile_interval(replicates: np.ndarray, alpha: float) -> tuple[float, float]:
+def percentile_interval(replicates: np.ndarray, alpha: float) -> tuple[float, float]:
     # NaN replicates (e.g. precision with no positive calls) are left out rather than
     # poisoning the interval; all-NaN gives (nan, nan).
     finite = replicates[~np.isnan(replicates)]
@@ -393,16 +393,16 @@ def bootstrap_ci(
     if groups is not None or metric_fn is roc_auc:
         # groups=None gives the image draws below, as multiplicities.
         weights = patient_weights(y, groups, n_boot, seed)
-        return _percentile_interval(_weighted_replicates(y, s, metric_fn, weights), alpha)
+        return percentile_interval(_weighted_replicates(y, s, metric_fn, weights), alpha)
     pos, neg, pos_draw, neg_draw = _stratified_indices(y, n_boot, seed)
     labels = np.r_[np.ones(pos.size, np.int64), np.zeros(neg.size, np.int64)]
     replicates = np.array(
         [metric_fn(labels, np.r_[s[pos][p], s[neg][q]]) for p, q in zip(pos_draw, neg_draw)], dtype=np.float64
     )
-    return _percentile_interval(replicates, alpha)
+    return percentile_interval(replicates, alpha)
 
 
-def _summary_replicates(y: np.ndarray, s: np.ndarray, threshold: float, weights: np.ndarray) -> dict[str, np.ndarray]:
+def summary_replicates(y: np.ndarray, s: np.ndarray, threshold: float, weights: np.ndarray) -> dict[str, np.ndarray]:
     """accuracy, auc, sensitivity, specificity of every replicate: weighted sums of per-image calls."""
     pos, neg = y == 1, y == 0
     w_pos, w_neg = weights[:, pos], weights[:, neg]
@@ -434,11 +434,11 @@ def summarize(
     y, s = as_arrays(y_true, score)
     counts = confusion(y, (s >= threshold).astype(np.int64))
     point = {"auc": roc_auc(y, s), **_rates(counts["tn"], counts["fp"], counts["fn"], counts["tp"])}
-    replicates = _summary_replicates(y, s, threshold, patient_weights(y, groups, n_boot, seed))
+    replicates = summary_replicates(y, s, threshold, patient_weights(y, groups, n_boot, seed))
 
     summary: dict[str, float | int] = {}
     for name in ("accuracy", "auc", "sensitivity", "specificity"):
-        low, high = _percentile_interval(replicates[name], alpha)
+        low, high = percentile_interval(replicates[name], alpha)
         summary[name] = float(point[name])
         summary[f"{name}_ci_low"] = low
         summary[f"{name}_ci_high"] = high
@@ -473,7 +473,7 @@ def paired_difference_ci(
     _, s_b = as_arrays(y, score_b)
     weights = patient_weights(y, groups, n_boot, seed)
     diff = _weighted_replicates(y, s_a, metric_fn, weights) - _weighted_replicates(y, s_b, metric_fn, weights)
-    low, high = _percentile_interval(diff, alpha)
+    low, high = percentile_interval(diff, alpha)
     return float(metric_fn(y, s_a) - metric_fn(y, s_b)), low, high
 
 
@@ -497,5 +497,5 @@ def difference_ci_independent(
     seed1, seed2 = (int(x) for x in np.random.SeedSequence(seed).generate_state(2))
     rep1 = _weighted_replicates(y1, s1, metric_fn, patient_weights(y1, g1, n_boot, seed1))
     rep2 = _weighted_replicates(y2, s2, metric_fn, patient_weights(y2, g2, n_boot, seed2))
-    low, high = _percentile_interval(rep1 - rep2, alpha)
+    low, high = percentile_interval(rep1 - rep2, alpha)
     return float(metric_fn(y1, s1) - metric_fn(y2, s2)), low, high

@@ -223,14 +223,20 @@ def encode_as_archive(gray: np.ndarray, fmt: ArchiveFormat, resample: str = "lan
     return out.getvalue()
 
 
-def to_archive_pixels(images: np.ndarray, fmt: ArchiveFormat, resolution: int) -> np.ndarray:
-    """(N, S, S) uint8 -> (N, resolution, resolution) uint8: each image stored as the archive does, then
-    decoded by ingest's path (`decode_to_gray`), so it has the history of an ingested real."""
+def store_as_archive(images: np.ndarray, fmt: ArchiveFormat, resolution: int) -> tuple[np.ndarray, list[bytes]]:
+    """(pixels, files): each (N, S, S) uint8 image stored as the archive does (`encode_as_archive`, the files),
+    then decoded by ingest's path (`decode_to_gray`) at `resolution`, so it has the history of an ingested real."""
     images = np.asarray(images)
+    files = [encode_as_archive(image, fmt) for image in images]
     out = np.zeros((len(images), resolution, resolution), np.uint8)
-    for i, image in enumerate(images):
-        out[i] = decode_to_gray(encode_as_archive(image, fmt), resolution)
-    return out
+    for i, blob in enumerate(files):
+        out[i] = decode_to_gray(blob, resolution)
+    return out, files
+
+
+def to_archive_pixels(images: np.ndarray, fmt: ArchiveFormat, resolution: int) -> np.ndarray:
+    """The pixels of `store_as_archive`: (N, S, S) uint8 -> (N, resolution, resolution) uint8."""
+    return store_as_archive(images, fmt, resolution)[0]
 
 
 def read_archive_format(table_uri: str, s3: S3Settings | None = None) -> ArchiveFormat:

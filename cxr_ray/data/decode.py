@@ -27,7 +27,7 @@ class DecodeError(ValueError):
     """The bytes are not a usable image; the message is the quarantine reason."""
 
 
-def _to_uint8_gray(img: Image.Image) -> Image.Image:
+def to_uint8_gray(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 'L'. Deep (16-bit, int32, float) images are min-max scaled per image,
     so a 12-bit radiograph in a 16-bit container is not crushed into the dark end."""
     mode = img.mode
@@ -115,7 +115,7 @@ def decode_to_gray(data: bytes, resolution: int, max_pixels: int = DEFAULT_MAX_P
         raise DecodeError(f"corrupt or truncated image: {exc}") from None
     if img.width < 8 or img.height < 8:
         raise DecodeError(f"image too small ({img.width}x{img.height})")
-    gray = _to_uint8_gray(img)
+    gray = to_uint8_gray(img)
     if gray.size != (resolution, resolution):
         # Aspect ratio is not kept: the published dataset copy is already
         # square-resized, and the study compares at a fixed square size.

@@ -34,7 +34,7 @@ def keep_test_rows(batch: pa.Table, table: str | None = None) -> pa.Table:
     return kept if table is None else kept.append_column("table", pa.array([table] * kept.num_rows, pa.string()))
 
 
-def benign_rows(batch: pa.Table) -> pa.Table:
+def benign_scored_rows(batch: pa.Table) -> pa.Table:
     """Ray Data UDF: a benign table's test rows as scored rows, their condition as the perturbation."""
     import pyarrow.compute as pc
 
@@ -126,7 +126,7 @@ def eval_dataset(tables: Mapping[str, str], perturbations: Sequence[str], seed: 
         fs, path = storage.resolve(images_uri(storage.published(uri, s3)), s3)
         if tag == BENIGN_TABLE:
             read = ray.data.read_parquet(path, filesystem=fs).select_columns(IMAGE_COLUMNS + [CONDITION])
-            benign = read.map_batches(benign_rows, batch_format="pyarrow", batch_size=None)
+            benign = read.map_batches(benign_scored_rows, batch_format="pyarrow", batch_size=None)
             continue
         read = ray.data.read_parquet(path, filesystem=fs).select_columns(IMAGE_COLUMNS)
         parts.append(read.map_batches(keep_test_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"table": tag}))

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
+from cxr_ray.config import ConfigError
 from cxr_ray.operating import POINT_METRICS, YOUDEN, rates_at
 from cxr_ray.perturb import DEFAULT_PERTURBATIONS
 from cxr_ray.scoring.runs import ModelRun
@@ -89,7 +90,7 @@ def detector_rows(
     return rows
 
 
-def benign_rows(score: np.ndarray, points: dict[str, float], *, groups: Any, n_boot: int, seed: int) -> list[dict[str, Any]]:
+def benign_fpr_rows(score: np.ndarray, points: dict[str, float], *, groups: Any, n_boot: int, seed: int) -> list[dict[str, Any]]:
     """False-positive rate of re-processed reals at every operating point (exact bound when no false alarm)."""
     y = np.zeros(len(score), np.int64)
     return [
@@ -138,8 +139,11 @@ def _set_rows(run: ModelRun, eval_set: str, part: pa.Table, n_boot: int, seed: i
     y = targets_for(run.task, part)
     score = np.asarray(part.column("score").to_pylist(), dtype=np.float64)
     groups = np.asarray(part.column("patient_id").to_pylist(), dtype=object)
+    if not np.isfinite(score).all():
+        perturbation = part.column("perturbation")[0].as_py() if part.num_rows else "?"
+        raise ConfigError(f"{run.run}: {int((~np.isfinite(score)).sum())} non-finite score(s) on {eval_set}/{perturbation}")
     if eval_set == BENIGN_TEST:
-        return benign_rows(score, run.operating_points, groups=groups, n_boot=n_boot, seed=seed)
+        return benign_fpr_rows(score, run.operating_points, groups=groups, n_boot=n_boot, seed=seed)
     if run.task == "deepfake" and len(np.unique(y)) < 2:
         return []
     return metric_rows(y, score, run.task, run.operating_points, temperature=run.temperature, groups=groups, n_boot=n_boot, seed=seed)
