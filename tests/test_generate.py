@@ -232,9 +232,12 @@ def test_frequency_baseline_separates_untrained_fakes_and_names_bands(real64, fa
     from cxr_ray.freq_baseline import BAND_NAMES, run_freq_baseline
 
     out = run_freq_baseline(real64, fakes64, perturbations=("none", "blur1"), n_boot=100)
-    clean = {r["metric"]: r for r in out["rows"] if r["perturbation"] == "none"}
-    assert set(clean) == {"auc", "ap", "accuracy", "tpr_at_1pct_fpr", "sensitivity", "specificity"}
-    assert clean["auc"]["value"] > 0.9 and clean["auc"]["n"] == 65 + 40
+    clean = {(r["operating_point"], r["metric"]): r for r in out["rows"] if r["perturbation"] == "none"}
+    # Threshold-free metrics, then the rates at each operating point fixed on the baseline's own validation split.
+    assert {m for p, m in clean if p == ""} == {"auc", "ap", "ece", "brier"}
+    assert set(out["operating_points"]) == {p for p, _ in clean if p} == {"youden", "fpr_0.01", "fpr_0.001"}
+    assert {m for p, m in clean if p == "fpr_0.01"} == {"tpr", "fpr", "accuracy", "ppv@0.001", "ppv@0.01"}
+    assert clean[("", "auc")]["value"] > 0.9 and clean[("", "auc")]["n"] == 65 + 40
     assert {r["perturbation"] for r in out["rows"]} == {"none", "blur1"}
     assert abs(sum(b["weight_share"] for b in out["bands"]) - 1.0) < 1e-9
     top = max(out["bands"], key=lambda b: b["weight_share"])
