@@ -33,6 +33,7 @@ from cxr_ray import storage
 from cxr_ray.config import ConfigError
 from cxr_ray.data import schema
 from cxr_ray.data.decode import DEFAULT_MAX_PIXELS, DecodeError, check_pixels, decode_to_gray, to_uint8_gray
+from cxr_ray.perturb import apply_gamma, contrast_stretch
 from cxr_ray.storage import S3Settings
 
 BENIGN_CONDITIONS = (
@@ -95,7 +96,7 @@ def reprocess(blob: bytes, condition: str, resolution: int, max_pixels: int = DE
     if condition == "resave":
         windowed = pixels
     else:
-        windowed = apply_gamma(pixels, GAMMAS[condition]) if condition in GAMMAS else contrast_stretch(pixels)
+        windowed = apply_gamma(pixels, GAMMAS[condition]) if condition in GAMMAS else contrast_stretch(pixels, STRETCH_PERCENTILES)
     return decode_to_gray(_save_as_archive(windowed, blob), resolution, max_pixels)
 
 
@@ -138,21 +139,6 @@ def _reencode_jpeg(src: Image.Image, quality: int) -> bytes:
 def _png_mode(src: Image.Image) -> Image.Image:
     """The decoded original in a mode PNG stores: its own, except CMYK (a JPEG-only mode) as RGB."""
     return src.convert("RGB") if src.mode == "CMYK" else src
-
-
-def apply_gamma(gray: np.ndarray, gamma: float) -> np.ndarray:
-    """A window/level change: out = 255 * (in / 255) ** gamma, rounded; gamma < 1 brightens."""
-    lut = np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
-    return lut[np.asarray(gray, dtype=np.uint8)]
-
-
-def contrast_stretch(gray: np.ndarray) -> np.ndarray:
-    """The 1st..99th percentile stretched linearly to 0..255 (clipped, rounded); a flat image is kept."""
-    gray = np.asarray(gray, dtype=np.uint8)
-    lo, hi = np.percentile(gray, STRETCH_PERCENTILES)
-    if hi <= lo:
-        return gray.copy()
-    return np.clip(np.round((gray.astype(np.float64) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
 
 
 def _save_as_archive(gray: np.ndarray, original: bytes) -> bytes:

@@ -139,6 +139,24 @@ def apply_perturbation(name: str, images: np.ndarray, seed: int = 0) -> np.ndarr
     return PERTURBATIONS[name](images, seed)
 
 
+# ---------------------------------------------------------------- window/level (a viewer's or PACS export's display change)
+
+
+def apply_gamma(gray: np.ndarray, gamma: float) -> np.ndarray:
+    """A window/level change: out = 255 * (in / 255) ** gamma, rounded; gamma < 1 brightens."""
+    lut = np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
+    return lut[np.asarray(gray, dtype=np.uint8)]
+
+
+def contrast_stretch(gray: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)) -> np.ndarray:
+    """The `percentiles` window stretched linearly to 0..255 (clipped, rounded); a flat image is kept."""
+    gray = np.asarray(gray, dtype=np.uint8)
+    lo, hi = np.percentile(gray, percentiles)
+    if hi <= lo:
+        return gray.copy()
+    return np.clip(np.round((gray.astype(np.float64) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
 # ---------------------------------------------------------------- training augmentation
 
 
@@ -172,6 +190,34 @@ def random_blur_jpeg(images: np.ndarray, probability: float, seed: int = 0) -> t
             quality = int(rng.integers(30, 96))
             out[i] = jpeg(image[None], quality=quality)[0]
             applied.append(f"jpeg{quality}")
+    return out, applied
+
+
+def random_window_level(images: np.ndarray, probability: float, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Window/level augmentation: each image, with ``probability``, gets a random gamma or contrast stretch.
+
+    Gamma ~ log-uniform on [0.7, 1.4]; stretch window from the U(0, 3)th to the
+    U(97, 100)th percentile: around the benign conditions the false-alarm table
+    probes (gamma 0.8 / 1.2, a 1-99% stretch), so a detector learns that a
+    display change is not a fake. Randomness per image as in `random_blur_jpeg`.
+    """
+    images = _check_images(images)
+    _check_probability(probability)
+    out = images.copy()
+    applied: list[str] = []
+    for i, image in enumerate(images):
+        rng = np.random.default_rng([seed, image_key(image), 2])
+        if rng.random() >= probability:
+            applied.append("")
+            continue
+        if rng.random() < 0.5:
+            gamma = float(np.exp(rng.uniform(math.log(0.7), math.log(1.4))))
+            out[i] = apply_gamma(image, gamma)
+            applied.append(f"gamma{gamma:.2f}")
+        else:
+            window = (float(rng.uniform(0.0, 3.0)), float(rng.uniform(97.0, 100.0)))
+            out[i] = contrast_stretch(image, window)
+            applied.append(f"stretch{window[0]:.1f}-{window[1]:.1f}")
     return out, applied
 
 

@@ -276,6 +276,23 @@ def test_perturbations_do_what_they_say():
         apply_perturbation("sharpen", images)
 
 
+def test_window_level_augmentation_is_reproducible_and_spans_the_benign_display_changes():
+    from cxr_ray.data.decode import decode_to_gray
+    from cxr_ray.perturb import random_window_level
+
+    images = np.stack([decode_to_gray(p.read_bytes(), 64) for p in sorted((SAMPLE / "test" / "NORMAL").iterdir())[:24]])
+    out, applied = random_window_level(images, 0.5, seed=3)
+    again, _ = random_window_level(images, 0.5, seed=3)
+    assert np.array_equal(out, again) and out.dtype == np.uint8  # per image, from (seed, pixels)
+    touched = [i for i, a in enumerate(applied) if a]
+    assert 0 < len(touched) < len(images) and all(np.array_equal(out[i], images[i]) for i, a in enumerate(applied) if not a)
+    kinds = {a.rstrip("0123456789.-") for a in applied if a}
+    assert kinds == {"gamma", "stretch"}
+    gammas = [float(a[5:]) for a in applied if a.startswith("gamma")]
+    assert all(0.7 <= g <= 1.4 for g in gammas)  # the range around the benign table's gamma 0.8 / 1.2
+    assert np.array_equal(random_window_level(images, 0.0, seed=3)[0], images)
+
+
 def test_augment_table_perturbs_train_and_val_only(study, tmp_path):
     dest = str(tmp_path / "real-64-aug")
     summary = augment_table(study["real"], dest, probability=0.5, seed=1, log=quiet)

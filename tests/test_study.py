@@ -131,28 +131,28 @@ SOURCE, REAL = "4e3c04fd47d97b16", "c0ffee0123456789"  # a source fingerprint, a
 DIGESTS = {
     "quick-cnn-local": {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
-        "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "5341420bb64c8a96",
-        "benign": "6d93fb9b0cb4a733", "evaluate": "643a95f15456cc9c", "claim": "016588bec88d2a81",
+        "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "4c501748c3594bc8",
+        "benign": "6d93fb9b0cb4a733", "evaluate": "90169d8455de8ab1", "claim": "9ef62c2be0b259fc",
     },
     "quick-cnn-s3-shared": {
         "ingest": "0eb202cb12770452", "gan": "682ae2622c1b1d4b", "gan_quality": "1ebed1ea88c40241",
-        "generate": "4c28be763f8b50e9", "tune": "a0dd538c46d45a8f", "train": "43d37a01165c24c2",
-        "benign": "6f0a06a41d9e3db4", "evaluate": "b6b973213befc814", "claim": "977bf85375ffae13",
+        "generate": "4c28be763f8b50e9", "tune": "a0dd538c46d45a8f", "train": "1c90a338b796a000",
+        "benign": "6f0a06a41d9e3db4", "evaluate": "dc430f76929d5d06", "claim": "bf0ceb7343781c24",
     },
     "full-two-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
-        "generate": "c5cc620565360501", "tune": "3c472e4bb817ad31", "train": "a1024be6b5822627",
-        "benign": "6d93fb9b0cb4a733", "evaluate": "28a6aa31ffde9dab", "claim": "6e9e6846502f1348",
+        "generate": "c5cc620565360501", "tune": "3c472e4bb817ad31", "train": "801b31ba6b625ace",
+        "benign": "6d93fb9b0cb4a733", "evaluate": "51cd8dc947f69cc6", "claim": "f60f6c2c2a703d9d",
     },
     "quick-default-models": {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
-        "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "b4e8a31ba19b5b60",
-        "benign": "6d93fb9b0cb4a733", "evaluate": "a63c5560162e60e6", "claim": "016588bec88d2a81",
+        "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "476f575bd6ded543",
+        "benign": "6d93fb9b0cb4a733", "evaluate": "ee653eb605e4fee6", "claim": "9ef62c2be0b259fc",
     },
     "full-default-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
-        "generate": "c5cc620565360501", "tune": "12a20b12b192d30d", "train": "3b6a254edfa1ea07",
-        "benign": "6d93fb9b0cb4a733", "evaluate": "ce75cbf0ea969585", "claim": "7d63bf670998398b",
+        "generate": "c5cc620565360501", "tune": "12a20b12b192d30d", "train": "f456bfb7766c818c",
+        "benign": "6d93fb9b0cb4a733", "evaluate": "73ec2d20f7675077", "claim": "3544a10e31e79d3d",
     },
 }
 CASES = {  # profile, root, CPU share of a training worker
@@ -246,6 +246,9 @@ def test_run_names_are_task_label_source_with_the_tuned_hyperparameters():
         "deepfake-cnn-real", "deepfake-resnet18-real", "deepfake-cnn-robust-real", "deepfake-cnn-raw-real",
     ]
     assert {(c.model, c.epochs, c.batch_size) for c in cfgs} == {("cnn", 2, 16), ("resnet18", 1, 32)}
+    # Only the robust detectors get the blur/JPEG and window/level augmentations.
+    assert {(c.robust_aug, c.window_aug) for c in cfgs if "-robust-" in c.run_name()} == {(0.5, 0.5)}
+    assert {(c.robust_aug, c.window_aug) for c in cfgs if "-robust-" not in c.run_name()} == {(0.0, 0.0)}
     # Detectors learn archive-format fakes; the second condition's detector the raw generator pixels.
     layout = StudyLayout("/study")
     assert {c.fakes for c in cfgs if not c.run_name().endswith("-raw-real")} == {layout.fakes(64)}

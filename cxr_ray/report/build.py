@@ -304,7 +304,7 @@ def _robustness_section(doc: Doc, layout: StudyLayout, s3: S3Settings | None) ->
     models = sorted({run_label(r["run"]) for r in rows})
     table = {(run_label(r["run"]), r["perturbation"]): r["value"] for r in rows}
     doc.para("Detector AUC on real test vs held-out archive-format fakes, each column one perturbation applied to both classes; "
-             "'-robust' detectors were trained with random blur/JPEG augmentation "
+             "'-robust' detectors were trained with random blur/JPEG and window/level augmentation "
              f"({storage.join(layout.evaluate, METRICS_NAME + '.csv')} has intervals and every other metric).")
     doc.table(["detector", *perturbations], [[m, *[table.get((m, p), float("nan")) for p in perturbations]] for m in models])
 

@@ -15,7 +15,8 @@ from cxr_ray.study.profile import MODEL_FIELDS, PROFILES, StudyOptions
 # Profile knobs given as plain values on the command line (model lists are MODEL_FIELDS).
 VALUE_FIELDS: tuple[str, ...] = (
     "data", "resolution", "gan_epochs", "gan_width", "fakes_per_class", "test_fakes_per_class", "epochs",
-    "batch_size", "workers", "tune_samples", "tune_max_epochs", "robust_aug", "claim_per_class", "claim_seeds", "claim_epochs", "n_boot", "seed",
+    "batch_size", "workers", "tune_samples", "tune_max_epochs", "robust_aug", "window_aug", "claim_per_class",
+    "claim_seeds", "claim_epochs", "n_boot", "seed",
 )
 
 EPILOG = (
@@ -48,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--workers", type=int, help="Ray Train workers per training")
     p.add_argument("--tune-models", help="comma-separated models to tune ('' for none)")
-    p.add_argument("--robust-models", help="comma-separated models whose detector is also trained with blur/JPEG augmentation ('' for none)")
-    p.add_argument("--robust-aug", type=float, help="per-image probability of that augmentation")
+    p.add_argument("--robust-models", help="comma-separated models whose detector is also trained with blur/JPEG and window/level augmentation ('' for none)")
+    p.add_argument("--robust-aug", type=float, help="per-image probability of the blur/JPEG augmentation")
+    p.add_argument("--window-aug", type=float, help="per-image probability of the window/level augmentation (robust detectors)")
     p.add_argument("--raw-models", help="comma-separated models whose detector is also trained on raw (not archive-format) fakes ('' for none)")
     p.add_argument("--benign-conditions", help="comma-separated benign re-processings of the real test images (default: all)")
     p.add_argument("--perturbations", help="comma-separated perturbations applied to both classes at evaluation (default: all)")

@@ -128,11 +128,13 @@ def classifier_config(
 
     best = tuned.get(model, {}).get("best_config", {})
     hp = {"epochs": p.epochs, "batch_size": p.batch_size, **best}
-    # Run names: task-label-source, where the label is the model, "-robust" for blur/JPEG-augmented training.
+    # Run names: task-label-source, where the label is the model, "-robust" for blur/JPEG- and window/level-augmented
+    # training.
     label = f"{model}-robust" if robust_aug else model
     return ClassifierConfig(
         data=layout.real(p.resolution), fakes=layout.fakes(p.resolution), task=task, model=model, source=source,
         storage=layout.runs, num_workers=p.workers, seed=p.seed, n_boot=p.n_boot, robust_aug=robust_aug,
+        window_aug=p.window_aug if robust_aug else 0.0,
         cpus_per_worker=cpu_share, name=f"{task}-{label}-{source}", **hp,
     )
 

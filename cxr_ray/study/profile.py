@@ -36,8 +36,9 @@ class Profile:
     tune_samples: int = 8
     tune_max_epochs: int = 8
     tune_batch_sizes: tuple[int, ...] | None = (32, 64, 128)  # None: batch_size only
-    robust_models: tuple[str, ...] | None = None  # detectors also trained with blur/JPEG augmentation
-    robust_aug: float = 0.5  # its per-image probability
+    robust_models: tuple[str, ...] | None = None  # detectors also trained with blur/JPEG and window/level augmentation
+    robust_aug: float = 0.5  # per-image probability of a blur or JPEG round trip
+    window_aug: float = 0.5  # per-image probability of a window/level change (robust detectors)
     # Detectors train on archive-format fakes (resampled and encoded as the ingested source files are, then
     # decoded by ingest's path: what an attacker who writes into the archive plants); these models' detectors
     # are also trained on raw generator pixels, the second condition. Both are tested on both.
@@ -86,7 +87,7 @@ def registered_models() -> tuple[str, ...]:
 # The least each numeric knob may be; the study's configs check the rest.
 MINIMUMS: dict[str, float] = {
     "gan_epochs": 1, "gan_width": 1, "fakes_per_class": 2, "test_fakes_per_class": 1, "epochs": 1, "batch_size": 1,
-    "workers": 1, "tune_samples": 1, "tune_max_epochs": 1, "robust_aug": 0, "n_boot": 1, "seed": 0,
+    "workers": 1, "tune_samples": 1, "tune_max_epochs": 1, "robust_aug": 0, "window_aug": 0, "n_boot": 1, "seed": 0,
     "claim_per_class": 1, "claim_seeds": 1, "claim_epochs": 1,
 }
 
@@ -108,8 +109,9 @@ def check_profile(profile: Profile) -> None:
         value = getattr(profile, key)
         if value < minimum:
             raise ConfigError(f"{option(key)} must be at least {minimum}, got {value}")
-    if profile.robust_aug > 1:
-        raise ConfigError(f"--robust-aug must be in [0, 1], got {profile.robust_aug}")
+    for key in ("robust_aug", "window_aug"):
+        if getattr(profile, key) > 1:
+            raise ConfigError(f"{option(key)} must be in [0, 1], got {getattr(profile, key)}")
     if profile.tune_batch_sizes is not None and (not profile.tune_batch_sizes or min(profile.tune_batch_sizes) < 1):
         raise ConfigError(f"tune_batch_sizes must be positive, got {profile.tune_batch_sizes}")
 

@@ -62,6 +62,9 @@ class ClassifierConfig:
     # Probability of a random blur or JPEG round trip per training image (0: off).
     # Detectors trained with it are scored under the same perturbations as the others.
     robust_aug: float = 0.0
+    # Probability of a random window/level change (gamma or contrast stretch) per training image (0: off):
+    # a hospital's display changes must not look like a fake.
+    window_aug: float = 0.0
     label_smoothing: float = 0.0
     pretrained: bool = False
     weights_path: str | None = None
@@ -103,8 +106,9 @@ class ClassifierConfig:
             raise ConfigError(f"aug_strength must be in [0, 1], got {self.aug_strength}")
         if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
             raise ConfigError(f"cpus_per_worker must be positive, got {self.cpus_per_worker}")
-        if not 0 <= self.robust_aug <= 1:
-            raise ConfigError(f"robust_aug must be in [0, 1], got {self.robust_aug}")
+        for key in ("robust_aug", "window_aug"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{key} must be in [0, 1], got {getattr(self, key)}")
         from cxr_ray.models import list_models
 
         if self.model not in list_models():
@@ -117,6 +121,8 @@ class ClassifierConfig:
         skip = {"storage", "name", "num_workers", "use_gpu", "max_failures", "cpus_per_worker", "n_boot", "inject_failure"}
         if not self.robust_aug:
             skip.add("robust_aug")  # off: keep the names runs had before the option existed
+        if not self.window_aug:
+            skip.add("window_aug")
         if self.train_per_class is None:
             skip.add("train_per_class")  # likewise
         return {k: v for k, v in asdict(self).items() if k not in skip}
@@ -227,9 +233,12 @@ def train_step(fit: Fit, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor
 def model_input(
     cfg: ClassifierConfig, pixels: torch.Tensor, epoch: int, rank: int, gen: torch.Generator, channels_last: bool
 ) -> torch.Tensor:
-    """A uint8 batch as augmented model input (blur/JPEG first, on the bytes, when `robust_aug` is on)."""
+    """A uint8 batch as augmented model input (window/level, then blur/JPEG, on the bytes, when those are on)."""
+    seed = (cfg.seed * 1_000_003 + epoch) * 64 + rank
+    if cfg.window_aug:
+        pixels = loop.window_level_augment(pixels, cfg.window_aug, seed=seed)
     if cfg.robust_aug:
-        pixels = loop.robust_augment(pixels, cfg.robust_aug, seed=(cfg.seed * 1_000_003 + epoch) * 64 + rank)
+        pixels = loop.robust_augment(pixels, cfg.robust_aug, seed=seed)
     return loop.augment(to_input(pixels, channels_last), cfg.aug_strength, gen)
 
 

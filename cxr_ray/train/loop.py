@@ -129,6 +129,16 @@ def robust_augment(x: torch.Tensor, probability: float, seed: int) -> torch.Tens
     return torch.from_numpy(augmented).unsqueeze(1).to(x.device, non_blocking=True)
 
 
+def window_level_augment(x: torch.Tensor, probability: float, seed: int) -> torch.Tensor:
+    """Window/level augmentation of a uint8 (N, 1, H, W) batch (`cxr_ray.perturb.random_window_level`)."""
+    from cxr_ray.perturb import random_window_level
+
+    if probability <= 0 or len(x) == 0:
+        return x
+    augmented, _ = random_window_level(x[:, 0].cpu().numpy(), probability, seed)
+    return torch.from_numpy(augmented).unsqueeze(1).to(x.device, non_blocking=True)
+
+
 def batches(n: int, batch_size: int, steps: int, gen: torch.Generator, shuffle: bool = True) -> Iterator[torch.Tensor]:
     """`steps` index batches over n items (a fresh permutation per epoch), CPU int64."""
     order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
