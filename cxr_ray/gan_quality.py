@@ -317,13 +317,12 @@ def fake_images(generator: nn.Module, n: int, labels: torch.Tensor | None, seed:
 
 
 def untrained_generator(state: dict[str, Any], seed: int) -> nn.Module:
-    """The same architecture with fresh DCGAN initialisation: the ceiling row."""
-    from cxr_ray.models.dcgan import Generator, weights_init
+    """The same architecture (the checkpoint's family) with fresh initialisation: the ceiling row."""
+    from cxr_ray.gan_state import state_family
+    from cxr_ray.models.generators import fresh_generator
 
     torch.manual_seed(seed)
-    generator = Generator(**state["generator"]["model_kwargs"])
-    generator.apply(weights_init)
-    return generator.eval()
+    return fresh_generator(state_family(state), state["generator"]["model_kwargs"]).eval()
 
 
 def real_images(data: str, split: str, class_name: str, s3: S3Settings | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,17 +1,20 @@
 """The GAN checkpoint format: its writer, its reader and its format tag.
 
-A DCGAN run's `state.pt` is plain data (see cxr_ray.checkpoint), loadable
-with `weights_only=True` and enough on its own to rebuild the generator:
+A generator run's `state.pt` (any family: dcgan, sngan, vae) is plain data
+(see cxr_ray.checkpoint), loadable with `weights_only=True` and enough on its
+own to rebuild the generator:
 
-    {"format": GAN_FORMAT, "epoch": int, "config": GanConfig as a dict,
-     "class_names": [...],
+    {"format": GAN_FORMAT, "family": "dcgan" | "sngan" | "vae", "epoch": int,
+     "config": GanConfig as a dict, "class_names": [...],
      "generator" / "discriminator": {"model_kwargs": {...}, "model_state": {...}},
+         (the VAE's decoder / encoder; the encoder's kwargs add nz)
      "optimizer_g" / "optimizer_d": Adam state dicts (None in hand-made states),
      "history": per-epoch entries, "fixed_noise", "fixed_labels": the sample grid's inputs}
 
 `build_gan_state` writes it (the trainer), `load_gan_state` finds, loads and
 checks it (generation, quality metrics, the search), `generator_from_state`
-turns it back into a network. Readers accept a run folder, a Ray Train
+turns it back into a network. A state without "family" (written before
+families existed) is a DCGAN's. Readers accept a run folder, a Ray Train
 checkpoint folder or the state file itself (`resolve_gan_state_uri`).
 """
 
@@ -27,10 +30,11 @@ from cxr_ray.checkpoint import CheckpointError, load_state, model_state
 from cxr_ray.config import to_dict
 from cxr_ray.data.layout import CLASS_NAMES
 from cxr_ray.filenames import GAN_SUMMARY_FILE, STATE_FILE
-from cxr_ray.models.dcgan import Generator
+from cxr_ray.models.generators import DEFAULT_FAMILY, GENERATOR_FAMILIES, generator_class
 from cxr_ray.storage import S3Settings, StorageError
 
-# Written into every GAN checkpoint. Unchanged since the first runs: changing it would orphan them.
+# Written into every GAN checkpoint. Unchanged since the first runs: changing it would orphan them. The
+# families added later write the same tag (the layout is the same) and record their "family" beside it.
 GAN_FORMAT = "cxr_ray.dcgan/1"
 GRID_SIDE = 8  # the fixed-noise sample grid: 8 x 8 images
 
@@ -42,7 +46,16 @@ def generator_kwargs(cfg: Any) -> dict[str, Any]:
 
 
 def discriminator_kwargs(cfg: Any) -> dict[str, Any]:
-    return {"ndf": cfg.ndf, "nc": 1, "image_size": cfg.image_size, "num_classes": cfg.num_classes}
+    """The critic's kwargs: the GANs' discriminator, or the VAE's encoder (which also needs nz)."""
+    kwargs = {"ndf": cfg.ndf, "nc": 1, "image_size": cfg.image_size, "num_classes": cfg.num_classes}
+    if getattr(cfg, "family", DEFAULT_FAMILY) == "vae":
+        kwargs["nz"] = cfg.nz
+    return kwargs
+
+
+def state_family(state: dict[str, Any]) -> str:
+    """The generator family a checkpoint records; DCGAN for checkpoints from before families."""
+    return str(state.get("family", DEFAULT_FAMILY))
 
 
 def fixed_noise(cfg: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -68,6 +81,7 @@ def build_gan_state(
     noise, labels = fixed_noise(cfg)
     return {
         "format": GAN_FORMAT,
+        "family": getattr(cfg, "family", DEFAULT_FAMILY),
         "epoch": epoch,
         "config": to_dict(cfg),
         "class_names": list(CLASS_NAMES),
@@ -89,7 +103,11 @@ def check_gan_state(state: dict[str, Any], where: str) -> dict[str, Any]:
     missing = [key for key in ("epoch", "config") if key not in state]
     missing += [f"generator.{key}" for key in ("model_kwargs", "model_state") if not isinstance(generator, dict) or key not in generator]
     if missing:
-        raise CheckpointError(f"{where}: DCGAN checkpoint lacks {', '.join(missing)}")
+        raise CheckpointError(f"{where}: GAN checkpoint lacks {', '.join(missing)}")
+    if state_family(state) not in GENERATOR_FAMILIES:
+        raise CheckpointError(
+            f"{where}: GAN checkpoint of unknown family {state_family(state)!r} (known: {', '.join(GENERATOR_FAMILIES)})"
+        )
     return state
 
 
@@ -144,9 +162,9 @@ def load_gan_state(uri: str, s3: S3Settings | None = None) -> dict[str, Any]:
     return check_gan_state(load_state(state_uri, s3), state_uri)
 
 
-def generator_from_state(state: dict[str, Any], device: torch.device | str = "cpu") -> Generator:
-    """The generator of a GAN checkpoint, in eval mode."""
+def generator_from_state(state: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
+    """The generator (the VAE's decoder) of a GAN checkpoint of any family, in eval mode."""
     check_gan_state(state, "GAN state")
-    generator = Generator(**state["generator"]["model_kwargs"])
+    generator = generator_class(state_family(state))(**state["generator"]["model_kwargs"])
     generator.load_state_dict(state["generator"]["model_state"])
     return generator.to(device).eval()

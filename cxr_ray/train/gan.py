@@ -1,4 +1,8 @@
-"""DCGAN on Ray Train (DDP): one GAN per class as the study did, or one class-conditional GAN.
+"""Generators on Ray Train (DDP): one per class as the study did, or one class-conditional generator.
+
+Three families (cxr_ray.models.generators): the DCGAN, the SNGAN (hinge loss,
+spectrally normalised critic) and a convolutional VAE; one training path,
+one step per family (cxr_ray.train.gan_steps).
 
 The driver (`train_gan`) reads the ingested table's train split only (never
 val or test), keeps one class (or both for the conditional GAN) and hands it
@@ -35,6 +39,11 @@ DDP and BatchNorm -- the decisions, and why:
   not rank 0's alone. Init still broadcasts rank 0's weights and buffers.
 * `sync_bn=True` converts BN to SyncBatchNorm (batch statistics over the
   global batch; for small per-GPU batches). torch supports it on GPUs only.
+* The VAE has no real/fake pass: encoder and decoder are both DDP-wrapped and
+  run one forward each per backward of the one ELBO loss; both optimizers step.
+  The SNGAN's critic has no BatchNorm; its spectral-norm power-iteration
+  vectors are buffers updated deterministically from the (identical) weights,
+  so the replicas' buffers stay identical without a broadcast.
 * Samples are drawn in eval mode (running statistics): no side effect on the
   training state, no collective (works with SyncBatchNorm on rank 0 alone),
   and a fake does not depend on which other fakes share its batch.
@@ -42,7 +51,6 @@ DDP and BatchNorm -- the decisions, and why:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import math
@@ -55,20 +63,25 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from cxr_ray import storage
-from cxr_ray.checkpoint import unwrap_model
 from cxr_ray.config import ConfigError, config_hash, from_dict, to_dict
 from cxr_ray.data.layout import CLASS_NAMES
 from cxr_ray.filenames import GAN_CONFIG_FILE, GAN_LOSSES_FILE, GAN_SUMMARY_FILE, SAMPLES_DIR
 from cxr_ray.gan_state import GRID_SIDE, build_gan_state, fixed_noise
-from cxr_ray.models.dcgan import SUPPORTED_IMAGE_SIZES, Discriminator, Generator, build_dcgan
+from cxr_ray.models.dcgan import SUPPORTED_IMAGE_SIZES
+from cxr_ray.models.generators import DEFAULT_FAMILY, GENERATOR_FAMILIES, build_family
 from cxr_ray.pixels import autocast, to_input
 from cxr_ray.storage import S3Settings
+# StepModels, RealFakeDiscriminator and frozen are re-exported for benchmarks/gan_throughput.py and tests.
+from cxr_ray.train.gan_steps import STEPS, AmpFactory, RealFakeDiscriminator, StepModels, dcgan_step, frozen  # noqa: F401
+
+train_step = dcgan_step  # the DCGAN step under its old name (benchmarks/gan_throughput.py)
 
 CLASS_CHOICES = (*CLASS_NAMES, "all")
 
 # Fields that define the training trajectory: they name the run, and a re-run
 # under that name must agree on them. Epochs, workers, storage and fault
-# handling may change between attempts (e.g. to extend a run).
+# handling may change between attempts (e.g. to extend a run). `family` joins them only when it is not
+# "dcgan", so every DCGAN run keeps the name and config hash it had before families existed.
 IDENTITY_FIELDS = (
     "data", "class_name", "conditional", "image_size", "batch_size", "lr", "beta1", "nz", "ngf", "ndf", "seed", "sync_bn",
 )
@@ -76,12 +89,18 @@ IDENTITY_FIELDS = (
 
 @dataclass(frozen=True)
 class GanConfig:
-    """One DCGAN training run: a class (or all, conditional) of an ingested table's train split."""
+    """One generator training run: a class (or all, conditional) of an ingested table's train split.
+
+    `family`: dcgan, sngan (hinge loss; Miyato et al. used beta1 = 0.0,
+    cxr_ray.models.sngan.RECOMMENDED_BETA1) or vae (lr and beta1 drive both
+    encoder and decoder Adams alike).
+    """
 
     data: str  # ingested image table (path or s3://)
     storage: str = "runs/gan"  # runs root: the run lives in {storage}/{name}
     class_name: str = "NORMAL"  # NORMAL / PNEUMONIA, or "all" for the conditional GAN
     conditional: bool = False
+    family: str = DEFAULT_FAMILY  # generator family, see cxr_ray.models.generators
     image_size: int | None = None  # None: the table's resolution
     epochs: int = 25
     batch_size: int = 128  # per worker
@@ -103,12 +122,14 @@ class GanConfig:
 
         check_fields(self)
         at_least(self, 0, "seed")
+        if self.family not in GENERATOR_FAMILIES:
+            raise ConfigError(f"family must be one of {', '.join(GENERATOR_FAMILIES)}, got {self.family!r}")
         if self.class_name not in CLASS_CHOICES:
             raise ConfigError(f"class_name must be one of {', '.join(CLASS_CHOICES)}, got {self.class_name!r}")
         if self.conditional != (self.class_name == "all"):
             raise ConfigError("a conditional GAN trains on class_name 'all'; a per-class GAN on NORMAL or PNEUMONIA")
         if self.image_size is not None and self.image_size not in SUPPORTED_IMAGE_SIZES:
-            raise ConfigError(f"image_size must be one of {SUPPORTED_IMAGE_SIZES} for the DCGAN, got {self.image_size}")
+            raise ConfigError(f"image_size must be one of {SUPPORTED_IMAGE_SIZES} for the generators, got {self.image_size}")
         for field_name in ("epochs", "batch_size", "nz", "ngf", "ndf", "num_workers"):
             if getattr(self, field_name) < 1:
                 raise ConfigError(f"{field_name} must be >= 1, got {getattr(self, field_name)}")
@@ -125,37 +146,31 @@ class GanConfig:
         return len(CLASS_NAMES) if self.conditional else 0
 
     def identity(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in IDENTITY_FIELDS}
+        """The identity fields, plus `family` unless it is the DCGAN (whose identity predates families)."""
+        identity = {key: getattr(self, key) for key in IDENTITY_FIELDS}
+        if self.family != DEFAULT_FAMILY:
+            identity["family"] = self.family
+        return identity
 
     def run_name(self) -> str:
-        """The given name, else `dcgan-{class}-{size}px-{hash of the identity fields}`; never a timestamp."""
+        """The given name, else `{family}-{class}-{size}px-{hash of the identity}`; never a timestamp."""
         if self.name:
             return self.name
-        return f"dcgan-{self.class_name.lower()}-{self.image_size}px-{config_hash(self.identity())}"
+        return f"{self.family}-{self.class_name.lower()}-{self.image_size}px-{config_hash(self.identity())}"
+
+    def stage_config(self) -> dict[str, Any]:
+        """All fields (as `to_dict`), without `family` for a DCGAN: for digests that predate families."""
+        fields = to_dict(self)
+        if self.family == DEFAULT_FAMILY:
+            del fields["family"]
+        return fields
 
 
 # ---------------------------------------------------------------- models, samples, optimizers
 
 
-class RealFakeDiscriminator(nn.Module):
-    """D applied to a real and a fake batch in one forward call, as two separate BatchNorm batches.
-
-    Wrapping this (not D) in DDP gives one DDP forward per discriminator
-    backward; see the module docstring.
-    """
-
-    def __init__(self, discriminator: Discriminator) -> None:
-        super().__init__()
-        self.discriminator = discriminator
-
-    def forward(
-        self, real: torch.Tensor, fake: torch.Tensor, real_labels: torch.Tensor | None, fake_labels: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.discriminator(real, real_labels), self.discriminator(fake, fake_labels)
-
-
 @torch.no_grad()
-def sample(generator: Generator, noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+def sample(generator: nn.Module, noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Images in [-1, 1] from a generator in eval mode (running BN statistics); restores its mode."""
     was_training = generator.training
     generator.eval()
@@ -185,74 +200,7 @@ def make_optimizers(cfg: GanConfig, generator: nn.Module, discriminator: nn.Modu
     )
 
 
-# ---------------------------------------------------------------- one training step
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """No parameter gradients for `module` inside the block (the generator step does not train D)."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-@dataclass
-class StepModels:
-    """The networks and optimizers of one worker; `*_ddp` are the (possibly) DDP-wrapped ones."""
-
-    generator_ddp: nn.Module
-    real_fake_ddp: nn.Module  # RealFakeDiscriminator, possibly DDP-wrapped
-    discriminator: Discriminator  # unwrapped: used for the generator step
-    optimizer_g: torch.optim.Optimizer
-    optimizer_d: torch.optim.Optimizer
-
-    @property
-    def generator(self) -> Generator:
-        """The unwrapped generator: what samples, checkpoints and BN averaging use."""
-        return unwrap_model(self.generator_ddp)
-
-
-def train_step(
-    models: StepModels,
-    real: torch.Tensor,
-    labels: torch.Tensor | None,
-    nz: int,
-    amp: Callable[[], contextlib.AbstractContextManager],
-) -> dict[str, torch.Tensor]:
-    """One DCGAN step (D then G, non-saturating G loss); returns detached losses and mean D outputs."""
-    bce = nn.functional.binary_cross_entropy_with_logits
-    n = real.shape[0]
-    noise = torch.randn(n, nz, device=real.device)
-    fake_labels = labels  # conditional: fakes follow the real batch's class mix
-    with amp():
-        fake = models.generator_ddp(noise, fake_labels)
-
-    models.optimizer_d.zero_grad(set_to_none=True)
-    with amp():
-        real_logits, fake_logits = models.real_fake_ddp(real, fake.detach(), labels, fake_labels)
-        loss_d = bce(real_logits.float(), torch.ones_like(real_logits, dtype=torch.float32)) + bce(
-            fake_logits.float(), torch.zeros_like(fake_logits, dtype=torch.float32)
-        )
-    loss_d.backward()
-    models.optimizer_d.step()
-
-    models.optimizer_g.zero_grad(set_to_none=True)
-    with frozen(models.discriminator), amp():
-        gen_logits = models.discriminator(fake, fake_labels)
-        loss_g = bce(gen_logits.float(), torch.ones_like(gen_logits, dtype=torch.float32))
-    loss_g.backward()
-    models.optimizer_g.step()
-    return {
-        "loss_d": loss_d.detach(),
-        "loss_g": loss_g.detach(),
-        "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
-        "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
-    }
+# ---------------------------------------------------------------- one epoch
 
 
 def train_epoch(
@@ -263,16 +211,18 @@ def train_epoch(
     steps: int,
     nz: int,
     order_gen: torch.Generator,
-    amp: Callable[[], contextlib.AbstractContextManager],
+    amp: AmpFactory,
+    family: str = DEFAULT_FAMILY,
 ) -> dict[str, float]:
-    """`steps` steps over a fresh permutation of this worker's images; returns local means."""
+    """`steps` steps of the family's step (cxr_ray.train.gan_steps) over a fresh permutation of this worker's
+    images; returns local means."""
     from cxr_ray.train.loop import batches
 
     sums = {key: torch.zeros((), device=images.device) for key in ("loss_d", "loss_g", "d_real", "d_fake")}
     for index in batches(len(images), batch_size, steps, order_gen):
         index = index.to(images.device)
         step_labels = labels[index] if labels is not None else None
-        out = train_step(models, to_input(images[index]), step_labels, nz, amp)
+        out = STEPS[family](models, to_input(images[index]), step_labels, nz, amp)
         for key in sums:
             sums[key] += out[key].float()
     # One host sync per epoch, not per step.
@@ -351,7 +301,7 @@ def _worker_config(config: dict[str, Any]) -> tuple[GanConfig, bool, S3Settings]
 def _build_models(cfg: GanConfig, state: dict[str, Any] | None, device: torch.device) -> StepModels:
     import ray.train.torch
 
-    generator, discriminator = build_dcgan(cfg.image_size, nz=cfg.nz, ngf=cfg.ngf, ndf=cfg.ndf, num_classes=cfg.num_classes)
+    generator, discriminator = build_family(cfg.family, cfg.image_size, cfg.nz, cfg.ngf, cfg.ndf, cfg.num_classes)
     if state is not None:
         generator.load_state_dict(state["generator"]["model_state"])
         discriminator.load_state_dict(state["discriminator"]["model_state"])
@@ -360,7 +310,9 @@ def _build_models(cfg: GanConfig, state: dict[str, Any] | None, device: torch.de
         discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
     ddp_kwargs = {"forward_sync_buffers": False}
     generator_ddp = ray.train.torch.prepare_model(generator, parallel_strategy_kwargs=ddp_kwargs)
-    real_fake_ddp = ray.train.torch.prepare_model(RealFakeDiscriminator(discriminator), parallel_strategy_kwargs=ddp_kwargs)
+    # GANs: D sees real and fake in one DDP forward; the VAE's encoder is called directly, once per step.
+    critic = discriminator if cfg.family == "vae" else RealFakeDiscriminator(discriminator)
+    real_fake_ddp = ray.train.torch.prepare_model(critic, parallel_strategy_kwargs=ddp_kwargs)
     # prepare_model moved the modules in place; the optimizers must see the moved parameters.
     optimizer_g, optimizer_d = make_optimizers(cfg, generator, discriminator)
     if state is not None:
@@ -404,7 +356,7 @@ def run_epoch(cfg: GanConfig, models: StepModels, shard: TrainShard, epoch: int,
     order_gen = torch.Generator().manual_seed(_epoch_seed(cfg, epoch, rank))
     t0 = time.perf_counter()
     amp = lambda: autocast(device)  # noqa: E731
-    local = train_epoch(models, shard.images, shard.labels, shard.batch_size, shard.steps, cfg.nz, order_gen, amp)
+    local = train_epoch(models, shard.images, shard.labels, shard.batch_size, shard.steps, cfg.nz, order_gen, amp, cfg.family)
     if not cfg.sync_bn:
         average_bn_running_stats(models.generator)
         average_bn_running_stats(models.discriminator)
@@ -432,7 +384,7 @@ def replica_facts(models: StepModels, start_epoch: int, world_size: int) -> dict
     }
 
 
-def _write_grid(cfg: GanConfig, run_uri: str, epoch: int, generator: Generator, device: torch.device, s3: S3Settings) -> None:
+def _write_grid(cfg: GanConfig, run_uri: str, epoch: int, generator: nn.Module, device: torch.device, s3: S3Settings) -> None:
     noise, labels = fixed_noise(cfg)
     images = sample(generator, noise.to(device), labels.to(device) if labels is not None else None)
     storage.write_bytes_atomic(storage.join(run_uri, SAMPLES_DIR, f"epoch_{epoch:03d}.png"), grid_png(images), s3)
@@ -511,7 +463,7 @@ def resolve_config(cfg: GanConfig, s3: S3Settings | None) -> GanConfig:
     if cfg.image_size is not None and cfg.image_size != size:
         raise ConfigError(f"image_size {cfg.image_size} does not match the table's resolution {size} ({cfg.data})")
     if size not in SUPPORTED_IMAGE_SIZES:
-        raise ConfigError(f"the DCGAN trains at {' or '.join(map(str, SUPPORTED_IMAGE_SIZES))} px; {cfg.data} is {size} px")
+        raise ConfigError(f"the generators train at {' or '.join(map(str, SUPPORTED_IMAGE_SIZES))} px; {cfg.data} is {size} px")
     cfg = replace(cfg, image_size=size)
     n = count_train_images(cfg, s3)
     if n < cfg.num_workers:
@@ -523,8 +475,10 @@ def claim_run(cfg: GanConfig, run_uri: str, s3: S3Settings | None) -> None:
     """Refuse to continue a run under this name that was trained with a different identity."""
     marker = storage.join(run_uri, GAN_CONFIG_FILE)
     if storage.exists(marker, s3):
-        previous = storage.read_json(marker, s3)
-        changed = sorted(k for k in IDENTITY_FIELDS if previous.get(k) != cfg.identity()[k])
+        # A marker without `family` is a DCGAN run's (families came later): compare the family too, always.
+        previous = {"family": DEFAULT_FAMILY, **storage.read_json(marker, s3)}
+        current = {**cfg.identity(), "family": cfg.family}
+        changed = sorted(k for k in current if previous.get(k) != current[k])
         if changed:
             raise ConfigError(
                 f"{run_uri} was trained with different {', '.join(changed)}; use another --name (or the default name)"
@@ -574,6 +528,7 @@ def run_summary(cfg: GanConfig, run_uri: str, result: Any, use_gpu: bool, second
         "run_dir": run_uri,
         "checkpoint": storage.uri_for(cfg.storage, result.checkpoint.path),
         "epochs": int(state["epoch"]),
+        "family": cfg.family,
         "class_name": cfg.class_name,
         "image_size": cfg.image_size,
         "num_workers": cfg.num_workers,
@@ -592,7 +547,7 @@ def run_summary(cfg: GanConfig, run_uri: str, result: Any, use_gpu: bool, second
 def train_gan(
     cfg: GanConfig, *, s3: S3Settings | None = None, log: Callable[[str], None] = print, address: str | None = None
 ) -> dict[str, Any]:
-    """Train (or resume) one DCGAN with Ray Train; returns the summary also written to {run}/gan_summary.json."""
+    """Train (or resume) one generator (any family) with Ray Train; returns the summary also written to {run}/gan_summary.json."""
     from cxr_ray.runtime import init_ray
     from cxr_ray.train.launch import LaunchSpec, cluster_has_gpus, cpus_per_worker, run_trainer
 
@@ -618,7 +573,7 @@ def train_gan(
         cpus_per_worker=cpus_per_worker(cfg.num_workers),
         max_failures=cfg.max_failures,
     )
-    log(f"train-gan: {cfg.run_name()} ({cfg.class_name}, {cfg.image_size}px) on {cfg.num_workers} workers -> {run_uri}")
+    log(f"train-gan: {cfg.run_name()} ({cfg.family}, {cfg.class_name}, {cfg.image_size}px) on {cfg.num_workers} workers -> {run_uri}")
     t_fit = time.perf_counter()
     result = run_trainer(train_loop_per_worker, to_dict(cfg), spec, s3=s3, datasets={"train": train_dataset(cfg, s3)})
     fit_seconds = time.perf_counter() - t_fit
