@@ -21,6 +21,8 @@ EPILOG = (
     "  cxr-ray train-gan runs/data/ingest-64                      # one DCGAN per class, 25 epochs, runs/gan\n\n"
     "  cxr-ray train-gan runs/data/ingest-64 --class NORMAL --epochs 60 --ngf 32 --ndf 32 --workers 2\n\n"
     "  cxr-ray train-gan runs/data/ingest-64 --conditional        # one class-conditional GAN for both classes\n\n"
+    "  cxr-ray train-gan runs/data/ingest-64 --family sngan --beta1 0.0   # hinge-loss SNGAN per class\n\n"
+    "  cxr-ray train-gan runs/data/ingest-64 --family vae --conditional   # one conditional VAE\n\n"
     "  cxr-ray train-gan s3://bucket/study/ingest-64 --storage s3://bucket/study/gan --gpu --workers 8 "
     "--s3-endpoint http://127.0.0.1:9000\n\n"
     "Re-running the same command resumes the run from its last checkpoint (a larger --epochs extends it)."
@@ -41,6 +43,7 @@ def train_gan(
         ["NORMAL", "PNEUMONIA"], "--class", help="Class to train a GAN for; repeat for several (one GAN each)."
     ),
     conditional: bool = typer.Option(False, "--conditional", help="Train one class-conditional GAN on both classes."),
+    family: str = typer.Option("dcgan", help="Generator family: dcgan, sngan (hinge loss; try --beta1 0.0) or vae (ELBO)."),
     epochs: int = typer.Option(25, help="Epochs over the class's train split (a re-run with more extends the run)."),
     batch_size: int = typer.Option(128, help="Batch size per worker."),
     lr: float = typer.Option(2e-4, help="Adam learning rate (both networks)."),
@@ -50,7 +53,7 @@ def train_gan(
     ndf: int = typer.Option(64, help="Discriminator width."),
     workers: int = typer.Option(2, "--workers", help="Ray Train workers (DDP processes)."),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="Train on GPUs or CPUs (default: GPUs if the cluster has them)."),
-    name: Optional[str] = typer.Option(None, help="Run name (default: dcgan-CLASS-SIZEpx-CONFIGHASH; stable, so re-runs resume)."),
+    name: Optional[str] = typer.Option(None, help="Run name (default: FAMILY-CLASS-SIZEpx-CONFIGHASH; stable, so re-runs resume)."),
     seed: int = typer.Option(0, help="Seed of initialisation, noise and batch order."),
     max_failures: int = typer.Option(2, help="Worker-group restarts from the last checkpoint before giving up."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm: BN statistics over the global batch (GPU only)."),
@@ -58,7 +61,7 @@ def train_gan(
     s3_region: Optional[str] = S3_REGION,
     address: Optional[str] = RAY_ADDRESS,
 ) -> None:
-    """Train a DCGAN per class (or one class-conditional GAN) with Ray Train DDP on the train split only.
+    """Train a generator (DCGAN, SNGAN or VAE) per class, or one conditional one, with Ray Train DDP on the train split.
 
     Every epoch writes a checkpoint (both networks and optimizers), an 8x8
     fixed-noise sample grid (STORAGE/NAME/samples/epoch_NNN.png) and the loss
@@ -76,7 +79,7 @@ def train_gan(
 
         def config(class_name: str) -> GanConfig:
             return GanConfig(
-                data=data, storage=storage, class_name=class_name, conditional=conditional, epochs=epochs,
+                data=data, storage=storage, class_name=class_name, conditional=conditional, family=family, epochs=epochs,
                 batch_size=batch_size, lr=lr, beta1=beta1, nz=nz, ngf=ngf, ndf=ndf, num_workers=workers,
                 use_gpu=gpu, name=name, seed=seed, max_failures=max_failures, sync_bn=sync_bn,
             )
