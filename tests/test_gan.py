@@ -124,7 +124,7 @@ def test_gan_state_round_trips_with_the_tag_and_keys_old_checkpoints_have(tmp_pa
     assert GAN_FORMAT == "cxr_ray.dcgan/1"  # the tag of every checkpoint written so far
     state = tiny_state(class_name="all", conditional=True)
     assert set(state) == {
-        "format", "epoch", "config", "class_names", "generator", "discriminator",
+        "format", "family", "epoch", "config", "class_names", "generator", "discriminator",
         "optimizer_g", "optimizer_d", "history", "fixed_noise", "fixed_labels",
     }
     uri = str(tmp_path / STATE_FILE)
@@ -164,7 +164,7 @@ def test_gan_state_readers_refuse_other_files_and_name_them(tmp_path):
         load_gan_state(str(tmp_path / "empty"))
     broken = {k: v for k, v in tiny_state().items() if k != "config"}
     save_state(broken, str(tmp_path / "broken.pt"))
-    with pytest.raises(CheckpointError, match="broken.pt: DCGAN checkpoint lacks config"):
+    with pytest.raises(CheckpointError, match="broken.pt: GAN checkpoint lacks config"):
         load_gan_state(str(tmp_path / "broken.pt"))
 
 
