@@ -194,15 +194,18 @@ def describe_bands(report: list[dict[str, Any]]) -> str:
 
 def run_freq_baseline(
     real: str,
-    fakes: str,
+    fakes: str | tuple[str, ...],
     s3: S3Settings | None = None,
     *,
     perturbations: Sequence[str] = ("none",),
     n_boot: int = 1000,
     seed: int = 0,
+    test_fakes: str | None = None,
 ) -> dict[str, Any]:
     """Fit on the tables' train splits, threshold on val, score test (clean and perturbed).
 
+    `fakes` may be several tables (generator families); `test_fakes`: score
+    the test fakes of this table instead (a family the fit never saw).
     Returns metric rows in the cross-evaluation table's format, the band
     report, its description and the threshold.
     """
@@ -212,7 +215,9 @@ def run_freq_baseline(
     from cxr_ray.scoring import DETECTION_TEST, metric_rows
 
     data = TaskData(task="deepfake", real=real, fake=fakes)
-    train, val, test = (load_arrays(data, [split], s3, columns=("patient_id",)) for split in ("train", "val", "test"))
+    train, val = (load_arrays(data, [split], s3, columns=("patient_id",)) for split in ("train", "val"))
+    test_data = TaskData(task="deepfake", real=real, fake=test_fakes) if test_fakes else data
+    test = load_arrays(test_data, ["test"], s3, columns=("patient_id",))
     for name, arrays in (("train", train), ("val", val), ("test", test)):
         if len(np.unique(arrays["target"])) < 2:
             raise DatasetError(f"the {name} split of {real} + {fakes} needs both reals and fakes")

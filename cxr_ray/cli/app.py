@@ -87,7 +87,9 @@ def train(
     data: Optional[str] = REAL_TABLE,
     task: Optional[str] = typer.Option(None, help="pneumonia (NORMAL vs PNEUMONIA) or deepfake (real vs fake)."),
     model: Optional[str] = MODEL,
-    fakes: Optional[str] = typer.Option(None, help="Generated fake image table (needed for deepfake / source fake)."),
+    fakes: Optional[list[str]] = typer.Option(
+        None, help="Generated fake image table (needed for deepfake / source fake); repeat for several generator families."
+    ),
     source: Optional[str] = typer.Option(None, help="pneumonia only: train on real, fake or both."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default 10)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size per worker (default 64)."),
@@ -124,7 +126,7 @@ def train(
         return ClassifierConfig, train_classifier
 
     overrides = dict(
-        data=data, task=task, model=model, fakes=fakes, source=source, epochs=epochs,
+        data=data, task=task, model=model, fakes=tuple(fakes) if fakes else None, source=source, epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, aug_strength=aug_strength,
         robust_aug=robust_aug, window_aug=window_aug, pretrained=pretrained, weights_path=weights_path, num_workers=workers, use_gpu=gpu,
         storage=storage, name=name, seed=seed, max_failures=max_failures, train_per_class=train_per_class,
@@ -229,7 +231,7 @@ def study(ctx: typer.Context) -> None:
 
 def _register_stage_commands() -> None:
     """Commands written in their own modules (typer only at import; heavy imports inside)."""
-    from cxr_ray.cli import benign_cmd, claim_cmd, eval_cmds, generate_cmd, train_gan_cmd
+    from cxr_ray.cli import benign_cmd, claim_cmd, eval_cmds, generalise_cmd, generate_cmd, train_gan_cmd
 
     app.command(name="train-gan", epilog=train_gan_cmd.EPILOG)(train_gan_cmd.train_gan)
     app.command(name="gan-quality", epilog=train_gan_cmd.EPILOG_QUALITY)(train_gan_cmd.quality)
@@ -240,6 +242,7 @@ def _register_stage_commands() -> None:
     app.command(name="transfer", epilog=eval_cmds.EPILOG_TRANSFER)(eval_cmds.transfer)
     app.command(name="scan", epilog=eval_cmds.EPILOG_SCAN)(eval_cmds.scan)
     app.command(name="claim", epilog=claim_cmd.EPILOG_CLAIM)(claim_cmd.claim)
+    app.command(name="generalise", epilog=generalise_cmd.EPILOG_GENERALISE)(generalise_cmd.generalise)
 
 
 _register_stage_commands()

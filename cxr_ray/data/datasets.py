@@ -53,7 +53,7 @@ class TaskData:
 
     task: str
     real: str | None  # ingested reals
-    fake: str | None = None  # generated fakes
+    fake: str | tuple[str, ...] | None = None  # generated fakes: one table, or one per generator family
     source: str = "real"  # for `pneumonia`: train on real, fake or both
 
     def __post_init__(self) -> None:
@@ -70,8 +70,24 @@ class TaskData:
 
     def tables(self) -> list[str]:
         if self.task == "deepfake" or self.source == "both":
-            return [self.real, self.fake]  # type: ignore[list-item]
-        return [self.real] if self.source == "real" else [self.fake]  # type: ignore[list-item]
+            return [self.real, *fake_tables(self.fake)]  # type: ignore[list-item]
+        return [self.real] if self.source == "real" else fake_tables(self.fake)  # type: ignore[list-item]
+
+
+def fake_tables(fake: str | tuple[str, ...] | list[str] | None) -> list[str]:
+    """The fake table(s) of a `fake`/`fakes` setting as a list: one table, several (one per family), or none."""
+    if not fake:
+        return []
+    return [fake] if isinstance(fake, str) else list(fake)
+
+
+def one_or_many(tables: list[str] | tuple[str, ...]) -> str | tuple[str, ...] | None:
+    """How a config stores fake tables: one table as a plain string (the name runs had before several
+    were possible, so their run names stay), several as a tuple, none as None."""
+    tables = list(tables)
+    if not tables:
+        return None
+    return tables[0] if len(tables) == 1 else tuple(tables)
 
 
 def to_task_batch(batch: pa.Table, task: str, splits: list[str] | None = None) -> pa.Table:

@@ -60,7 +60,7 @@ def gan_configs(p: Profile, layout: StudyLayout) -> dict[str, GanConfig]:
 
 
 def gan_hash(cfgs: dict[str, GanConfig], real_identity: str) -> str:
-    return stage_hash({cls: asdict(cfg) for cls, cfg in cfgs.items()}, [real_identity])
+    return stage_hash({cls: cfg.stage_config() for cls, cfg in cfgs.items()}, [real_identity])
 
 
 def gan_quality_hash(h_gan: str) -> str:

@@ -52,7 +52,7 @@ class ClassifierConfig:
     data: str  # ingested real table
     task: str = "pneumonia"
     model: str = "cnn"
-    fakes: str | None = None  # generated fake table
+    fakes: str | tuple[str, ...] | None = None  # generated fake table, or several (generator families)
     source: str = "real"  # pneumonia: train on real, fake or both
     epochs: int = 10
     batch_size: int = 64  # per worker
@@ -86,8 +86,10 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         from cxr_ray.config import at_least, check_fields, check_name
+        from cxr_ray.data.datasets import fake_tables, one_or_many
 
         check_fields(self)
+        object.__setattr__(self, "fakes", one_or_many(fake_tables(self.fakes)))  # a YAML list, a 1-tuple -> one form
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.source not in SOURCES:
@@ -348,6 +350,13 @@ def classifier_worker(config: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- driver side
 
 
+def absolute_tables(fakes: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+    """`fakes` (one table or several) with every local path made absolute."""
+    from cxr_ray.data.datasets import fake_tables, one_or_many
+
+    return one_or_many([storage.absolute(uri) for uri in fake_tables(fakes)])
+
+
 def for_workers(cfg: ClassifierConfig) -> ClassifierConfig:
     """`cfg` with its run name fixed, then absolute paths: workers run in their own folder.
 
@@ -357,7 +366,7 @@ def for_workers(cfg: ClassifierConfig) -> ClassifierConfig:
         cfg,
         name=cfg.run_name(),
         data=storage.absolute(cfg.data),
-        fakes=storage.absolute(cfg.fakes) if cfg.fakes else None,
+        fakes=absolute_tables(cfg.fakes),
         storage=storage.absolute(cfg.storage),
     )
 
