@@ -29,12 +29,22 @@ from cxr_ray import storage
 from cxr_ray.config import ConfigError
 from cxr_ray.storage import S3Settings
 
-# How each design trains (ClassifierConfig fields). "plain": the study's detector as it was;
-# "generalising": blur/JPEG and window/level augmentation (Wang et al. 2020; issue 14's benign changes),
-# trained on several families so no one family's upsampling trace is the whole story.
-DESIGNS: dict[str, dict[str, float]] = {
-    "plain": {"robust_aug": 0.0, "window_aug": 0.0},
-    "generalising": {"robust_aug": 0.5, "window_aug": 0.5},
+
+
+@dataclass(frozen=True)
+class Design:
+    """How one kind of detector trains: its augmentation (ClassifierConfig fields) and which training sets it gets."""
+
+    augmentation: dict[str, float]
+    sets: tuple[str, ...]  # "only": each family alone; "but": every family but one; "all": every family
+
+
+DESIGNS: dict[str, Design] = {
+    # The study's detector as it was: what one family teaches, and what all the others teach, about the one left out.
+    "plain": Design({"robust_aug": 0.0, "window_aug": 0.0}, ("only", "but")),
+    # Built to generalise: several families, blur/JPEG (Wang et al. 2020) and window/level augmentation (a
+    # hospital's display changes are not fakes). Left-out sets are its evidence; "all" is what gets deployed.
+    "generalising": Design({"robust_aug": 0.5, "window_aug": 0.5}, ("but", "all")),
 }
 DEPLOYED_DESIGN = "generalising"  # what the study's scan uses, trained on every family
 ALL_FAMILIES = "all"
@@ -57,14 +67,25 @@ class TrainingSet:
         return f"lofo-{design}-{model}-{self.name}"
 
 
-def training_sets(families: tuple[str, ...]) -> list[TrainingSet]:
-    """Each family alone, each leave-one-out set (3+ families: with two it is the other family alone), then all."""
-    sets: list[TrainingSet] = [TrainingSet((f,), f"only-{f}") for f in families]
-    if len(families) >= 3:
-        sets += [TrainingSet(tuple(g for g in families if g != f), f"but-{f}") for f in families]
-    if len(families) >= 2:
+SET_KINDS = ("only", "but", "all")
+
+
+def training_sets(families: tuple[str, ...], kinds: tuple[str, ...] = SET_KINDS) -> list[TrainingSet]:
+    """Each family alone ("only"), every family but one ("but"; with two families that is the other one alone,
+    named so), and all of them ("all"), in that order and each set once."""
+    sets: list[TrainingSet] = []
+    if "only" in kinds:
+        sets += [TrainingSet((f,), f"only-{f}") for f in families]
+    if "but" in kinds:
+        for f in families:
+            rest = tuple(g for g in families if g != f)
+            sets.append(TrainingSet(rest, f"but-{f}" if len(rest) > 1 else f"only-{rest[0]}"))
+    if "all" in kinds:
         sets.append(TrainingSet(families, ALL_FAMILIES))
-    return sets
+    unique: dict[tuple[str, ...], TrainingSet] = {}
+    for tset in sets:
+        unique.setdefault(tset.families, tset)
+    return list(unique.values())
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,7 @@ class GeneraliseConfig:
     designs: tuple[str, ...] = ("plain", DEPLOYED_DESIGN)
     epochs: int = 3
     batch_size: int = 64
+    train_per_class: int | None = None  # at most N train images per class (real / fake) per detector; None: all
     num_workers: int = 1
     cpus_per_worker: float | None = None
     seed: int = 0
@@ -121,12 +143,13 @@ class GeneraliseConfig:
 
         out = []
         for design in self.designs:
-            for tset in training_sets(self.families):
+            for tset in training_sets(self.families, DESIGNS[design].sets):
                 cfg = ClassifierConfig(
                     data=self.real, task="deepfake", model=self.model, fakes=tuple(self.table_of(f) for f in tset.families),
                     epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, storage=self.runs,
                     name=tset.run_name(design, self.model), num_workers=self.num_workers,
-                    cpus_per_worker=self.cpus_per_worker, n_boot=self.n_boot, **{**self.train, **DESIGNS[design]},
+                    cpus_per_worker=self.cpus_per_worker, n_boot=self.n_boot, train_per_class=self.train_per_class,
+                    **{**self.train, **DESIGNS[design].augmentation},
                 )  # fmt: skip
                 out.append((design, tset, cfg))
         return out
@@ -278,7 +301,9 @@ def markdown(summary: list[dict[str, Any]], cfg: GeneraliseConfig) -> str:
         "# Leave-one-family-out detection",
         "",
         f"Families: {', '.join(cfg.families)}; detectors: {cfg.model}, {cfg.epochs} epochs, seed {cfg.seed}; "
-        f"designs: {', '.join(f'{d} ({DESIGNS[d]})' for d in cfg.designs)}. Thresholds fixed on each detector's "
+        f"designs: {', '.join(f'{d} ({DESIGNS[d].augmentation})' for d in cfg.designs)}; "
+        f"{'every train image' if cfg.train_per_class is None else f'at most {cfg.train_per_class} train images per class'}. "
+        "Thresholds fixed on each detector's "
         f"validation split; {cfg.n_boot} patient-bootstrap resamples. Target (issue 15): AUC >= {TARGET_AUC}, "
         f">= {100 * TARGET_TPR:.0f}% caught at the 1% point, <= {100 * TARGET_BENIGN_FPR:.0f}% of benignly re-processed reals flagged.",
         "",
@@ -289,6 +314,24 @@ def markdown(summary: list[dict[str, Any]], cfg: GeneraliseConfig) -> str:
         "",
         head, *[line(e) for e in seen], "",
     ])  # fmt: skip
+
+
+def deployed_run(summary: dict[str, Any]) -> str | None:
+    """The run dir of the deployed detector (DEPLOYED_DESIGN on every family) in a generalise summary, if trained."""
+    for run in summary.get("runs", []):
+        if run["design"] == DEPLOYED_DESIGN and run["trained_on"] == ALL_FAMILIES:
+            return str(run["run_dir"])
+    return None
+
+
+def study_detector(root: str, s3: S3Settings | None) -> str | None:
+    """The deployed detector of a study whose root is `root` (its manifest's generalise stage), else None."""
+    from cxr_ray.manifest import MANIFEST_FILE, Manifest
+
+    if not storage.exists(storage.join(root, MANIFEST_FILE), s3):
+        return None
+    stage = Manifest.load(root, s3).stages.get("generalise", {})
+    return deployed_run(stage.get("outputs") or {}) if stage.get("status") == "done" else None
 
 
 # ---------------------------------------------------------------- the job

@@ -55,7 +55,7 @@ RESULT_SCHEMA = pa.schema(
 @dataclass(frozen=True)
 class ScanConfig:
     src: str  # folder, S3 prefix or one file
-    detector: str  # finished detector run dir (test_metrics.json) or a checkpoint dir (state.pt)
+    detector: str  # finished detector run dir (test_metrics.json), a checkpoint dir (state.pt) or a study root
     out: str  # output folder: results.csv, results.parquet, summary.json
     batch_size: int = 256
     max_actors: int | None = None
@@ -104,12 +104,18 @@ def scan_threshold(uri: str, finished: bool, youden: float, fpr: float, s3: S3Se
 def load_detector(
     uri: str, s3: S3Settings | None, fpr: float = DEFAULT_SCAN_FPR, log: Callable[[str], None] = print
 ) -> Detector:
-    """A finished deepfake run (its best checkpoint) or a checkpoint folder, with its threshold for `fpr`;
-    refuses pneumonia models."""
+    """A finished deepfake run (its best checkpoint), a checkpoint folder, or a study root (the detector its
+    generalise stage deployed), with its threshold for `fpr`; refuses pneumonia models."""
     from cxr_ray.checkpoint import CheckpointError
     from cxr_ray.classifier_state import load_classifier_state
     from cxr_ray.data.decode import SUPPORTED_RESOLUTIONS
+    from cxr_ray.generalise import study_detector
     from cxr_ray.scoring import checkpoint_state_uri, is_finished_run
+
+    deployed = study_detector(uri, s3)
+    if deployed:
+        log(f"scan: {uri} is a study root; its deployed detector is {deployed}")
+        uri = deployed
 
     finished = is_finished_run(uri, s3)
     if finished:

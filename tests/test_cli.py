@@ -58,7 +58,7 @@ def test_commands_report_errors_only_through_guarded():
     """No command module catches errors or calls fail() itself: cli/common.py:guarded is the one handler."""
     import ast
 
-    for module in ("app", "eval_cmds", "generate_cmd", "train_gan_cmd", "benign_cmd", "claim_cmd"):
+    for module in ("app", "eval_cmds", "generate_cmd", "train_gan_cmd", "benign_cmd", "claim_cmd", "generalise_cmd"):
         path = REPO / "cxr_ray" / "cli" / f"{module}.py"
         tree = ast.parse(path.read_text())
         tries = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Try)]
@@ -75,7 +75,8 @@ def test_train_gan_name_with_two_classes_is_one_clear_line():
 def test_job_entrypoints_run_the_shared_commands():
     """Every jobs/*.py (but the study's) is `app([COMMAND, *argv])`: the same options, help and errors as cxr-ray."""
     jobs = {"ingest": "ingest", "generate": "generate", "train_gan": "train-gan", "train_classifier": "train",
-            "tune": "tune", "evaluate": "evaluate", "scan": "scan", "benign": "benign", "claim": "claim"}
+            "tune": "tune", "evaluate": "evaluate", "scan": "scan", "benign": "benign", "claim": "claim",
+            "generalise": "generalise"}
     assert {p.stem for p in (REPO / "jobs").glob("*.py")} == set(jobs) | {"full_study"}
     for job, command in jobs.items():
         source = (REPO / "jobs" / f"{job}.py").read_text()

@@ -30,6 +30,8 @@ def test_training_sets_each_alone_each_left_out_and_all():
     assert [(t.name, t.families) for t in two] == [("only-a", ("a",)), ("only-b", ("b",)), (ALL_FAMILIES, ("a", "b"))]
     three = {t.name: t.families for t in training_sets(("a", "b", "c"))}
     assert three["but-b"] == ("a", "c") and three[ALL_FAMILIES] == ("a", "b", "c") and len(three) == 7
+    # With two families, "every family but one" is the other one alone, named so.
+    assert [t.name for t in training_sets(("a", "b"), ("but", "all"))] == ["only-b", "only-a", ALL_FAMILIES]
 
 
 def test_a_detector_reads_several_fake_tables_and_one_table_keeps_its_old_name():
@@ -81,10 +83,10 @@ def test_leave_one_family_out_end_to_end(families):
     cfg = GeneraliseConfig(
         real=families["real"], families=("alpha", "beta"), fakes=(families["alpha"], families["beta"]),
         runs=str(root / "runs"), dest=str(root / "generalise"), benign=families["benign"], model="cnn",
-        designs=("plain",), epochs=1, batch_size=32, n_boot=50,
+        designs=("generalising",), epochs=1, batch_size=32, n_boot=50,
     )  # fmt: skip
     summary = run_generalise(cfg, log=quiet)
-    assert [r["trained_on"] for r in summary["runs"]] == ["only-alpha", "only-beta", ALL_FAMILIES]
+    assert [r["trained_on"] for r in summary["runs"]] == ["only-beta", "only-alpha", ALL_FAMILIES]
 
     # The detector trained on both families read both tables.
     all_run = next(r["run_dir"] for r in summary["runs"] if r["trained_on"] == ALL_FAMILIES)
@@ -92,7 +94,7 @@ def test_leave_one_family_out_end_to_end(families):
     assert [Path(t).name for t in recorded] == ["fakes-alpha-64", "fakes-beta-64"]
 
     rows = pq.read_table(root / "generalise" / "lofo.parquet").to_pylist()
-    detectors = [r for r in rows if r["design"] == "plain"]
+    detectors = [r for r in rows if r["design"] == "generalising"]
     # Every detector on every family; held out exactly when the family was not in its training set.
     seen = {(r["trained_on"], r["test_family"], r["held_out"]) for r in detectors}
     assert seen == {
@@ -113,7 +115,7 @@ def test_leave_one_family_out_end_to_end(families):
 
     report = (root / "generalise" / "lofo.md").read_text()
     held_part, seen_part = report.split("## Families the detector was trained on")
-    assert "| plain | only-alpha | beta |" in held_part and "| plain | only-alpha | alpha |" in seen_part
+    assert "| generalising | only-alpha | beta |" in held_part and "| generalising | only-alpha | alpha |" in seen_part
     # Re-running reuses every finished detector (no retraining: same run directories).
     again = run_generalise(cfg, log=quiet)
     assert [r["run_dir"] for r in again["runs"]] == [r["run_dir"] for r in summary["runs"]]

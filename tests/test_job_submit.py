@@ -52,6 +52,9 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
         f"{inside('data/fake-archive-64')}/_SUCCESS",
         f"{inside('data/fake-raw-64')}/_SUCCESS",
         f"{inside('data/benign-64')}/_SUCCESS",
+        f"{inside('data/fake-vae-archive-64')}/_SUCCESS",  # the quick profile's second generator family
+        f"{inside('generalise')}/lofo.md",  # leave-one-family-out detection
+        "study/generalise-runs/lofo-generalising-cnn-all/test_metrics.json",  # the deployed detector
         "study/runs/deepfake-cnn-raw-real/test_metrics.json",  # the detector trained on raw fakes
         "study/runs/deepfake-cnn-real/val_predictions.parquet",  # operating points come from these
         f"{inside('claim')}/claim.md",
@@ -89,7 +92,7 @@ def test_a_job_over_a_study_finished_locally_re_uses_every_stage(ray_local, ray_
 
     root = tmp_path / "study"
     knobs = ["--profile", "quick", "--storage", str(root), "--models", "cnn", "--tune-models", "", "--robust-models", "",
-             "--raw-models", "", "--claim-models", "", "--gan-epochs", "1", "--gan-width", "8", "--fakes-per-class", "16", "--test-fakes-per-class", "8",
+             "--raw-models", "", "--claim-models", "", "--families", "", "--gan-epochs", "1", "--gan-width", "8", "--fakes-per-class", "16", "--test-fakes-per-class", "8",
              "--n-boot", "20"]
     run_study(study_options(build_parser().parse_args(knobs)), address=ray_cluster["address"], log=lambda _: None)
     cmd = [

@@ -122,6 +122,7 @@ def test_the_command_line_reports_bad_input_in_one_line(capsys):
 
 # --- stage hashes -------------------------------------------------------------------------------------------
 
+# Issue 15 added the families and generalise stages; every earlier stage's digest stayed as it was.
 # Issue 13 changed every stage's identity once (a root made before re-runs its stages once): ingest hashes the
 # source's content fingerprint instead of its path, and the stages below fold in the ingested table's content
 # identity instead of ingest's hash; searches are named after their inputs, and evaluate scores the run dirs the
@@ -133,26 +134,31 @@ DIGESTS = {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
         "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "4c501748c3594bc8",
         "benign": "6d93fb9b0cb4a733", "evaluate": "90169d8455de8ab1", "claim": "9ef62c2be0b259fc",
+        "families": "6898e862bb0511de", "generalise": "72f82ac63ff79ded",
     },
     "quick-cnn-s3-shared": {
         "ingest": "0eb202cb12770452", "gan": "682ae2622c1b1d4b", "gan_quality": "1ebed1ea88c40241",
         "generate": "4c28be763f8b50e9", "tune": "a0dd538c46d45a8f", "train": "1c90a338b796a000",
         "benign": "6f0a06a41d9e3db4", "evaluate": "dc430f76929d5d06", "claim": "bf0ceb7343781c24",
+        "families": "78fa82d45292a885", "generalise": "cc1c3581d59802e4",
     },
     "full-two-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
         "generate": "c5cc620565360501", "tune": "3c472e4bb817ad31", "train": "801b31ba6b625ace",
         "benign": "6d93fb9b0cb4a733", "evaluate": "51cd8dc947f69cc6", "claim": "f60f6c2c2a703d9d",
+        "families": "a6f0d38a3d19831e", "generalise": "d0845f6ffb39b89b",
     },
     "quick-default-models": {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
         "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "476f575bd6ded543",
         "benign": "6d93fb9b0cb4a733", "evaluate": "ee653eb605e4fee6", "claim": "9ef62c2be0b259fc",
+        "families": "6898e862bb0511de", "generalise": "72f82ac63ff79ded",
     },
     "full-default-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
         "generate": "c5cc620565360501", "tune": "12a20b12b192d30d", "train": "f456bfb7766c818c",
         "benign": "6d93fb9b0cb4a733", "evaluate": "73ec2d20f7675077", "claim": "3544a10e31e79d3d",
+        "families": "a6f0d38a3d19831e", "generalise": "d0845f6ffb39b89b",
     },
 }
 CASES = {  # profile, root, CPU share of a training worker
@@ -190,6 +196,10 @@ def stage_digests(profile, root: str, cpu_share: float | None, source: str = SOU
     h["evaluate"] = plan.evaluate_hash(*plan.evaluate_configs(profile, layout, run_dirs), h["train"], h["benign"])
     pairs = plan.claim_trainings(profile, layout, plan.fake_train_per_class(generated["archive"]), cpu_share)
     h["claim"] = plan.claim_hash(pairs, h["generate"])
+    family_gans = plan.family_gan_configs(profile, layout)
+    planned = {f: {cls: {"run_dir": f"{root}/gan/{f}-{cls.lower()}-run"} for cls in by_class} for f, by_class in family_gans.items()}
+    h["families"] = plan.families_hash(family_gans, plan.family_generate_configs(profile, layout, planned, ARCHIVE), real)
+    h["generalise"] = plan.generalise_hash(plan.generalise_config(profile, layout, cpu_share), h["generate"], h["families"], h["benign"])
     return h
 
 
@@ -423,3 +433,27 @@ def test_same_data_elsewhere_re_uses_everything_and_a_changed_image_retrains_all
     assert scored == {r["run_dir"] for r in third["train"]["outputs"].values()}  # never the stale runs beside them
     encoders = {q["feature"]["encoder"] for q in third["gan_quality"]["outputs"].values()}
     assert encoders.isdisjoint(q["feature"]["encoder"] for q in first["gan_quality"]["outputs"].values())
+
+
+def test_families_and_generalise_are_planned_from_the_profile():
+    layout = StudyLayout("/study")
+    full = resolve_profile(replace(PROFILES["full"], data="/d"))
+    assert full.families == ("sngan", "vae")
+    cfg = plan.generalise_config(full, layout, None)
+    assert cfg.families == ("dcgan", "sngan", "vae") and cfg.benign == layout.benign(64)
+    # The DCGAN's fakes keep their table; every other family has its own, archive format and raw.
+    assert cfg.fakes == (layout.fakes(64), "/study/data/fake-sngan-archive-64", "/study/data/fake-vae-archive-64")
+    assert layout.family_fakes("vae", 64, raw=True) == "/study/data/fake-vae-raw-64"
+    gans = plan.family_gan_configs(full, layout)
+    assert {(f, cls, g.family, g.beta1) for f, by in gans.items() for cls, g in by.items()} == {
+        ("sngan", "NORMAL", "sngan", 0.0), ("sngan", "PNEUMONIA", "sngan", 0.0),
+        ("vae", "NORMAL", "vae", 0.9), ("vae", "PNEUMONIA", "vae", 0.9),
+    }  # fmt: skip
+    assert resolve_profile(replace(full, families=())).families == ()
+
+
+@pytest.mark.parametrize("value, word", [("dcgan", "--families"), ("gan3", "--families")])
+def test_an_unknown_family_is_one_line(value, word, capsys):
+    assert run_study_cli(["--families", value]) == 2
+    err = capsys.readouterr().err
+    assert word in err and "Traceback" not in err

@@ -42,6 +42,7 @@ EPILOG_TRANSFER = (
 
 EPILOG_SCAN = (
     "Examples:\n\n"
+    "  cxr-ray scan /mnt/pacs/export --detector runs/study --out scan-2024-06-01   # the study's deployed detector\n\n"
     "  cxr-ray scan /mnt/pacs/export --detector runs/train/deepfake-resnet18-real-1a2b3c --out scan-2024-06-01\n\n"
     "  cxr-ray scan s3://hospital-archive/incoming/ --detector s3://bucket/runs/deepfake-cnn-real-4d5e6f "
     "--out s3://bucket/scans/incoming --s3-endpoint http://127.0.0.1:9000\n\n"
@@ -123,7 +124,9 @@ def transfer(
 
 def scan(
     src: str = typer.Argument(..., help="Folder, S3 prefix or single file to scan (JPEG, PNG; DICOM with pydicom)."),
-    detector: str = typer.Option(..., "--detector", help="Finished deepfake detector run dir (or its checkpoint dir)."),
+    detector: str = typer.Option(
+        ..., "--detector", help="Finished deepfake detector run dir (or its checkpoint dir), or a study root: its deployed detector."
+    ),
     out: str = typer.Option(..., "--out", help="Output folder for results.csv, results.parquet and summary.json."),
     batch_size: int = typer.Option(256, help="Files per read/score batch."),
     max_actors: Optional[int] = MAX_SCORING_ACTORS,

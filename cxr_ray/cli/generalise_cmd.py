@@ -13,7 +13,7 @@ import typer
 from cxr_ray.cli.common import N_BOOT, OVERWRITE_OUT, RAY_ADDRESS, S3_ENDPOINT, S3_REGION, run_stage
 
 EPILOG_GENERALISE = (
-    "Example:\n\n"
+    "Examples:\n\n"
     "  cxr-ray generalise --real runs/study/data/real-64 --family dcgan=runs/study/data/fake-archive-64 "
     "--family sngan=runs/study/data/fake-sngan-archive-64 --family vae=runs/study/data/fake-vae-archive-64 "
     "--benign runs/study/data/benign-64 --runs runs/study/runs runs/study/generalise\n\n"
@@ -44,6 +44,7 @@ def generalise(
     model: str = typer.Option("resnet18", help="Detector architecture."),
     design: Optional[list[str]] = typer.Option(None, "--design", help="plain and/or generalising (default both)."),
     epochs: int = typer.Option(3, help="Epochs per detector."),
+    train_per_class: Optional[int] = typer.Option(None, help="At most N train images per class (real, fake) per detector (default: all)."),
     workers: int = typer.Option(1, "--workers", help="Ray Train workers per detector."),
     freq_baseline: bool = typer.Option(True, "--freq-baseline/--no-freq-baseline", help="Also the frequency baseline, fitted leave-one-out."),
     n_boot: int = N_BOOT,
@@ -61,7 +62,7 @@ def generalise(
 
         cfg = GeneraliseConfig(
             real=real, families=names, fakes=tables, runs=runs, dest=dest, benign=benign, model=model,
-            designs=tuple(design) if design else tuple(DESIGNS), epochs=epochs, num_workers=workers,
+            designs=tuple(design) if design else tuple(DESIGNS), epochs=epochs, train_per_class=train_per_class, num_workers=workers,
             freq_baseline=freq_baseline, n_boot=n_boot, seed=seed, overwrite=overwrite,
         )  # fmt: skip
         return cfg, run_generalise

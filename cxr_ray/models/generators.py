@@ -27,6 +27,15 @@ _INITS: dict[str, Callable[[nn.Module], None]] = {
     "dcgan": dcgan.weights_init, "sngan": gan_blocks.generator_init, "vae": gan_blocks.generator_init,
 }
 _BUILDERS = {"dcgan": dcgan.build_dcgan, "sngan": sngan.build_sngan, "vae": vae.build_vae}
+# One line per family for reports: how it upsamples and what it is trained to do.
+DESCRIPTIONS = {
+    "dcgan": "transposed-convolution upsampling, non-saturating GAN loss",
+    "sngan": "nearest-neighbour upsampling + convolution, spectrally normalised critic, hinge loss",
+    "vae": "bilinear upsampling + convolution decoder, variational autoencoder (negative ELBO)",
+}
+# Adam (lr, beta1) each family is usually trained with: DCGAN's paper values; SNGAN with beta1 0 (Miyato et al.
+# 2018); a VAE is a likelihood model and takes Adam's defaults with a larger step.
+OPTIMISER: dict[str, tuple[float, float]] = {"dcgan": (2e-4, 0.5), "sngan": (2e-4, sngan.RECOMMENDED_BETA1), "vae": (1e-3, 0.9)}
 
 
 def check_family(family: str) -> str:

@@ -30,6 +30,7 @@ from cxr_ray.report.detection import (
     operating_section,
 )
 from cxr_ray.report.doc import CSS, Doc, markdown_to_html  # noqa: F401  (markdown_to_html: the report's public helper)
+from cxr_ray.report.families import families_section, generalise_section
 from cxr_ray.storage import S3Settings
 from cxr_ray.study.layout import STAGES, TIMELINE, StudyLayout
 
@@ -73,11 +74,13 @@ def build_report(layout: StudyLayout, s3: S3Settings | None = None, log: Callabl
 
     detection = _detection_inputs(layout, out("train"), s3)
     detection_sections(doc, detection)
+    generalise_section(doc, out("generalise"), layout.generalise, s3)
     _data_section(doc, out("ingest"))
     real_uri = out("ingest").get("table")
     fake_uri = out("generate").get("table")
     _samples_section(doc, real_uri, fake_uri, s3)
     _gan_section(doc, out("gan"), out("gan_quality"))
+    families_section(doc, out("families"), lambda table, cls, split, n: _sample_images(table, cls, split, n, s3))
     _classifier_section(doc, out("train"), s3)
     claim_section(doc, layout.claim, s3)
     _transfer_section(doc, layout, s3)

@@ -16,7 +16,7 @@ from cxr_ray.study.profile import MODEL_FIELDS, PROFILES, StudyOptions
 VALUE_FIELDS: tuple[str, ...] = (
     "data", "resolution", "gan_epochs", "gan_width", "fakes_per_class", "test_fakes_per_class", "epochs",
     "batch_size", "workers", "tune_samples", "tune_max_epochs", "robust_aug", "window_aug", "claim_per_class",
-    "claim_seeds", "claim_epochs", "n_boot", "seed",
+    "claim_seeds", "claim_epochs", "generalise_model", "n_boot", "seed",
 )
 
 EPILOG = (
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--claim-per-class", type=int, help="train images per class of each transfer-claim training (default 250: the seed's 500 fakes)")
     p.add_argument("--claim-seeds", type=int, help="seeds per model for the transfer claim (at least 3 for a result)")
     p.add_argument("--claim-epochs", type=int, help="epochs of each transfer-claim training (best epoch by val AUC is kept)")
+    p.add_argument("--families", help="comma-separated generator families trained beside the DCGAN (default sngan,vae; '' for none)")
+    p.add_argument("--generalise-designs", help="comma-separated leave-one-family-out designs (default plain,generalising)")
+    p.add_argument("--generalise-model", help="architecture of the leave-one-family-out detectors (default resnet18)")
     p.add_argument("--tune-samples", type=int)
     p.add_argument("--tune-max-epochs", type=int)
     p.add_argument("--n-boot", type=int)
@@ -80,7 +83,7 @@ def study_options(args: argparse.Namespace) -> StudyOptions:
     """The chosen profile with every option that was given on top."""
     overrides: dict[str, Any] = {key: getattr(args, key) for key in VALUE_FIELDS if getattr(args, key) is not None}
     overrides.update({key: comma_list(getattr(args, key)) for key in MODEL_FIELDS if getattr(args, key) is not None})
-    for key in ("benign_conditions", "perturbations"):
+    for key in ("benign_conditions", "perturbations", "families", "generalise_designs"):
         if getattr(args, key) is not None:
             overrides[key] = comma_list(getattr(args, key))
     return StudyOptions(

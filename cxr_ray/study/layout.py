@@ -13,7 +13,9 @@ from pathlib import Path
 from cxr_ray import storage
 
 # The manifest's stage entries, in the order the study runs them (the report lists them so).
-STAGES: tuple[str, ...] = ("ingest", "gan", "gan_quality", "generate", "tune", "train", "benign", "evaluate", "claim")
+STAGES: tuple[str, ...] = (
+    "ingest", "gan", "gan_quality", "generate", "families", "tune", "train", "benign", "evaluate", "generalise", "claim",
+)
 TIMELINE = "timeline"  # the manifest entry that keeps every training's start and end
 
 
@@ -46,6 +48,14 @@ class StudyLayout:
     def raw_fakes(self, resolution: int) -> str:
         """The same generators' fakes as raw generator pixels (an image table): the second condition."""
         return self._under("data", f"fake-raw-{resolution}")
+
+    def family_fakes(self, family: str, resolution: int, raw: bool = False) -> str:
+        """A generator family's fakes, archive format or raw (the DCGAN's are `fakes` and `raw_fakes`)."""
+        from cxr_ray.models.generators import DEFAULT_FAMILY
+
+        if family == DEFAULT_FAMILY:
+            return self.raw_fakes(resolution) if raw else self.fakes(resolution)
+        return self._under("data", f"fake-{family}-{'raw' if raw else 'archive'}-{resolution}")
 
     def benign(self, resolution: int) -> str:
         """Real test images after a hospital's own re-processing (an image table with a `condition` column)."""
@@ -88,6 +98,16 @@ class StudyLayout:
     def claim_runs(self) -> str:
         """Runs root of the transfer claim's fake-trained classifiers and their real controls."""
         return self._under("claim-runs")
+
+    @property
+    def generalise(self) -> str:
+        """The leave-one-family-out output folder (its detectors train under `generalise_runs`)."""
+        return self._under("generalise")
+
+    @property
+    def generalise_runs(self) -> str:
+        """Runs root of the leave-one-family-out detectors, the deployed one (every family) among them."""
+        return self._under("generalise-runs")
 
     @property
     def report(self) -> str:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from cxr_ray.claim import ClaimConfig
     from cxr_ray.config import IngestConfig
     from cxr_ray.evaluate import EvaluateConfig
+    from cxr_ray.generalise import GeneraliseConfig
     from cxr_ray.generate import GenerateConfig
     from cxr_ray.train.classifier import ClassifierConfig
     from cxr_ray.train.gan import GanConfig
@@ -57,6 +58,38 @@ def gan_configs(p: Profile, layout: StudyLayout) -> dict[str, GanConfig]:
         )
         for cls in CLASS_NAMES
     }
+
+
+def family_gan_configs(p: Profile, layout: StudyLayout) -> dict[str, dict[str, GanConfig]]:
+    """family -> class -> one generator per class, like the DCGAN's, each with its family's usual optimiser."""
+    from cxr_ray.models.generators import OPTIMISER
+
+    base = gan_configs(p, layout)
+    return {
+        family: {cls: replace(cfg, family=family, image_size=p.resolution, lr=OPTIMISER[family][0], beta1=OPTIMISER[family][1])
+                 for cls, cfg in base.items()}
+        for family in p.families
+    }
+
+
+def family_generate_configs(
+    p: Profile, layout: StudyLayout, gans: dict[str, dict[str, Any]], archive_format: dict[str, Any] | None
+) -> dict[str, dict[str, GenerateConfig]]:
+    """family -> {"archive", "raw"}: the DCGAN's seeds and storage formats, in the family's own tables."""
+    out = {}
+    for family, by_class in gans.items():
+        cfgs = generate_configs(p, layout, by_class, archive_format)
+        out[family] = {
+            name: replace(cfg, dest=layout.family_fakes(family, p.resolution, raw=name == "raw")) for name, cfg in cfgs.items()
+        }
+    return out
+
+
+def families_hash(gan_cfgs: dict[str, dict[str, GanConfig]], generate_cfgs: dict[str, dict[str, GenerateConfig]],
+                  real_identity: str) -> str:  # fmt: skip
+    gans = {family: {cls: cfg.stage_config() for cls, cfg in by_class.items()} for family, by_class in gan_cfgs.items()}
+    tables = {family: {name: asdict(cfg) for name, cfg in by_name.items()} for family, by_name in generate_cfgs.items()}
+    return stage_hash({"gans": gans, "tables": tables}, [real_identity])
 
 
 def gan_hash(cfgs: dict[str, GanConfig], real_identity: str) -> str:
@@ -228,3 +261,22 @@ def claim_config(p: Profile, layout: StudyLayout, fake_runs: Sequence[str], real
 
 def claim_hash(pairs: list[tuple[ClassifierConfig, ClassifierConfig]], h_gen: str) -> str:
     return stage_hash([[asdict(a), asdict(b)] for a, b in pairs], [h_gen])
+
+
+def generalise_config(p: Profile, layout: StudyLayout, cpu_share: float | None) -> GeneraliseConfig:
+    """Leave-one-family-out over the DCGAN and the profile's families, archive-format fakes, benign reals."""
+    from cxr_ray.generalise import GeneraliseConfig
+    from cxr_ray.models.generators import DEFAULT_FAMILY
+
+    families = (DEFAULT_FAMILY, *p.families)
+    return GeneraliseConfig(
+        real=layout.real(p.resolution), families=families,
+        fakes=tuple(layout.family_fakes(f, p.resolution) for f in families), runs=layout.generalise_runs,
+        dest=layout.generalise, benign=layout.benign(p.resolution), model=p.generalise_model,
+        designs=p.generalise_designs, epochs=p.epochs,
+        batch_size=p.batch_size, num_workers=p.workers, cpus_per_worker=cpu_share, seed=p.seed, n_boot=p.n_boot,
+    )  # fmt: skip
+
+
+def generalise_hash(cfg: GeneraliseConfig, h_gen: str, h_families: str, h_benign: str) -> str:
+    return stage_hash(asdict(cfg), [h_gen, h_families, h_benign])

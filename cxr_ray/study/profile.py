@@ -51,6 +51,11 @@ class Profile:
     claim_per_class: int = 250  # the seed's "500 DCGAN fakes", half per class (at most the fake train split's share)
     claim_seeds: int = 3
     claim_epochs: int = 30  # the best epoch by val AUC is kept: run long enough to converge
+    # Generator families trained beside the DCGAN (cxr_ray.models.generators), and the leave-one-family-out test
+    # of detectors on them (cxr_ray.generalise): () skips both.
+    families: tuple[str, ...] = ("sngan", "vae")
+    generalise_model: str = "resnet18"  # the architecture of every leave-one-family-out detector
+    generalise_designs: tuple[str, ...] = ("plain", "generalising")  # cxr_ray.generalise.DESIGNS
     n_boot: int = 1000
     seed: int = 0
 
@@ -61,6 +66,7 @@ PROFILES = {
         name="quick", data=SAMPLE_DATA, gan_epochs=3, gan_width=16, fakes_per_class=100, test_fakes_per_class=30,
         epochs=1, batch_size=32, tune_models=("cnn",), tune_samples=2, tune_max_epochs=1, tune_batch_sizes=None,
         robust_models=("cnn",), raw_models=("cnn",), claim_models=("cnn",), claim_seeds=1, claim_epochs=1, n_boot=200,
+        families=("vae",), generalise_model="cnn", generalise_designs=("generalising",),
     ),
     # GPU defaults, the whole dataset.
     "full": Profile(name="full", data=None),
@@ -134,9 +140,28 @@ def resolve_profile(profile: Profile) -> Profile:
                 f"--{key.replace('_', '-')}: unknown model(s) {', '.join(unknown)}; known models: {', '.join(known)}"
             )
         filled[key] = known if names is None else names
+    if profile.generalise_model not in known:
+        raise ConfigError(f"--generalise-model: unknown model {profile.generalise_model!r}; known models: {', '.join(known)}")
+    filled["families"] = families(profile.families)
+    from cxr_ray.generalise import DESIGNS
+
+    unknown_designs = sorted(set(profile.generalise_designs) - set(DESIGNS))
+    if unknown_designs or not profile.generalise_designs:
+        raise ConfigError(f"--generalise-designs: unknown {', '.join(unknown_designs) or '(none given)'}; known: {', '.join(DESIGNS)}")
     filled["benign_conditions"] = benign_conditions(profile.benign_conditions)
     filled["perturbations"] = perturbations(profile.perturbations)
     return replace(profile, **filled)
+
+
+def families(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The generator families trained beside the DCGAN, checked by name (the DCGAN is always trained)."""
+    from cxr_ray.models.generators import DEFAULT_FAMILY, GENERATOR_FAMILIES
+
+    others = [f for f in GENERATOR_FAMILIES if f != DEFAULT_FAMILY]
+    unknown = sorted(set(names) - set(others))
+    if unknown:
+        raise ConfigError(f"--families: {', '.join(unknown)} not a family trained beside the DCGAN; known: {', '.join(others)}")
+    return tuple(dict.fromkeys(names))
 
 
 def perturbations(names: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -32,6 +32,12 @@ def check_stages(profile: Profile, layout: StudyLayout) -> None:
     # The archive format is ingest's finding; a lossless stand-in of the study's size checks the rest.
     stand_in = {"format": "PNG", "width": profile.resolution, "height": profile.resolution, "mode": "L"}
     generated = plan.generate_configs(profile, layout, {cls: {"run_dir": storage.join(layout.gan, cls)} for cls in gans}, stand_in)
+    family_gans = plan.family_gan_configs(profile, layout)
+    plan.family_generate_configs(
+        profile, layout, {f: {cls: {"run_dir": storage.join(layout.gan, f, cls)} for cls in gans} for f in family_gans}, stand_in
+    )
+    if profile.families:
+        plan.generalise_config(profile, layout, None)
     plan.tune_configs(profile, layout)
     plan.classifier_configs(profile, layout, {}, None)
     plan.benign_config(profile, layout)
@@ -79,10 +85,12 @@ def run_study(
     gans = stages.gan(ctx, ingested)
     stages.gan_quality(ctx, gans)
     fakes = stages.generate(ctx, gans, ingested)
+    families = stages.families(ctx, ingested)
     tuned = stages.tune(ctx, ingested)
     trained = stages.train(ctx, fakes, tuned)
     reprocessed = stages.benign(ctx, ingested)
     stages.evaluate(ctx, trained, reprocessed)
+    stages.generalise(ctx, fakes, families, reprocessed)
     stages.claim(ctx, fakes)
     report = stages.report(ctx, t_study)
     log(f"study finished in {time.time() - t_study:.0f} s; report: {report['html']}")

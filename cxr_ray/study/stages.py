@@ -18,7 +18,7 @@ from typing import Any, Callable
 from cxr_ray import storage
 from cxr_ray.data import fingerprint
 from cxr_ray.data.layout import CLASS_NAMES
-from cxr_ray.manifest import Manifest
+from cxr_ray.manifest import Manifest, stage_hash
 from cxr_ray.storage import S3Settings
 from cxr_ray.study import plan
 from cxr_ray.study.concurrency import Timeline, parallel
@@ -146,6 +146,41 @@ def generate(ctx: StudyContext, gans: StageResult, ingested: StageResult) -> Sta
     return ctx.stage("generate", plan.generate_hash(cfgs, gans.digest), run)
 
 
+def families(ctx: StudyContext, ingested: StageResult) -> StageResult:
+    """The generator families beside the DCGAN: per family one generator per class (side by side), its fakes in the
+    archive format and raw (the DCGAN's seeds), and its Frechet distance / KID against the test split."""
+    from cxr_ray.data.archive import read_archive_format
+    from cxr_ray.gan_quality import evaluate_generator
+    from cxr_ray.generate import run_generate
+    from cxr_ray.train.gan import train_gan
+
+    gan_cfgs = plan.family_gan_configs(ctx.profile, ctx.layout)
+    archive = read_archive_format(ingested.outputs["table"], ctx.s3).to_dict()
+    # The tables' configs name each generator's run folder, which only training knows: planned from the run names.
+    planned = {family: {cls: {"run_dir": storage.join(cfg.storage, cfg.run_name())} for cls, cfg in by_class.items()}
+               for family, by_class in gan_cfgs.items()}  # fmt: skip
+    digest = plan.families_hash(gan_cfgs, plan.family_generate_configs(ctx.profile, ctx.layout, planned, archive), ingested.digest)
+
+    def run() -> dict[str, Any]:
+        jobs = [
+            (f"{family}/{cls}", ctx.timed("families", f"{family}-{cls}", lambda cfg=cfg: train_gan(cfg, **ctx.stage_args())))
+            for family, by_class in gan_cfgs.items() for cls, cfg in by_class.items()
+        ]  # fmt: skip
+        done = parallel(jobs, min(ctx.width, len(jobs)))
+        gans = {family: {cls: done[f"{family}/{cls}"] for cls in by_class} for family, by_class in gan_cfgs.items()}
+        encoder = quality_encoder_uri(ctx)
+        out = {}
+        for family, cfgs in plan.family_generate_configs(ctx.profile, ctx.layout, gans, archive).items():
+            summaries = {name: run_generate(cfg, **ctx.stage_args()) for name, cfg in cfgs.items()}
+            quality = {cls: evaluate_generator(gans[family][cls]["checkpoint"], seed=ctx.profile.seed, s3=ctx.s3, log=ctx.log,
+                                               encoder_uri=encoder) for cls in CLASS_NAMES}  # fmt: skip
+            out[family] = {"gans": gans[family], "table": cfgs["archive"].dest, "raw_table": cfgs["raw"].dest,
+                           "summary": summaries["archive"], "raw_summary": summaries["raw"], "quality": quality}  # fmt: skip
+        return out
+
+    return ctx.stage("families", digest, run)
+
+
 def tune(ctx: StudyContext, ingested: StageResult) -> StageResult:
     """Hyperparameter searches (validation AUC only) on real data, one model after another."""
     from cxr_ray.tune import run_search
@@ -209,6 +244,21 @@ def evaluate(ctx: StudyContext, trained: StageResult, reprocessed: StageResult) 
 
     digest = plan.evaluate_hash(eval_cfg, transfer_cfg, trained.digest, reprocessed.digest)
     return ctx.stage("evaluate", digest, run)
+
+
+def generalise(ctx: StudyContext, fakes: StageResult, families: StageResult, reprocessed: StageResult) -> StageResult:
+    """Leave-one-family-out: detectors trained on some generator families, tested on those they never saw, and the
+    deployed detector (the generalising design on every family) that `cxr-ray scan` is pointed at."""
+    from cxr_ray.generalise import run_generalise
+
+    if not ctx.profile.families:
+        return ctx.stage("generalise", stage_hash("no families", []), lambda: {})  # recorded as done, nothing to run
+    cfg = plan.generalise_config(ctx.profile, ctx.layout, ctx.cpu_share)
+
+    def run() -> dict[str, Any]:
+        return ctx.timed("generalise", "generalise", lambda: run_generalise(cfg, **ctx.stage_args()))()
+
+    return ctx.stage("generalise", plan.generalise_hash(cfg, fakes.digest, families.digest, reprocessed.digest), run)
 
 
 def claim(ctx: StudyContext, fakes: StageResult) -> StageResult:
