@@ -45,6 +45,10 @@ DESIGNS: dict[str, Design] = {
     # Built to generalise: several families, blur/JPEG (Wang et al. 2020) and window/level augmentation (a
     # hospital's display changes are not fakes). Left-out sets are its evidence; "all" is what gets deployed.
     "generalising": Design({"robust_aug": 0.5, "window_aug": 0.5}, ("but", "all")),
+    # Built to generalise by what all generators share: reals halved and upsampled back are extra fakes
+    # (loop.resampled_fakes), with window/level augmentation; no blur augmentation, which would teach that a
+    # smoothed image is real.
+    "upsampling": Design({"resample_fakes": 0.3, "window_aug": 0.5}, ("but", "all")),
 }
 DEPLOYED_DESIGN = "generalising"  # what the study's scan uses, trained on every family
 ALL_FAMILIES = "all"

@@ -144,3 +144,24 @@ def test_cli_rejects_a_malformed_family_in_one_line(tmp_path):
 
     result = CliRunner().invoke(app, ["generalise", str(tmp_path / "out"), "--real", "r", "--runs", "x", "--family", "dcgan"])
     assert result.exit_code != 0 and "NAME=TABLE" in result.output
+
+
+def test_resampled_fakes_turn_only_reals_into_upsampled_fakes():
+    import torch
+
+    from cxr_ray.train.loop import resampled_fakes
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (64, 1, 16, 16), dtype=torch.uint8)
+    y = torch.tensor([0, 1] * 32)
+    out, target = resampled_fakes(x, y, 1.0, gen)
+    changed = (out != x).flatten(1).any(1)
+    assert torch.equal(target, torch.ones_like(y)) and torch.equal(changed, y == 0)  # every real, no fake, touched
+    assert torch.equal(out[y == 1], x[y == 1])
+    # What a 2x upsampling leaves: no detail finer than the halved image held (the 2x2 means come back).
+    halves = torch.nn.functional.avg_pool2d(out[y == 0].float(), 2)
+    assert (halves - torch.nn.functional.avg_pool2d(x[y == 0].float(), 2)).abs().mean() < 8
+    assert torch.equal(resampled_fakes(x, y, 0.0, gen)[0], x)
+    with pytest.raises(ConfigError, match="deepfake"):
+        ClassifierConfig(data="r", task="pneumonia", resample_fakes=0.3)
+    assert "resample_fakes" not in ClassifierConfig(data="r", task="deepfake", fakes="f").identity()

@@ -146,7 +146,7 @@ DIGESTS = {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
         "generate": "c5cc620565360501", "tune": "3c472e4bb817ad31", "train": "801b31ba6b625ace",
         "benign": "6d93fb9b0cb4a733", "evaluate": "51cd8dc947f69cc6", "claim": "f60f6c2c2a703d9d",
-        "families": "a6f0d38a3d19831e", "generalise": "d0845f6ffb39b89b",
+        "families": "a6f0d38a3d19831e", "generalise": "289eb007d7a2d475",
     },
     "quick-default-models": {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
@@ -158,7 +158,7 @@ DIGESTS = {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
         "generate": "c5cc620565360501", "tune": "12a20b12b192d30d", "train": "f456bfb7766c818c",
         "benign": "6d93fb9b0cb4a733", "evaluate": "73ec2d20f7675077", "claim": "3544a10e31e79d3d",
-        "families": "a6f0d38a3d19831e", "generalise": "d0845f6ffb39b89b",
+        "families": "a6f0d38a3d19831e", "generalise": "289eb007d7a2d475",
     },
 }
 CASES = {  # profile, root, CPU share of a training worker

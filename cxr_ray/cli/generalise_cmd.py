@@ -42,7 +42,7 @@ def generalise(
     runs: str = typer.Option(..., "--runs", help="Runs root the detectors train in (finished runs are reused)."),
     benign: Optional[str] = typer.Option(None, "--benign", help="Re-processed reals (cxr-ray benign): false alarms per condition."),
     model: str = typer.Option("resnet18", help="Detector architecture."),
-    design: Optional[list[str]] = typer.Option(None, "--design", help="plain and/or generalising (default both)."),
+    design: Optional[list[str]] = typer.Option(None, "--design", help="plain, generalising, upsampling (repeat; default all)."),
     epochs: int = typer.Option(3, help="Epochs per detector."),
     train_per_class: Optional[int] = typer.Option(None, help="At most N train images per class (real, fake) per detector (default: all)."),
     workers: int = typer.Option(1, "--workers", help="Ray Train workers per detector."),

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--claim-seeds", type=int, help="seeds per model for the transfer claim (at least 3 for a result)")
     p.add_argument("--claim-epochs", type=int, help="epochs of each transfer-claim training (best epoch by val AUC is kept)")
     p.add_argument("--families", help="comma-separated generator families trained beside the DCGAN (default sngan,vae; '' for none)")
-    p.add_argument("--generalise-designs", help="comma-separated leave-one-family-out designs (default plain,generalising)")
+    p.add_argument("--generalise-designs", help="comma-separated leave-one-family-out designs (default plain,generalising,upsampling)")
     p.add_argument("--generalise-model", help="architecture of the leave-one-family-out detectors (default resnet18)")
     p.add_argument("--tune-samples", type=int)
     p.add_argument("--tune-max-epochs", type=int)

@@ -189,8 +189,17 @@ def classifier_configs(
     return cfgs
 
 
+def classifier_stage_config(cfg: ClassifierConfig) -> dict[str, Any]:
+    """A training's fields for a stage hash; options added later are left out while off, so the digests of study
+    roots made before them stay."""
+    fields = asdict(cfg)
+    if not cfg.resample_fakes:
+        del fields["resample_fakes"]
+    return fields
+
+
 def train_hash(cfgs: list[ClassifierConfig], h_gen: str, h_tune: str) -> str:
-    return stage_hash([asdict(cfg) for cfg in cfgs], [h_gen, h_tune])
+    return stage_hash([classifier_stage_config(cfg) for cfg in cfgs], [h_gen, h_tune])
 
 
 def benign_config(p: Profile, layout: StudyLayout) -> BenignConfig:
@@ -260,7 +269,7 @@ def claim_config(p: Profile, layout: StudyLayout, fake_runs: Sequence[str], real
 
 
 def claim_hash(pairs: list[tuple[ClassifierConfig, ClassifierConfig]], h_gen: str) -> str:
-    return stage_hash([[asdict(a), asdict(b)] for a, b in pairs], [h_gen])
+    return stage_hash([[classifier_stage_config(a), classifier_stage_config(b)] for a, b in pairs], [h_gen])
 
 
 def generalise_config(p: Profile, layout: StudyLayout, cpu_share: float | None) -> GeneraliseConfig:

@@ -55,7 +55,7 @@ class Profile:
     # of detectors on them (cxr_ray.generalise): () skips both.
     families: tuple[str, ...] = ("sngan", "vae")
     generalise_model: str = "resnet18"  # the architecture of every leave-one-family-out detector
-    generalise_designs: tuple[str, ...] = ("plain", "generalising")  # cxr_ray.generalise.DESIGNS
+    generalise_designs: tuple[str, ...] = ("plain", "generalising", "upsampling")  # cxr_ray.generalise.DESIGNS
     n_boot: int = 1000
     seed: int = 0
 

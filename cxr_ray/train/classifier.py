@@ -65,6 +65,9 @@ class ClassifierConfig:
     # Probability of a random window/level change (gamma or contrast stretch) per training image (0: off):
     # a hospital's display changes must not look like a fake.
     window_aug: float = 0.0
+    # Deepfake only: probability that a real training image is halved and upsampled back and labelled fake
+    # (loop.resampled_fakes; 0: off): the upsampling trace every generator leaves, not one generator's habits.
+    resample_fakes: float = 0.0
     label_smoothing: float = 0.0
     pretrained: bool = False
     weights_path: str | None = None
@@ -108,7 +111,9 @@ class ClassifierConfig:
             raise ConfigError(f"aug_strength must be in [0, 1], got {self.aug_strength}")
         if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
             raise ConfigError(f"cpus_per_worker must be positive, got {self.cpus_per_worker}")
-        for key in ("robust_aug", "window_aug"):
+        if self.resample_fakes and self.task != "deepfake":
+            raise ConfigError("resample_fakes makes fakes out of reals: it is for task 'deepfake' only")
+        for key in ("robust_aug", "window_aug", "resample_fakes"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{key} must be in [0, 1], got {getattr(self, key)}")
         from cxr_ray.models import list_models
@@ -125,6 +130,8 @@ class ClassifierConfig:
             skip.add("robust_aug")  # off: keep the names runs had before the option existed
         if not self.window_aug:
             skip.add("window_aug")
+        if not self.resample_fakes:
+            skip.add("resample_fakes")
         if self.train_per_class is None:
             skip.add("train_per_class")  # likewise
         return {k: v for k, v in asdict(self).items() if k not in skip}
@@ -254,8 +261,11 @@ def train_epoch(cfg: ClassifierConfig, fit: Fit, data: WorkerData, epoch: int, g
     loss_sum = torch.zeros((), device=fit.device)
     for idx in loop.batches(n_train, cfg.batch_size, steps, gen):
         idx = idx.to(fit.device)
-        x = model_input(cfg, data.x_train[idx], epoch, rank, gen, fit.channels_last)
-        loss_sum += train_step(fit, x, data.y_train[idx], data.class_weights, cfg.label_smoothing)
+        pixels, y = data.x_train[idx], data.y_train[idx]
+        if cfg.resample_fakes:
+            pixels, y = loop.resampled_fakes(pixels, y, cfg.resample_fakes, gen)
+        x = model_input(cfg, pixels, epoch, rank, gen, fit.channels_last)
+        loss_sum += train_step(fit, x, y, data.class_weights, cfg.label_smoothing)
     fit.scheduler.step()
     # .item() waits for the GPU's queued steps: without it the timer stops early.
     train_loss = float(loss_sum.item() / steps)

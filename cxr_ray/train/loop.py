@@ -112,6 +112,36 @@ def augment(x: torch.Tensor, strength: float, gen: torch.Generator | None = None
     return (out * contrast + brightness).clamp_(-1.0, 1.0)
 
 
+RESAMPLE_MODES = ("nearest", "bilinear", "bicubic")  # the interpolations generators upsample with
+
+
+def resampled_fakes(
+    x: torch.Tensor, y: torch.Tensor, probability: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real images (target 0) that, each with `probability`, are halved (2x2 mean) and upsampled back with a
+    random interpolation, then labelled fake (1). uint8 (N, 1, H, W) in and out.
+
+    Every generator family makes its image by upsampling, and that leaves traces in neighbouring pixels
+    (Tan et al. 2024, NPR); real X-rays stored this way carry them without any one generator's other
+    habits, so a detector learns the trace rather than one family. Draws come from `gen` (CPU).
+    """
+    if probability <= 0 or len(x) == 0:
+        return x, y
+    chosen = (torch.rand(len(x), generator=gen) < probability).to(x.device) & (y == 0)
+    modes = torch.randint(len(RESAMPLE_MODES), (len(x),), generator=gen).to(x.device)
+    if not bool(chosen.any()):
+        return x, y
+    out = x.clone()
+    small = F.avg_pool2d(x.float(), 2)
+    for index, mode in enumerate(RESAMPLE_MODES):
+        pick = chosen & (modes == index)
+        if bool(pick.any()):
+            options = {} if mode == "nearest" else {"align_corners": False}
+            up = F.interpolate(small[pick], size=tuple(x.shape[-2:]), mode=mode, **options)
+            out[pick] = up.round().clamp(0, 255).to(torch.uint8)
+    return out, torch.where(chosen, torch.ones_like(y), y)
+
+
 def robust_augment(x: torch.Tensor, probability: float, seed: int) -> torch.Tensor:
     """Blur/JPEG robustness augmentation of a uint8 (N, 1, H, W) batch, before `pixels.to_input`.
 
