@@ -102,6 +102,7 @@ class GeneraliseConfig:
     runs: str  # runs root: detectors train in {runs}/lofo-{design}-{model}-{training set}
     dest: str
     benign: str | None = None  # re-processed reals (cxr_ray.benign)
+    benign_designs: tuple[str, ...] | None = None  # whose detectors score the benign reals (None: every design)
     model: str = "resnet18"
     designs: tuple[str, ...] = ("plain", DEPLOYED_DESIGN)
     epochs: int = 3
@@ -130,7 +131,7 @@ class GeneraliseConfig:
             check_name("families", name)
             if "-" in name:
                 raise ConfigError(f"families: {name!r} contains '-' (run names join families with it)")
-        unknown = [d for d in self.designs if d not in DESIGNS]
+        unknown = [d for d in (*self.designs, *(self.benign_designs or ())) if d not in DESIGNS]
         if unknown or not self.designs:
             raise ConfigError(f"designs: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(DESIGNS)}")
         if self.model not in list_models():
@@ -213,15 +214,18 @@ def score_families(
         return tag_rows(rows, {"design": [meta[n][0] for n in names], "trained_on": [meta[n][1].name for n in names],
                                "test_family": [family] * len(names), "held_out": held})  # fmt: skip
 
-    parts, benign = [], pa.table({})
-    for index, family in enumerate(cfg.families):
+    parts = []
+    for family in cfg.families:
         tables = {"real": cfg.real, "fakes": cfg.table_of(family)}
-        if index == 0 and cfg.benign:
-            tables["benign"] = cfg.benign  # scored once, with the first family's images
         rows = metrics_table(score_runs(runs, tables, ("none",), s3, seed=cfg.seed), runs, cfg.n_boot, cfg.seed)
         parts.append(tagged(rows.filter(pc.equal(rows.column("eval_set"), DETECTION_TEST)), family))
-        if "benign" in tables:
-            benign = tagged(rows.filter(pc.equal(rows.column("eval_set"), BENIGN_TEST)), "")
+    benign = pa.table({})
+    designs = cfg.benign_designs if cfg.benign_designs is not None else cfg.designs
+    benign_runs = [r for r in runs if meta[r.run][0] in designs]
+    if cfg.benign and benign_runs:
+        predictions = score_runs(benign_runs, {"benign": cfg.benign}, ("none",), s3, seed=cfg.seed)
+        rows = metrics_table(predictions, benign_runs, cfg.n_boot, cfg.seed)
+        benign = tagged(rows.filter(pc.equal(rows.column("eval_set"), BENIGN_TEST)), "")
     if cfg.freq_baseline:
         parts.extend(freq_baseline_rows(cfg, s3))
     return pa.concat_tables(parts), benign
@@ -278,10 +282,9 @@ def held_out_summary(detection: pa.Table, benign: pa.Table) -> list[dict[str, An
             "tpr": tpr["value"] if tpr else float("nan"), "tpr_ci": (tpr["ci_low"], tpr["ci_high"]) if tpr else (float("nan"),) * 2,
             "n": members[0]["n"], "worst_benign_fpr": benign_fpr, "worst_benign_condition": condition,
         }  # fmt: skip
-        entry["meets_target"] = bool(
-            entry["auc"] >= TARGET_AUC and entry["tpr"] >= TARGET_TPR
-            and (run not in worst_benign or benign_fpr <= TARGET_BENIGN_FPR)
-        )  # fmt: skip
+        detected = entry["auc"] >= TARGET_AUC and entry["tpr"] >= TARGET_TPR
+        # None: detection meets its part but this detector's false alarms on benign reals were not measured.
+        entry["meets_target"] = False if not detected else (benign_fpr <= TARGET_BENIGN_FPR if run in worst_benign else None)
         out.append(entry)
     return sorted(out, key=lambda e: (not e["held_out"], e["design"], e["test_family"], e["trained_on"]))
 
@@ -294,7 +297,7 @@ def markdown(summary: list[dict[str, Any]], cfg: GeneraliseConfig) -> str:
         return (
             f"| {e['design']} | {e['trained_on']} | {e['test_family']} | {e['auc']:.3f} [{e['auc_ci'][0]:.3f}, {e['auc_ci'][1]:.3f}] "
             f"| {100 * e['tpr']:.1f}% [{100 * e['tpr_ci'][0]:.1f}, {100 * e['tpr_ci'][1]:.1f}] | {benign} | "
-            f"{'yes' if e['meets_target'] else 'no'} |"
+            f"{ {True: 'yes', False: 'no', None: 'benign not measured'}[e['meets_target']] } |"
         )
 
     head = ("| design | trained on | tested on | AUC [95% CI] | caught at 1% FPR [95% CI] | worst benign FPR at 1% | target |\n"

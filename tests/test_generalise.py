@@ -136,7 +136,8 @@ def test_held_out_summary_applies_all_three_targets():
     failed = held_out_summary(detection, noisy_benign)[0]
     assert not failed["meets_target"] and failed["worst_benign_condition"] == "gamma1.2"
     low_tpr = pa.Table.from_pylist([row("auc", "", 0.99), row("tpr", POINT, 0.5)])
-    assert not held_out_summary(low_tpr, quiet_benign)[0]["meets_target"]
+    assert held_out_summary(low_tpr, quiet_benign)[0]["meets_target"] is False
+    assert held_out_summary(detection, pa.table({}))[0]["meets_target"] is None  # benign not measured
 
 
 def test_cli_rejects_a_malformed_family_in_one_line(tmp_path):

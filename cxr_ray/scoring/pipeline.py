@@ -130,6 +130,10 @@ def eval_dataset(tables: Mapping[str, str], perturbations: Sequence[str], seed: 
             continue
         read = ray.data.read_parquet(path, filesystem=fs).select_columns(IMAGE_COLUMNS)
         parts.append(read.map_batches(keep_test_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"table": tag}))
+    if not parts:
+        if benign is None:
+            raise ConfigError("no tables to score")
+        return benign  # the benign reals alone
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     ds = ds.map_batches(
         expand_perturbations, batch_format="pyarrow", batch_size=64, fn_kwargs={"names": list(perturbations), "seed": seed}
