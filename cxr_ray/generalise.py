@@ -19,7 +19,7 @@ baseline is fitted the same way: on every family but the tested one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pyarrow as pa
@@ -71,6 +71,23 @@ class TrainingSet:
         return f"lofo-{design}-{model}-{self.name}"
 
 
+def design_options(design: str, trained: tuple[str, ...], families: tuple[str, ...]) -> dict[str, Any]:
+    """The ClassifierConfig fields of `design` for a detector trained on `trained` out of `families`.
+
+    The upsampling design draws its synthetic fakes from the standard interpolations, except the one a
+    family left out of this training set upsamples with: its held-out rows must not have been shown that
+    family's own trace (the deployed detector, trained on every family, draws from all of them).
+    """
+    from cxr_ray.models.generators import UPSAMPLING
+    from cxr_ray.train.loop import RESAMPLE_MODES
+
+    options: dict[str, Any] = dict(DESIGNS[design].augmentation)
+    if options.get("resample_fakes"):
+        unseen = {UPSAMPLING.get(f) for f in families if f not in trained}
+        options["resample_modes"] = tuple(m for m in RESAMPLE_MODES if m not in unseen)
+    return options
+
+
 SET_KINDS = ("only", "but", "all")
 
 
@@ -114,7 +131,6 @@ class GeneraliseConfig:
     n_boot: int = 1000
     freq_baseline: bool = True
     overwrite: bool = True
-    train: dict[str, Any] = field(default_factory=dict)  # further ClassifierConfig fields for every detector
 
     def __post_init__(self) -> None:
         from cxr_ray.config import at_least, check_fields, check_name
@@ -131,9 +147,12 @@ class GeneraliseConfig:
             check_name("families", name)
             if "-" in name:
                 raise ConfigError(f"families: {name!r} contains '-' (run names join families with it)")
-        unknown = [d for d in (*self.designs, *(self.benign_designs or ())) if d not in DESIGNS]
-        if unknown or not self.designs:
-            raise ConfigError(f"designs: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(DESIGNS)}")
+        if len(set(self.fakes)) != len(self.fakes):
+            raise ConfigError("fakes: each family needs its own table (a family tested on its own training table is not held out)")
+        for name, designs in (("designs", self.designs), ("benign_designs", self.benign_designs or ())):
+            unknown = [d for d in designs if d not in DESIGNS]
+            if unknown or (name == "designs" and not designs):
+                raise ConfigError(f"{name}: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(DESIGNS)}")
         if self.model not in list_models():
             raise ConfigError(f"model must be one of {', '.join(list_models())}, got {self.model!r}")
         at_least(self, 1, "epochs", "batch_size", "num_workers", "n_boot")
@@ -154,7 +173,7 @@ class GeneraliseConfig:
                     epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, storage=self.runs,
                     name=tset.run_name(design, self.model), num_workers=self.num_workers,
                     cpus_per_worker=self.cpus_per_worker, n_boot=self.n_boot, train_per_class=self.train_per_class,
-                    **{**self.train, **DESIGNS[design].augmentation},
+                    **design_options(design, tset.families, self.families),
                 )  # fmt: skip
                 out.append((design, tset, cfg))
         return out
@@ -272,7 +291,7 @@ def held_out_summary(detection: pa.Table, benign: pa.Table) -> list[dict[str, An
         groups.setdefault((r["design"], r["trained_on"], r["test_family"]), []).append(r)
     out = []
     for (design, trained_on, family), members in groups.items():
-        auc, tpr = _cell(members, "auc"), _cell(members, "tpr", POINT)
+        auc, tpr, fpr = _cell(members, "auc"), _cell(members, "tpr", POINT), _cell(members, "fpr", POINT)
         run = members[0]["run"]
         benign_fpr, condition = worst_benign.get(run, (float("nan"), ""))
         entry = {
@@ -280,6 +299,7 @@ def held_out_summary(detection: pa.Table, benign: pa.Table) -> list[dict[str, An
             "run": run, "auc": auc["value"] if auc else float("nan"),
             "auc_ci": (auc["ci_low"], auc["ci_high"]) if auc else (float("nan"),) * 2,
             "tpr": tpr["value"] if tpr else float("nan"), "tpr_ci": (tpr["ci_low"], tpr["ci_high"]) if tpr else (float("nan"),) * 2,
+            "fpr": fpr["value"] if fpr else float("nan"),
             "n": members[0]["n"], "worst_benign_fpr": benign_fpr, "worst_benign_condition": condition,
         }  # fmt: skip
         detected = entry["auc"] >= TARGET_AUC and entry["tpr"] >= TARGET_TPR
@@ -296,12 +316,12 @@ def markdown(summary: list[dict[str, Any]], cfg: GeneraliseConfig) -> str:
         benign = "n/a" if e["worst_benign_fpr"] != e["worst_benign_fpr"] else f"{100 * e['worst_benign_fpr']:.1f}% ({e['worst_benign_condition']})"
         return (
             f"| {e['design']} | {e['trained_on']} | {e['test_family']} | {e['auc']:.3f} [{e['auc_ci'][0]:.3f}, {e['auc_ci'][1]:.3f}] "
-            f"| {100 * e['tpr']:.1f}% [{100 * e['tpr_ci'][0]:.1f}, {100 * e['tpr_ci'][1]:.1f}] | {benign} | "
+            f"| {100 * e['tpr']:.1f}% [{100 * e['tpr_ci'][0]:.1f}, {100 * e['tpr_ci'][1]:.1f}] | {100 * e['fpr']:.1f}% | {benign} | "
             f"{ {True: 'yes', False: 'no', None: 'benign not measured'}[e['meets_target']] } |"
         )
 
-    head = ("| design | trained on | tested on | AUC [95% CI] | caught at 1% FPR [95% CI] | worst benign FPR at 1% | target |\n"
-            "|---|---|---|---:|---:|---:|:---:|")  # fmt: skip
+    head = ("| design | trained on | tested on | AUC [95% CI] | caught at the 1% point [95% CI] | real test FPR there "
+            "| worst benign FPR there | target |\n|---|---|---|---:|---:|---:|---:|:---:|")  # fmt: skip
     held = [e for e in summary if e["held_out"]]
     seen = [e for e in summary if not e["held_out"]]
     return "\n".join([
@@ -331,16 +351,6 @@ def deployed_run(summary: dict[str, Any]) -> str | None:
     return None
 
 
-def study_detector(root: str, s3: S3Settings | None) -> str | None:
-    """The deployed detector of a study whose root is `root` (its manifest's generalise stage), else None."""
-    from cxr_ray.manifest import MANIFEST_FILE, Manifest
-
-    if not storage.exists(storage.join(root, MANIFEST_FILE), s3):
-        return None
-    stage = Manifest.load(root, s3).stages.get("generalise", {})
-    return deployed_run(stage.get("outputs") or {}) if stage.get("status") == "done" else None
-
-
 # ---------------------------------------------------------------- the job
 
 
@@ -357,6 +367,10 @@ def run_generalise(
     cfg.check_output(s3)
     for _, _, ccfg in cfg.detector_configs():
         check_inputs(ccfg, s3)  # every table exists and is complete, before Ray starts
+    if cfg.benign:
+        from cxr_ray.evaluate import check_benign_table
+
+        check_benign_table(cfg.benign, s3)
     init_ray(address)
     trained = train_detectors(cfg, s3, log, address)
     detection, benign = score_families(cfg, trained, s3)

@@ -109,7 +109,7 @@ def load_detector(
     from cxr_ray.checkpoint import CheckpointError
     from cxr_ray.classifier_state import load_classifier_state
     from cxr_ray.data.decode import SUPPORTED_RESOLUTIONS
-    from cxr_ray.generalise import study_detector
+    from cxr_ray.study.deployed import study_detector
     from cxr_ray.scoring import checkpoint_state_uri, is_finished_run
 
     deployed = study_detector(uri, s3)

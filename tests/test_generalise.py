@@ -166,3 +166,40 @@ def test_resampled_fakes_turn_only_reals_into_upsampled_fakes():
     with pytest.raises(ConfigError, match="deepfake"):
         ClassifierConfig(data="r", task="pneumonia", resample_fakes=0.3)
     assert "resample_fakes" not in ClassifierConfig(data="r", task="deepfake", fakes="f").identity()
+
+
+def test_the_upsampling_design_withholds_a_left_out_familys_own_interpolation():
+    cfg = GeneraliseConfig(real="r", families=("dcgan", "sngan", "vae"), fakes=("a", "b", "c"), runs="x", dest="y",
+                           designs=("upsampling", "plain"))  # fmt: skip
+    modes = {c.name: c.resample_modes for _, _, c in cfg.detector_configs() if c.resample_fakes}
+    assert modes["lofo-upsampling-resnet18-but-sngan"] == ("bilinear", "bicubic")  # SNGAN upsamples by nearest
+    assert modes["lofo-upsampling-resnet18-but-vae"] == ("nearest", "bicubic")  # the VAE bilinearly
+    assert modes["lofo-upsampling-resnet18-all"] == ("nearest", "bilinear", "bicubic")
+    plain = [c for d, _, c in cfg.detector_configs() if d == "plain"]
+    assert all(not c.resample_fakes and not c.robust_aug for c in plain) and len(plain) == 6
+    with pytest.raises(ConfigError, match="its own table"):
+        GeneraliseConfig(real="r", families=("a", "b"), fakes=("t", "t"), runs="x", dest="y")
+    with pytest.raises(ConfigError, match="benign_designs"):
+        GeneraliseConfig(real="r", families=("a", "b"), fakes=("t", "u"), runs="x", dest="y", benign_designs=("nope",))
+
+
+def test_a_study_root_stands_for_its_deployed_detector_or_says_why_not(tmp_path):
+    from cxr_ray.manifest import Manifest
+    from cxr_ray.study.deployed import study_detector
+
+    root = str(tmp_path / "study")
+    assert study_detector(root, None) is None  # not a study root: scan treats it as a run folder
+    manifest = Manifest(root)
+    manifest.start("generalise", "h")
+    with pytest.raises(ConfigError, match="has not finished"):
+        study_detector(root, None)
+    manifest.finish("generalise", {"runs": [{"design": "plain", "trained_on": ALL_FAMILIES, "run_dir": "/x"}]})
+    with pytest.raises(ConfigError, match="deployed no detector"):
+        study_detector(root, None)
+    # A moved study: the recorded path is gone, the run is found under the root's own generalise-runs.
+    run = tmp_path / "study" / "generalise-runs" / "lofo-generalising-cnn-all"
+    run.mkdir(parents=True)
+    (run / "test_metrics.json").write_text("{}")
+    manifest.start("generalise", "h")
+    manifest.finish("generalise", {"runs": [{"design": "generalising", "trained_on": ALL_FAMILIES, "run_dir": "/old/place/lofo-generalising-cnn-all"}]})
+    assert study_detector(root, None) == str(run)

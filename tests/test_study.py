@@ -134,31 +134,31 @@ DIGESTS = {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
         "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "4c501748c3594bc8",
         "benign": "6d93fb9b0cb4a733", "evaluate": "90169d8455de8ab1", "claim": "9ef62c2be0b259fc",
-        "families": "6898e862bb0511de", "generalise": "72f82ac63ff79ded",
+        "families": "d364705f61529be1", "generalise": "f182fa9df44016da",
     },
     "quick-cnn-s3-shared": {
         "ingest": "0eb202cb12770452", "gan": "682ae2622c1b1d4b", "gan_quality": "1ebed1ea88c40241",
         "generate": "4c28be763f8b50e9", "tune": "a0dd538c46d45a8f", "train": "1c90a338b796a000",
         "benign": "6f0a06a41d9e3db4", "evaluate": "dc430f76929d5d06", "claim": "bf0ceb7343781c24",
-        "families": "78fa82d45292a885", "generalise": "cc1c3581d59802e4",
+        "families": "39744fa5b5d51a27", "generalise": "edac08c62f005e54",
     },
     "full-two-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
         "generate": "c5cc620565360501", "tune": "3c472e4bb817ad31", "train": "801b31ba6b625ace",
         "benign": "6d93fb9b0cb4a733", "evaluate": "51cd8dc947f69cc6", "claim": "f60f6c2c2a703d9d",
-        "families": "a6f0d38a3d19831e", "generalise": "289eb007d7a2d475",
+        "families": "e03c6283081eb1cd", "generalise": "c78ad2e608c226a1",
     },
     "quick-default-models": {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
         "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "476f575bd6ded543",
         "benign": "6d93fb9b0cb4a733", "evaluate": "ee653eb605e4fee6", "claim": "9ef62c2be0b259fc",
-        "families": "6898e862bb0511de", "generalise": "72f82ac63ff79ded",
+        "families": "d364705f61529be1", "generalise": "f182fa9df44016da",
     },
     "full-default-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
         "generate": "c5cc620565360501", "tune": "12a20b12b192d30d", "train": "f456bfb7766c818c",
         "benign": "6d93fb9b0cb4a733", "evaluate": "73ec2d20f7675077", "claim": "3544a10e31e79d3d",
-        "families": "a6f0d38a3d19831e", "generalise": "289eb007d7a2d475",
+        "families": "e03c6283081eb1cd", "generalise": "c78ad2e608c226a1",
     },
 }
 CASES = {  # profile, root, CPU share of a training worker
@@ -197,7 +197,7 @@ def stage_digests(profile, root: str, cpu_share: float | None, source: str = SOU
     pairs = plan.claim_trainings(profile, layout, plan.fake_train_per_class(generated["archive"]), cpu_share)
     h["claim"] = plan.claim_hash(pairs, h["generate"])
     family_gans = plan.family_gan_configs(profile, layout)
-    planned = {f: {cls: {"run_dir": f"{root}/gan/{f}-{cls.lower()}-run"} for cls in by_class} for f, by_class in family_gans.items()}
+    planned = plan.planned_family_runs(family_gans)  # what the stage hashes
     h["families"] = plan.families_hash(family_gans, plan.family_generate_configs(profile, layout, planned, ARCHIVE), real)
     h["generalise"] = plan.generalise_hash(plan.generalise_config(profile, layout, cpu_share), h["generate"], h["families"], h["benign"])
     return h
@@ -384,7 +384,7 @@ def small_study(data) -> Profile:
     """The cheapest study that still runs every stage: one model, no search, no robust, raw or claim trainings,
     two benign conditions, a tiny GAN."""
     return replace(PROFILES["quick"], data=str(data), models=("cnn",), tune_models=(), robust_models=(), raw_models=(),
-                   claim_models=(), benign_conditions=("ingest", "jpeg85"), gan_epochs=1,
+                   claim_models=(), families=(), benign_conditions=("ingest", "jpeg85"), gan_epochs=1,
                    gan_width=8, fakes_per_class=16, test_fakes_per_class=8, n_boot=20)
 
 

@@ -36,18 +36,24 @@ EPILOG_QUALITY = (
 )
 
 
+def optimiser(family: str, lr: Optional[float], beta1: Optional[float]) -> tuple[float, float]:
+    """The Adam settings given, else the family's usual ones (an unknown family: GanConfig names it)."""
+    from cxr_ray.models.generators import OPTIMISER
+
+    usual_lr, usual_beta1 = OPTIMISER.get(family, OPTIMISER["dcgan"])
+    return (usual_lr if lr is None else lr), (usual_beta1 if beta1 is None else beta1)
+
+
 def train_gan(
     data: str = typer.Argument(..., help="Ingested image table (cxr-ray ingest output): path or s3://."),
     storage: str = typer.Option("runs/gan", help="Runs root: each GAN lives in STORAGE/NAME (path or s3://)."),
-    class_names: List[str] = typer.Option(
-        ["NORMAL", "PNEUMONIA"], "--class", help="Class to train a GAN for; repeat for several (one GAN each)."
-    ),
+    class_names: List[str] = typer.Option(["NORMAL", "PNEUMONIA"], "--class", help="Class to train a GAN for; repeat for several."),
     conditional: bool = typer.Option(False, "--conditional", help="Train one class-conditional GAN on both classes."),
-    family: str = typer.Option("dcgan", help="Generator family: dcgan, sngan (hinge loss; try --beta1 0.0) or vae (ELBO)."),
+    family: str = typer.Option("dcgan", help="Generator family: dcgan, sngan (hinge loss) or vae (ELBO)."),
     epochs: int = typer.Option(25, help="Epochs over the class's train split (a re-run with more extends the run)."),
     batch_size: int = typer.Option(128, help="Batch size per worker."),
-    lr: float = typer.Option(2e-4, help="Adam learning rate (both networks)."),
-    beta1: float = typer.Option(0.5, help="Adam beta1."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the family's usual one, 2e-4 for the GANs, 1e-3 for the VAE)."),
+    beta1: Optional[float] = typer.Option(None, help="Adam beta1 (default: the family's usual one: dcgan 0.5, sngan 0.0, vae 0.9)."),
     nz: int = typer.Option(100, help="Noise vector length."),
     ngf: int = typer.Option(64, help="Generator width (64 is the paper's; smaller for CPU runs)."),
     ndf: int = typer.Option(64, help="Discriminator width."),
@@ -77,10 +83,12 @@ def train_gan(
         from cxr_ray.train.gan import GanConfig
         from cxr_ray.train.gan import train_gan as run_training
 
+        lr_, beta1_ = optimiser(family, lr, beta1)
+
         def config(class_name: str) -> GanConfig:
             return GanConfig(
                 data=data, storage=storage, class_name=class_name, conditional=conditional, family=family, epochs=epochs,
-                batch_size=batch_size, lr=lr, beta1=beta1, nz=nz, ngf=ngf, ndf=ndf, num_workers=workers,
+                batch_size=batch_size, lr=lr_, beta1=beta1_, nz=nz, ngf=ngf, ndf=ndf, num_workers=workers,
                 use_gpu=gpu, name=name, seed=seed, max_failures=max_failures, sync_bn=sync_bn,
             )
 

@@ -33,6 +33,8 @@ DESCRIPTIONS = {
     "sngan": "nearest-neighbour upsampling + convolution, spectrally normalised critic, hinge loss",
     "vae": "bilinear upsampling + convolution decoder, variational autoencoder (negative ELBO)",
 }
+# The interpolation each family's generator upsamples with (the DCGAN learns its own: transposed convolutions).
+UPSAMPLING = {"dcgan": "transposed", "sngan": "nearest", "vae": "bilinear"}
 # Adam (lr, beta1) each family is usually trained with: DCGAN's paper values; SNGAN with beta1 0 (Miyato et al.
 # 2018); a VAE is a likelihood model and takes Adam's defaults with a larger step.
 OPTIMISER: dict[str, tuple[float, float]] = {"dcgan": (2e-4, 0.5), "sngan": (2e-4, sngan.RECOMMENDED_BETA1), "vae": (1e-3, 0.9)}

@@ -64,14 +64,17 @@ class Encoder(nn.Module):
         return mu, logvar
 
 
+LOGVAR_RANGE = (-30.0, 20.0)  # exp() of a diverging encoder's logvar stays finite
+
+
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """z = mu + sigma * eps, eps ~ N(0, I): a sample of q(z|x) that gradients flow through."""
-    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    return mu + torch.exp(0.5 * logvar.clamp(*LOGVAR_RANGE)) * torch.randn_like(mu)
 
 
 def elbo_terms(recon: torch.Tensor, real: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(reconstruction, KL), each averaged over the batch of per-image sums, in float32."""
-    recon, real, mu, logvar = recon.float(), real.float(), mu.float(), logvar.float()
+    recon, real, mu, logvar = recon.float(), real.float(), mu.float(), logvar.float().clamp(*LOGVAR_RANGE)
     reconstruction = (recon - real).pow(2).flatten(1).sum(1).mean()
     kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
     return reconstruction, kl

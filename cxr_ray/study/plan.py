@@ -72,6 +72,15 @@ def family_gan_configs(p: Profile, layout: StudyLayout) -> dict[str, dict[str, G
     }
 
 
+def planned_family_runs(gan_cfgs: dict[str, dict[str, GanConfig]]) -> dict[str, dict[str, dict[str, str]]]:
+    """family -> class -> {"run_dir"}: where each generator will train (its default name), for the stage's hash
+    before training; the tables are then generated from the runs training really used."""
+    from cxr_ray import storage
+
+    return {family: {cls: {"run_dir": storage.join(cfg.storage, cfg.run_name())} for cls, cfg in by_class.items()}
+            for family, by_class in gan_cfgs.items()}  # fmt: skip
+
+
 def family_generate_configs(
     p: Profile, layout: StudyLayout, gans: dict[str, dict[str, Any]], archive_format: dict[str, Any] | None
 ) -> dict[str, dict[str, GenerateConfig]]:
@@ -194,7 +203,7 @@ def classifier_stage_config(cfg: ClassifierConfig) -> dict[str, Any]:
     roots made before them stay."""
     fields = asdict(cfg)
     if not cfg.resample_fakes:
-        del fields["resample_fakes"]
+        del fields["resample_fakes"], fields["resample_modes"]
     return fields
 
 

@@ -156,9 +156,7 @@ def families(ctx: StudyContext, ingested: StageResult) -> StageResult:
 
     gan_cfgs = plan.family_gan_configs(ctx.profile, ctx.layout)
     archive = read_archive_format(ingested.outputs["table"], ctx.s3).to_dict()
-    # The tables' configs name each generator's run folder, which only training knows: planned from the run names.
-    planned = {family: {cls: {"run_dir": storage.join(cfg.storage, cfg.run_name())} for cls, cfg in by_class.items()}
-               for family, by_class in gan_cfgs.items()}  # fmt: skip
+    planned = plan.planned_family_runs(gan_cfgs)
     digest = plan.families_hash(gan_cfgs, plan.family_generate_configs(ctx.profile, ctx.layout, planned, archive), ingested.digest)
 
     def run() -> dict[str, Any]:

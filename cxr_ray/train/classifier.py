@@ -68,6 +68,7 @@ class ClassifierConfig:
     # Deepfake only: probability that a real training image is halved and upsampled back and labelled fake
     # (loop.resampled_fakes; 0: off): the upsampling trace every generator leaves, not one generator's habits.
     resample_fakes: float = 0.0
+    resample_modes: tuple[str, ...] = ("nearest", "bilinear", "bicubic")  # the interpolations it draws from
     label_smoothing: float = 0.0
     pretrained: bool = False
     weights_path: str | None = None
@@ -113,6 +114,11 @@ class ClassifierConfig:
             raise ConfigError(f"cpus_per_worker must be positive, got {self.cpus_per_worker}")
         if self.resample_fakes and self.task != "deepfake":
             raise ConfigError("resample_fakes makes fakes out of reals: it is for task 'deepfake' only")
+        from cxr_ray.train.loop import RESAMPLE_MODES
+
+        unknown_modes = sorted(set(self.resample_modes) - set(RESAMPLE_MODES))
+        if unknown_modes or not self.resample_modes:
+            raise ConfigError(f"resample_modes: unknown {', '.join(unknown_modes) or '(none given)'}; known: {', '.join(RESAMPLE_MODES)}")
         for key in ("robust_aug", "window_aug", "resample_fakes"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{key} must be in [0, 1], got {getattr(self, key)}")
@@ -131,7 +137,7 @@ class ClassifierConfig:
         if not self.window_aug:
             skip.add("window_aug")
         if not self.resample_fakes:
-            skip.add("resample_fakes")
+            skip.update({"resample_fakes", "resample_modes"})
         if self.train_per_class is None:
             skip.add("train_per_class")  # likewise
         return {k: v for k, v in asdict(self).items() if k not in skip}
@@ -263,7 +269,7 @@ def train_epoch(cfg: ClassifierConfig, fit: Fit, data: WorkerData, epoch: int, g
         idx = idx.to(fit.device)
         pixels, y = data.x_train[idx], data.y_train[idx]
         if cfg.resample_fakes:
-            pixels, y = loop.resampled_fakes(pixels, y, cfg.resample_fakes, gen)
+            pixels, y = loop.resampled_fakes(pixels, y, cfg.resample_fakes, gen, tuple(cfg.resample_modes))
         x = model_input(cfg, pixels, epoch, rank, gen, fit.channels_last)
         loss_sum += train_step(fit, x, y, data.class_weights, cfg.label_smoothing)
     fit.scheduler.step()

@@ -116,25 +116,26 @@ RESAMPLE_MODES = ("nearest", "bilinear", "bicubic")  # the interpolations genera
 
 
 def resampled_fakes(
-    x: torch.Tensor, y: torch.Tensor, probability: float, gen: torch.Generator
+    x: torch.Tensor, y: torch.Tensor, probability: float, gen: torch.Generator, modes: tuple[str, ...] = RESAMPLE_MODES
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Real images (target 0) that, each with `probability`, are halved (2x2 mean) and upsampled back with a
     random interpolation, then labelled fake (1). uint8 (N, 1, H, W) in and out.
 
     Every generator family makes its image by upsampling, and that leaves traces in neighbouring pixels
     (Tan et al. 2024, NPR); real X-rays stored this way carry them without any one generator's other
-    habits, so a detector learns the trace rather than one family. Draws come from `gen` (CPU).
+    habits, so a detector learns the trace rather than one family. `modes`: the interpolations drawn from
+    (a subset of RESAMPLE_MODES). Draws come from `gen` (CPU).
     """
-    if probability <= 0 or len(x) == 0:
+    if probability <= 0 or len(x) == 0 or not modes:
         return x, y
     chosen = (torch.rand(len(x), generator=gen) < probability).to(x.device) & (y == 0)
-    modes = torch.randint(len(RESAMPLE_MODES), (len(x),), generator=gen).to(x.device)
+    drawn = torch.randint(len(modes), (len(x),), generator=gen).to(x.device)
     if not bool(chosen.any()):
         return x, y
     out = x.clone()
     small = F.avg_pool2d(x.float(), 2)
-    for index, mode in enumerate(RESAMPLE_MODES):
-        pick = chosen & (modes == index)
+    for index, mode in enumerate(modes):
+        pick = chosen & (drawn == index)
         if bool(pick.any()):
             options = {} if mode == "nearest" else {"align_corners": False}
             up = F.interpolate(small[pick], size=tuple(x.shape[-2:]), mode=mode, **options)
