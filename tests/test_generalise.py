@@ -203,3 +203,25 @@ def test_a_study_root_stands_for_its_deployed_detector_or_says_why_not(tmp_path)
     manifest.start("generalise", "h")
     manifest.finish("generalise", {"runs": [{"design": "generalising", "trained_on": ALL_FAMILIES, "run_dir": "/old/place/lofo-generalising-cnn-all"}]})
     assert study_detector(root, None) == str(run)
+
+
+def test_report_sections_show_the_families_and_the_held_out_table(tmp_path):
+    import numpy as np
+
+    from cxr_ray.report.doc import Doc
+    from cxr_ray.report.families import families_section, generalise_section
+
+    doc = Doc(str(tmp_path / "report"), None)
+    quality = {"rows": [{"comparison": "generator (epoch 10) vs real test", "n_reference": 9, "n_other": 9, "fd": 1.5, "kid": 0.01}]}
+    families = {"vae": {"table": "t", "quality": {"NORMAL": quality}}}
+    families_section(doc, families, lambda table, cls, split, n: np.full((4, 8, 8), 128, np.uint8))
+    dest = tmp_path / "generalise"
+    dest.mkdir()
+    (dest / "lofo.md").write_text("# Leave-one-family-out detection\n\n## Families the detector never saw\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    (dest / "_SUCCESS").write_text("")
+    summary = {"runs": [{"design": "generalising", "trained_on": ALL_FAMILIES, "run_dir": "/s/generalise-runs/d"}]}
+    generalise_section(doc, summary, str(dest), None)
+    text = "\n".join(doc.md)
+    assert "| vae | NORMAL | generator (epoch 10) vs real test |" in text and "fake_vae_normal.png" in text
+    assert "Deployed detector" in text and "/s/generalise-runs/d" in text
+    assert "### Families the detector never saw" in text  # the job's own headings sit one level below the section's
