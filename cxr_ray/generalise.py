@@ -50,7 +50,9 @@ DESIGNS: dict[str, Design] = {
     # smoothed image is real.
     "upsampling": Design({"resample_fakes": 0.3, "window_aug": 0.5}, ("but", "all")),
 }
-DEPLOYED_DESIGN = "generalising"  # what the study's scan uses, trained on every family
+# What the study deploys (trained on every family) and scan uses: the design with the best worst case over held-out
+# families in the whole-dataset leave-one-family-out run (docs/results.md, issue 15), which no design passes.
+DEPLOYED_DESIGN = "upsampling"
 ALL_FAMILIES = "all"
 TARGET_AUC, TARGET_TPR, TARGET_BENIGN_FPR = 0.95, 0.90, 0.01  # issue 15's targets, at the 1% point
 POINT = "fpr_0.01"

@@ -83,7 +83,7 @@ def test_leave_one_family_out_end_to_end(families):
     cfg = GeneraliseConfig(
         real=families["real"], families=("alpha", "beta"), fakes=(families["alpha"], families["beta"]),
         runs=str(root / "runs"), dest=str(root / "generalise"), benign=families["benign"], model="cnn",
-        designs=("generalising",), epochs=1, batch_size=32, n_boot=50,
+        designs=("upsampling",), epochs=1, batch_size=32, n_boot=50,
     )  # fmt: skip
     summary = run_generalise(cfg, log=quiet)
     assert [r["trained_on"] for r in summary["runs"]] == ["only-beta", "only-alpha", ALL_FAMILIES]
@@ -94,7 +94,7 @@ def test_leave_one_family_out_end_to_end(families):
     assert [Path(t).name for t in recorded] == ["fakes-alpha-64", "fakes-beta-64"]
 
     rows = pq.read_table(root / "generalise" / "lofo.parquet").to_pylist()
-    detectors = [r for r in rows if r["design"] == "generalising"]
+    detectors = [r for r in rows if r["design"] == "upsampling"]
     # Every detector on every family; held out exactly when the family was not in its training set.
     seen = {(r["trained_on"], r["test_family"], r["held_out"]) for r in detectors}
     assert seen == {
@@ -115,7 +115,7 @@ def test_leave_one_family_out_end_to_end(families):
 
     report = (root / "generalise" / "lofo.md").read_text()
     held_part, seen_part = report.split("## Families the detector was trained on")
-    assert "| generalising | only-alpha | beta |" in held_part and "| generalising | only-alpha | alpha |" in seen_part
+    assert "| upsampling | only-alpha | beta |" in held_part and "| upsampling | only-alpha | alpha |" in seen_part
     # Re-running reuses every finished detector (no retraining: same run directories).
     again = run_generalise(cfg, log=quiet)
     assert [r["run_dir"] for r in again["runs"]] == [r["run_dir"] for r in summary["runs"]]
@@ -197,11 +197,11 @@ def test_a_study_root_stands_for_its_deployed_detector_or_says_why_not(tmp_path)
     with pytest.raises(ConfigError, match="deployed no detector"):
         study_detector(root, None)
     # A moved study: the recorded path is gone, the run is found under the root's own generalise-runs.
-    run = tmp_path / "study" / "generalise-runs" / "lofo-generalising-cnn-all"
+    run = tmp_path / "study" / "generalise-runs" / "lofo-upsampling-cnn-all"
     run.mkdir(parents=True)
     (run / "test_metrics.json").write_text("{}")
     manifest.start("generalise", "h")
-    manifest.finish("generalise", {"runs": [{"design": "generalising", "trained_on": ALL_FAMILIES, "run_dir": "/old/place/lofo-generalising-cnn-all"}]})
+    manifest.finish("generalise", {"runs": [{"design": "upsampling", "trained_on": ALL_FAMILIES, "run_dir": "/old/place/lofo-upsampling-cnn-all"}]})
     assert study_detector(root, None) == str(run)
 
 
@@ -219,7 +219,7 @@ def test_report_sections_show_the_families_and_the_held_out_table(tmp_path):
     dest.mkdir()
     (dest / "lofo.md").write_text("# Leave-one-family-out detection\n\n## Families the detector never saw\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
     (dest / "_SUCCESS").write_text("")
-    summary = {"runs": [{"design": "generalising", "trained_on": ALL_FAMILIES, "run_dir": "/s/generalise-runs/d"}]}
+    summary = {"runs": [{"design": "upsampling", "trained_on": ALL_FAMILIES, "run_dir": "/s/generalise-runs/d"}]}
     generalise_section(doc, summary, str(dest), None)
     text = "\n".join(doc.md)
     assert "| vae | NORMAL | generator (epoch 10) vs real test |" in text and "fake_vae_normal.png" in text

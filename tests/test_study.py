@@ -134,13 +134,13 @@ DIGESTS = {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
         "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "4c501748c3594bc8",
         "benign": "6d93fb9b0cb4a733", "evaluate": "90169d8455de8ab1", "claim": "9ef62c2be0b259fc",
-        "families": "d364705f61529be1", "generalise": "f182fa9df44016da",
+        "families": "d364705f61529be1", "generalise": "76ac0a8887b6e35d",
     },
     "quick-cnn-s3-shared": {
         "ingest": "0eb202cb12770452", "gan": "682ae2622c1b1d4b", "gan_quality": "1ebed1ea88c40241",
         "generate": "4c28be763f8b50e9", "tune": "a0dd538c46d45a8f", "train": "1c90a338b796a000",
         "benign": "6f0a06a41d9e3db4", "evaluate": "dc430f76929d5d06", "claim": "bf0ceb7343781c24",
-        "families": "39744fa5b5d51a27", "generalise": "edac08c62f005e54",
+        "families": "39744fa5b5d51a27", "generalise": "867467aef476a286",
     },
     "full-two-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
@@ -152,7 +152,7 @@ DIGESTS = {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
         "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "476f575bd6ded543",
         "benign": "6d93fb9b0cb4a733", "evaluate": "ee653eb605e4fee6", "claim": "9ef62c2be0b259fc",
-        "families": "d364705f61529be1", "generalise": "f182fa9df44016da",
+        "families": "d364705f61529be1", "generalise": "76ac0a8887b6e35d",
     },
     "full-default-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",

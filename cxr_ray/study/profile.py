@@ -66,7 +66,7 @@ PROFILES = {
         name="quick", data=SAMPLE_DATA, gan_epochs=3, gan_width=16, fakes_per_class=100, test_fakes_per_class=30,
         epochs=1, batch_size=32, tune_models=("cnn",), tune_samples=2, tune_max_epochs=1, tune_batch_sizes=None,
         robust_models=("cnn",), raw_models=("cnn",), claim_models=("cnn",), claim_seeds=1, claim_epochs=1, n_boot=200,
-        families=("vae",), generalise_model="cnn", generalise_designs=("generalising",),
+        families=("vae",), generalise_model="cnn", generalise_designs=("upsampling",),
     ),
     # GPU defaults, the whole dataset.
     "full": Profile(name="full", data=None),
