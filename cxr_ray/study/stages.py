@@ -250,7 +250,8 @@ def generalise(ctx: StudyContext, fakes: StageResult, families: StageResult, rep
     from cxr_ray.generalise import run_generalise
 
     if not ctx.profile.families:
-        return ctx.stage("generalise", stage_hash("no families", []), lambda: {})  # recorded as done, nothing to run
+        # Recorded as done, nothing to run; the hash still follows the data, like every stage's.
+        return ctx.stage("generalise", stage_hash("no families", [fakes.digest, reprocessed.digest]), lambda: {})
     cfg = plan.generalise_config(ctx.profile, ctx.layout, ctx.cpu_share)
 
     def run() -> dict[str, Any]:
