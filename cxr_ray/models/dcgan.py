@@ -79,6 +79,28 @@ class Generator(nn.Module):
         return self.main(noise)
 
 
+def downsampling_layers(in_channels: int, ndf: int, steps: int) -> tuple[list[nn.Module], int]:
+    """DCGAN's strided-conv stack from (N, in_channels, S, S) down to (N, channels, 4, 4); returns (layers, channels).
+
+    Shared by the discriminator and the VAE's encoder (cxr_ray.models.vae).
+    """
+    layers: list[nn.Module] = [
+        # input: (N, in_channels, S, S) -> state: (N, ndf, S/2, S/2); no BatchNorm on the input layer (as in the paper)
+        nn.Conv2d(in_channels, ndf, 4, 2, 1, bias=False),
+        nn.LeakyReLU(0.2, inplace=True),
+    ]
+    channels = ndf
+    for _ in range(steps - 1):
+        # state: (N, channels, s, s) -> (N, 2*channels, s/2, s/2); ends at (N, ndf*8 or ndf*16, 4, 4)
+        layers += [
+            nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(channels * 2),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        channels *= 2
+    return layers, channels
+
+
 class Discriminator(nn.Module):
     """Images (N, nc, image_size, image_size) [+ labels (N,)] -> one real-vs-fake logit per image, shape (N,).
 
@@ -92,21 +114,7 @@ class Discriminator(nn.Module):
         self.nc, self.image_size, self.num_classes = nc, image_size, num_classes
         # One learnt image-sized map per class, fed as an extra input channel.
         self.label_map = nn.Embedding(num_classes, image_size * image_size) if num_classes > 0 else None
-        in_channels = nc + (1 if num_classes > 0 else 0)
-        layers: list[nn.Module] = [
-            # input: (N, nc[+1], S, S) -> state: (N, ndf, S/2, S/2); no BatchNorm on the input layer (as in the paper)
-            nn.Conv2d(in_channels, ndf, 4, 2, 1, bias=False),
-            nn.LeakyReLU(0.2, inplace=True),
-        ]
-        channels = ndf
-        for _ in range(steps - 1):
-            # state: (N, channels, s, s) -> (N, 2*channels, s/2, s/2); ends at (N, ndf*8 or ndf*16, 4, 4)
-            layers += [
-                nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(channels * 2),
-                nn.LeakyReLU(0.2, inplace=True),
-            ]
-            channels *= 2
+        layers, channels = downsampling_layers(nc + (1 if num_classes > 0 else 0), ndf, steps)
         # state: (N, channels, 4, 4) -> (N, 1, 1, 1): the logit
         layers.append(nn.Conv2d(channels, 1, 4, 1, 0, bias=False))
         self.main = nn.Sequential(*layers)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from cxr_ray.models.dcgan import downsampling_layers
 from cxr_ray.models.gan_blocks import UpsampleGenerator, generator_init, images_with_labels, label_map, resolution_steps
 
 BETA = 1.0  # weight of the KL term: 1 is the plain ELBO (beta-VAE would raise it)
@@ -45,16 +46,7 @@ class Encoder(nn.Module):
         steps = resolution_steps(image_size, "VAE")
         self.nc, self.image_size, self.num_classes, self.nz = nc, image_size, num_classes, nz
         self.label_map = label_map(num_classes, image_size)
-        in_channels = nc + (1 if num_classes > 0 else 0)
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
-        channels = ndf
-        for _ in range(steps - 1):
-            layers += [
-                nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(channels * 2),
-                nn.LeakyReLU(0.2, inplace=True),
-            ]
-            channels *= 2
+        layers, channels = downsampling_layers(nc + (1 if num_classes > 0 else 0), ndf, steps)
         self.main = nn.Sequential(*layers)
         self.head = nn.Linear(channels * 4 * 4, 2 * nz)
 
