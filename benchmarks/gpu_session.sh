@@ -2,10 +2,14 @@
 # Every GPU measurement in one command, for a GPU machine lent for a few minutes.
 #
 # On the GPU machine, from the repo root, with the slim Ray bundle at
-# .devbundle/ and a 64 px ingest of the whole dataset at $DATA (the JPEGs are
-# too big to carry; the 128 px tables are resampled from it, for timing):
+# .devbundle/ and either a 64 px ingest of the whole dataset at $DATA or the
+# Kaggle-layout JPEG folder at $SRC (ingested into $DATA first; the 128 px
+# tables are resampled from the 64 px one, for timing):
 #
-#   source .devbundle/prelude.sh && OUT=/some/dir bash benchmarks/gpu_session.sh
+#   source .devbundle/prelude.sh && OUT=/some/dir SRC=/path/chest_xray bash benchmarks/gpu_session.sh
+#
+# The JPEGs (38 MB) and the Ray bundle (29 MB) do not fit one 64 MiB device
+# transfer together: docs/performance.md (GPU, H200) says how they travel in two.
 #
 # Each step has its own time limit and writes its JSON to $OUT as soon as it
 # finishes, so a cut-off run still returns what it measured. Steps run in
@@ -16,6 +20,9 @@
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 DATA=${DATA:-runs/device/real-64}
+SRC=${SRC:-}            # Kaggle-layout JPEGs: ingested into $DATA when it is missing; the study's --data
+MODELS=${MODELS:-resnet18 mobilenet_v2 resnet50}
+STUDY_PROFILE=${STUDY_PROFILE:-quick}  # full needs SRC (the whole dataset)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 PY=${PY:-python3}
@@ -49,20 +56,28 @@ else
 fi
 
 train() {  # train MODEL RESOLUTION
-  step "train-$1-$2" 150 "$PY" benchmarks/train_throughput.py --data "$DATA" --model "$1" \
+  step "train-$1-$2" "${TRAIN_LIMIT:-150}" "$PY" benchmarks/train_throughput.py --data "$DATA" ${SRC:+--src "$SRC"} --model "$1" \
     --batch-size "$BATCH" --epochs "$EPOCHS" --resolution "$2" --out "$OUT/train_${1}_${2}.json"
 }
 
-train resnet18 128
+for model in $MODELS; do train "$model" 128; done
 [ -n "${SKIP_GAN:-}" ] || for batch in "${GAN_BATCHES[@]}"; do
   step "gan-b$batch" 150 "$PY" benchmarks/gan_throughput.py --data "$DATA" --class-name PNEUMONIA \
     --batch-size "$batch" --workers 1 --ray-epochs "$GAN_EPOCHS" --plain-steps "$STEPS" \
     --address local --out "$OUT/gan_b${batch}.json"
 done
-[ "$SMALL" = 1 ] || { train mobilenet_v2 128; train resnet50 128; }
 
-# Last, with whatever time is left: the quick study on the embedded sample,
-# every stage's GPU path end to end (about 4 minutes were not enough on an H100).
-step study-quick "${STUDY_LIMIT:-300}" "$PY" jobs/full_study.py --storage /tmp/cxr-study
+# Last, with whatever time is left: a study end to end on the GPU, the quick
+# profile on the embedded sample or the full profile (all four architectures)
+# on $SRC. Its manifest records each finished stage's duration; a study cut off
+# at its limit still returns the stages it finished.
+if [ "$STUDY_PROFILE" = full ]; then
+  STUDY=(jobs/full_study.py --profile full --data "$SRC" --storage /tmp/cxr-study)
+else
+  STUDY=(jobs/full_study.py --storage /tmp/cxr-study)
+fi
+# DEADLINE (epoch seconds) gives the study whatever the earlier steps left, less 20 s to copy results back.
+[ -n "${DEADLINE:-}" ] && STUDY_LIMIT=$((DEADLINE - $(date +%s) - 20))
+step "study-$STUDY_PROFILE" "${STUDY_LIMIT:-300}" "$PY" "${STUDY[@]}" ${STUDY_ARGS:-}
 cp /tmp/cxr-study/manifest.json "$OUT/study_manifest.json" 2>/dev/null
 echo "=== done $(date +%T)" | tee -a "$LOG"
