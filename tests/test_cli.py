@@ -35,6 +35,36 @@ def test_every_command_has_help_and_examples():
         assert "Examples" in result.output, name
 
 
+def test_version_and_the_files_help_examples_name():
+    """`--version` prints the installed version; a repository file a help example names exists and loads; the study
+    paths examples name are the ones the study writes (cxr_ray/study/layout.py)."""
+    import re
+    from importlib.metadata import version
+
+    from cxr_ray.study.layout import StudyLayout
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["--version"]).output.strip() == f"cxr-ray {version('cxr-ray')}"
+    layout = StudyLayout("runs/study")
+    written = {layout.real(64), layout.fakes(64), layout.raw_fakes(64), layout.benign(64),
+               *(layout.family_fakes(f, 64, raw) for f in ("sngan", "vae") for raw in (False, True))}
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    for name in commands:
+        text = " ".join(runner.invoke(app, [name, "--help"], terminal_width=400).output.split())
+        for config in re.findall(r"--config (\S+\.yaml)", text):
+            assert (REPO / config).is_file() or config.startswith("my-"), (name, config)
+        for path in re.findall(r"(runs/study/data/[\w-]+)", text):
+            assert path in written, (name, path)
+
+
+def test_configs_load_as_their_config_class():
+    import yaml
+
+    from cxr_ray.train.classifier import ClassifierConfig
+
+    assert ClassifierConfig(**yaml.safe_load((REPO / "configs" / "cnn.yaml").read_text())).model == "cnn"
+
+
 def test_ingest_error_is_one_clear_line(tmp_path):
     missing, dest = tmp_path / "nowhere", tmp_path / "out"
     proc = subprocess.run(

@@ -19,6 +19,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _print_version(value: bool) -> None:
+    if value:
+        from cxr_ray import __version__
+
+        typer.echo(f"cxr-ray {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Distributed chest X-ray deepfake study on Ray: ingest, GANs, classifiers, detectors, scan."""
+
+
 from cxr_ray.cli.common import (
     MODEL,
     RAY_ADDRESS,
@@ -79,7 +94,7 @@ def ingest(
         "Examples:\n\n"
         "  cxr-ray train --data runs/study/data/real-64 --model cnn --epochs 10\n\n"
         "  cxr-ray train --task deepfake --model resnet18 --data runs/study/data/real-64 "
-        "--fakes runs/study/fakes/train-64 --storage s3://bucket/runs\n\n"
+        "--fakes runs/study/data/fake-archive-64 --storage s3://bucket/runs\n\n"
         "  cxr-ray train --config configs/cnn.yaml --workers 4 --gpu"
     )
 )

@@ -14,10 +14,10 @@ from cxr_ray.cli.common import MAX_SCORING_ACTORS, N_BOOT, OVERWRITE_OUT, RAY_AD
 
 EPILOG_CLAIM = (
     "Examples:\n\n"
-    "  cxr-ray train --source fake --fakes runs/study/fakes-64 --data runs/study/data/real-64 --train-per-class 250 "
+    "  cxr-ray train --source fake --fakes runs/study/data/fake-archive-64 --data runs/study/data/real-64 --train-per-class 250 "
     "--seed 0 ...  (and --source real with the same --train-per-class and --seed: the control; seeds 0, 1, 2)\n\n"
     "  cxr-ray claim --fake-runs runs/train/F0,runs/train/F1,runs/train/F2 --real-runs runs/train/R0,runs/train/R1,"
-    "runs/train/R2 --real runs/study/data/real-64 --fakes runs/study/fakes-64 runs/study/claim\n\n"
+    "runs/train/R2 --real runs/study/data/real-64 --fakes runs/study/data/fake-archive-64 runs/study/claim\n\n"
     "Writes DEST/claim.md (both readings and what is reproduced), claim.json and claim.parquet. "
     "fake-runs[i] and real-runs[i] are one seed's pair: same model, seed, --train-per-class, epochs and batch size."
 )

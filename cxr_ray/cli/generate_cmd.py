@@ -15,12 +15,12 @@ from cxr_ray.cli.common import OVERWRITE_OUT, RAY_ADDRESS, S3_ENDPOINT, S3_REGIO
 EPILOG_GENERATE = (
     "Examples:\n\n"
     "  cxr-ray generate --gan runs/gan/dcgan-normal-64px-1a2b3c --gan runs/gan/dcgan-pneumonia-64px-4d5e6f "
-    "--out runs/study/fakes-64\n\n"
-    "  cxr-ray generate --gan s3://bucket/gan/dcgan-all-64px-7a8b9c --out s3://bucket/study/fakes-64 "
+    "--out runs/study/data/fake-archive-64\n\n"
+    "  cxr-ray generate --gan s3://bucket/gan/dcgan-all-64px-7a8b9c --out s3://bucket/study/data/fake-archive-64 "
     "--n 500 --n-test 300 --s3-endpoint http://127.0.0.1:9000 --overwrite\n\n"
     "Per class, seeds [0, N) give the detector's train/val fakes (val = the last --val-fraction of them) and "
     "seeds [--test-seed-start, --test-seed-start + N_TEST) its held-out test fakes.\n\n"
-    "  cxr-ray generate --gan runs/gan/dcgan-all-64px-7a8b9c --out runs/study/fakes-archive-64 --archive-like runs/study/real-64\n\n"
+    "  cxr-ray generate --gan runs/gan/dcgan-all-64px-7a8b9c --out runs/study/data/fake-archive-64 --archive-like runs/study/data/real-64\n\n"
     "--archive-like stores each fake as the real table's archive stores its images (the format `cxr-ray ingest` "
     "recorded: size, mode, JPEG quality and subsampling), then decodes it the way ingest decodes a real."
 )
