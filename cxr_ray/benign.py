@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -166,12 +166,17 @@ def reprocess_file(blob: bytes, conditions: tuple[str, ...], resolution: int, ma
 
 @dataclass(frozen=True)
 class BenignConfig:
-    """Which real table and split to re-process, under which conditions, and where to write the result."""
+    """Which real table and splits to re-process, under which conditions, and where to write the result.
+
+    Validation reals are re-processed too by default: a detector's benign-robust
+    operating point (cxr_ray.operating.benign_robust_threshold) is chosen on
+    them, and only the test rows are scored as the benign evaluation set.
+    """
 
     real: str  # ingested real image table (path or s3://); its rows' `path` are the source files
     dest: str
     conditions: tuple[str, ...] = BENIGN_CONDITIONS
-    split: str = "test"
+    splits: tuple[str, ...] = ("val", "test")
     batch_size: int = 32  # source files per actor call
     max_actors: int | None = None  # None: one per CPU less one
     overwrite: bool = False
@@ -187,8 +192,11 @@ class BenignConfig:
         doubled = sorted(c for c, n in Counter(self.conditions).items() if n > 1)
         if doubled:
             raise ConfigError(f"conditions: {', '.join(doubled)} given more than once")
-        if self.split not in ("train", "val", "test"):
-            raise ConfigError(f"split must be one of train, val, test, got {self.split!r}")
+        unknown = sorted(set(self.splits) - {"train", "val", "test"})
+        if unknown or not self.splits:
+            raise ConfigError(f"splits must be some of train, val, test, got {', '.join(self.splits) or '(none)'}")
+        if len(set(self.splits)) != len(self.splits):
+            raise ConfigError(f"splits: {', '.join(self.splits)} names a split more than once")
         at_least(self, 1, "batch_size", "max_actors")
         at_least(self, 64, "max_pixels")  # 8x8, the smallest image decoded
 
@@ -196,18 +204,20 @@ class BenignConfig:
 _ROW_COLUMNS = ["path", "label", "class_name", "patient_id", "split"]
 
 
-def real_rows(real: str, split: str, s3: S3Settings | None) -> list[dict[str, Any]]:
-    """The real rows of `split` (source file URI, label, class, patient), sorted by path; DatasetError when none."""
+def real_rows(real: str, splits: Sequence[str], s3: S3Settings | None) -> list[dict[str, Any]]:
+    """The real rows of `splits` (source file URI, label, class, patient), sorted by path; DatasetError when a split
+    has none."""
     import pyarrow.dataset as pads
 
     from cxr_ray.data.datasets import DatasetError, images_uri, require_complete
 
     fs, path = storage.resolve(images_uri(require_complete(real, s3)), s3)
     dataset = pads.dataset(path, filesystem=fs, format="parquet", schema=schema.IMAGE_SCHEMA)
-    wanted = (pads.field("split") == split) & (pads.field("source") == "real")
+    wanted = pads.field("split").isin(list(splits)) & (pads.field("source") == "real")
     rows = dataset.to_table(columns=_ROW_COLUMNS, filter=wanted).to_pylist()
-    if not rows:
-        raise DatasetError(f"{real}: no real images in split {split!r} to re-process")
+    empty = [split for split in splits if not any(r["split"] == split for r in rows)]
+    if empty:
+        raise DatasetError(f"{real}: no real images in split {empty[0]!r} to re-process")
     return sorted(rows, key=lambda r: r["path"])
 
 
@@ -276,7 +286,7 @@ def run_benign(
     log: Callable[[str], None] = print,
     address: str | None = None,
 ) -> dict[str, Any]:
-    """Re-process the real table's `cfg.split` under every condition into cfg.dest; returns the summary (also summary.json).
+    """Re-process the real table's `cfg.splits` under every condition into cfg.dest; returns the summary (also summary.json).
 
     The table, its rows and the destination are checked before Ray starts.
     """
@@ -292,11 +302,11 @@ def run_benign(
         storage.check_separate(cfg.dest, [ingest_summary["src"]], "source folder of the real table")
     storage.check_destination(cfg.dest, s3, cfg.overwrite)
     resolution = resolution_of(cfg.real, s3)
-    items = real_rows(cfg.real, cfg.split, s3)
+    items = real_rows(cfg.real, cfg.splits, s3)
     ray = init_ray(address)
     pool = actor_pool_options(cfg.max_actors)
     log(
-        f"benign: {len(items)} {cfg.split} reals x {len(cfg.conditions)} condition(s) at {resolution}px "
+        f"benign: {len(items)} {'+'.join(cfg.splits)} reals x {len(cfg.conditions)} condition(s) at {resolution}px "
         f"on {pool_size(pool)} actor(s) -> {cfg.dest}"
     )
     with storage.staged_output(cfg.dest, s3, cfg.overwrite) as staging:
@@ -361,7 +371,7 @@ def _summary(
         "real": cfg.real,
         "dest": cfg.dest,
         "source": "real",
-        "split": cfg.split,
+        "splits": list(cfg.splits),
         "resolution": resolution,
         "conditions": list(cfg.conditions),
         "source_files": n_files,
@@ -379,7 +389,7 @@ def _summary(
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"benign summary for {summary['dest']} ({summary['resolution']}px): {summary['images']} of "
-        f"{summary['source_files']} {summary['split']} reals under {len(summary['conditions'])} condition(s)"
+        f"{summary['source_files']} {'+'.join(summary['splits'])} reals under {len(summary['conditions'])} condition(s)"
     ]
     for condition, n in summary["rows_by_condition"].items():
         lines.append(f"  {condition:<17} {n:>6} images")

@@ -38,6 +38,7 @@ from cxr_ray.scoring import (
     metrics_table,
     rows_to_table,
     score_runs,
+    with_benign_robust_points,
     write_output_folder,
 )
 from cxr_ray.scoring.pipeline import CONDITION
@@ -95,6 +96,7 @@ def run_evaluate(
         runs, cfg.tagged_tables(), cfg.perturbations, s3, seed=cfg.seed, batch_size=cfg.batch_size, max_actors=cfg.max_actors
     )
     score_seconds = time.perf_counter() - t_score
+    runs = with_benign_robust_points(predictions, runs)
     table, texts = with_freq_baseline(cfg, metrics_table(predictions, runs, cfg.n_boot, cfg.seed), s3)
     differences = differences_table(predictions, runs, cfg.n_boot, cfg.seed)
     summary = evaluate_summary(cfg, runs, resolution, table, predictions, score_seconds, time.perf_counter() - t0)

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from cxr_ray import storage
 from cxr_ray.config import ConfigError
+from cxr_ray.operating import BENIGN_ROBUST
 from cxr_ray.storage import S3Settings
 
 
@@ -55,7 +56,7 @@ DESIGNS: dict[str, Design] = {
 DEPLOYED_DESIGN = "upsampling"
 ALL_FAMILIES = "all"
 TARGET_AUC, TARGET_TPR, TARGET_BENIGN_FPR = 0.95, 0.90, 0.01  # issue 15's targets, at the 1% point
-POINT = "fpr_0.01"
+POINT = "fpr_0.01"  # the 1% point on the stored validation reals; BENIGN_ROBUST where benign reals were scored
 LOFO_NAME = "lofo"  # DEST/lofo.parquet (+ .csv): the tidy rows
 BENIGN_NAME = "lofo_benign"  # DEST/lofo_benign.parquet: false alarms of every detector per benign condition
 REPORT_FILE = "lofo.md"
@@ -218,7 +219,7 @@ def score_families(
     cfg: GeneraliseConfig, trained: list[tuple[str, TrainingSet, str]], s3: S3Settings | None
 ) -> tuple[pa.Table, pa.Table]:
     """(detection rows on every family's test fakes, benign false-alarm rows) of every trained detector."""
-    from cxr_ray.scoring import BENIGN_TEST, DETECTION_TEST, load_runs, metrics_table, score_runs
+    from cxr_ray.scoring import BENIGN_TEST, DETECTION_TEST, load_runs, metrics_table, score_runs, with_benign_robust_points
 
     runs = load_runs([run_dir for _, _, run_dir in trained], s3)
     by_run = {r.run: r for r in runs}
@@ -235,18 +236,21 @@ def score_families(
         return tag_rows(rows, {"design": [meta[n][0] for n in names], "trained_on": [meta[n][1].name for n in names],
                                "test_family": [family] * len(names), "held_out": held})  # fmt: skip
 
+    benign = pa.table({})
+    designs = cfg.benign_designs if cfg.benign_designs is not None else cfg.designs
+    benign_runs = [r for r in runs if meta[r.run][0] in designs]
+    if cfg.benign and benign_runs:
+        # First, so that the benign-robust 1% point (fixed on the re-processed validation reals) is scored too.
+        predictions = score_runs(benign_runs, {"benign": cfg.benign}, ("none",), s3, seed=cfg.seed)
+        robust = {r.run: r for r in with_benign_robust_points(predictions, benign_runs)}
+        runs = [robust.get(r.run, r) for r in runs]
+        rows = metrics_table(predictions, list(robust.values()), cfg.n_boot, cfg.seed)
+        benign = tagged(rows.filter(pc.equal(rows.column("eval_set"), BENIGN_TEST)), "")
     parts = []
     for family in cfg.families:
         tables = {"real": cfg.real, "fakes": cfg.table_of(family)}
         rows = metrics_table(score_runs(runs, tables, ("none",), s3, seed=cfg.seed), runs, cfg.n_boot, cfg.seed)
         parts.append(tagged(rows.filter(pc.equal(rows.column("eval_set"), DETECTION_TEST)), family))
-    benign = pa.table({})
-    designs = cfg.benign_designs if cfg.benign_designs is not None else cfg.designs
-    benign_runs = [r for r in runs if meta[r.run][0] in designs]
-    if cfg.benign and benign_runs:
-        predictions = score_runs(benign_runs, {"benign": cfg.benign}, ("none",), s3, seed=cfg.seed)
-        rows = metrics_table(predictions, benign_runs, cfg.n_boot, cfg.seed)
-        benign = tagged(rows.filter(pc.equal(rows.column("eval_set"), BENIGN_TEST)), "")
     if cfg.freq_baseline:
         parts.extend(freq_baseline_rows(cfg, s3))
     return pa.concat_tables(parts), benign
@@ -283,22 +287,24 @@ def held_out_summary(detection: pa.Table, benign: pa.Table) -> list[dict[str, An
     """One row per design x training set x tested family: AUC, TPR at the 1% point, the worst benign FPR there,
     and whether issue 15's targets are met (held-out rows only count)."""
     rows = detection.to_pylist()
-    worst_benign: dict[str, tuple[float, str]] = {}
+    worst_benign: dict[tuple[str, str], tuple[float, str]] = {}  # (run, point) -> (worst FPR, its condition)
     for r in benign.to_pylist() if benign.num_rows else []:
-        if r["operating_point"] == POINT and r["metric"] == "fpr":
-            if r["run"] not in worst_benign or r["value"] > worst_benign[r["run"]][0]:
-                worst_benign[r["run"]] = (r["value"], r["perturbation"])
+        key = (r["run"], r["operating_point"])
+        if r["metric"] == "fpr" and (key not in worst_benign or r["value"] > worst_benign[key][0]):
+            worst_benign[key] = (r["value"], r["perturbation"])
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["design"], r["trained_on"], r["test_family"]), []).append(r)
     out = []
     for (design, trained_on, family), members in groups.items():
-        auc, tpr, fpr = _cell(members, "auc"), _cell(members, "tpr", POINT), _cell(members, "fpr", POINT)
+        # The benign-robust 1% point where the run has one (its benign reals were scored), else the clean-val one.
+        point = BENIGN_ROBUST if _cell(members, "tpr", BENIGN_ROBUST) else POINT
+        auc, tpr, fpr = _cell(members, "auc"), _cell(members, "tpr", point), _cell(members, "fpr", point)
         run = members[0]["run"]
-        benign_fpr, condition = worst_benign.get(run, (float("nan"), ""))
+        benign_fpr, condition = worst_benign.get((run, point), (float("nan"), ""))
         entry = {
             "design": design, "trained_on": trained_on, "test_family": family, "held_out": bool(members[0]["held_out"]),
-            "run": run, "auc": auc["value"] if auc else float("nan"),
+            "run": run, "point": point, "auc": auc["value"] if auc else float("nan"),
             "auc_ci": (auc["ci_low"], auc["ci_high"]) if auc else (float("nan"),) * 2,
             "tpr": tpr["value"] if tpr else float("nan"), "tpr_ci": (tpr["ci_low"], tpr["ci_high"]) if tpr else (float("nan"),) * 2,
             "fpr": fpr["value"] if fpr else float("nan"),
@@ -306,7 +312,7 @@ def held_out_summary(detection: pa.Table, benign: pa.Table) -> list[dict[str, An
         }  # fmt: skip
         detected = entry["auc"] >= TARGET_AUC and entry["tpr"] >= TARGET_TPR
         # None: detection meets its part but this detector's false alarms on benign reals were not measured.
-        entry["meets_target"] = False if not detected else (benign_fpr <= TARGET_BENIGN_FPR if run in worst_benign else None)
+        entry["meets_target"] = False if not detected else (benign_fpr <= TARGET_BENIGN_FPR if (run, point) in worst_benign else None)
         out.append(entry)
     return sorted(out, key=lambda e: (not e["held_out"], e["design"], e["test_family"], e["trained_on"]))
 
@@ -318,12 +324,12 @@ def markdown(summary: list[dict[str, Any]], cfg: GeneraliseConfig) -> str:
         benign = "n/a" if e["worst_benign_fpr"] != e["worst_benign_fpr"] else f"{100 * e['worst_benign_fpr']:.1f}% ({e['worst_benign_condition']})"
         return (
             f"| {e['design']} | {e['trained_on']} | {e['test_family']} | {e['auc']:.3f} [{e['auc_ci'][0]:.3f}, {e['auc_ci'][1]:.3f}] "
-            f"| {100 * e['tpr']:.1f}% [{100 * e['tpr_ci'][0]:.1f}, {100 * e['tpr_ci'][1]:.1f}] | {100 * e['fpr']:.1f}% | {benign} | "
+            f"| {e['point']} | {100 * e['tpr']:.1f}% [{100 * e['tpr_ci'][0]:.1f}, {100 * e['tpr_ci'][1]:.1f}] | {100 * e['fpr']:.1f}% | {benign} | "
             f"{ {True: 'yes', False: 'no', None: 'benign not measured'}[e['meets_target']] } |"
         )
 
-    head = ("| design | trained on | tested on | AUC [95% CI] | caught at the 1% point [95% CI] | real test FPR there "
-            "| worst benign FPR there | target |\n|---|---|---|---:|---:|---:|---:|:---:|")  # fmt: skip
+    head = ("| design | trained on | tested on | AUC [95% CI] | 1% point | caught there [95% CI] | real test FPR there "
+            "| worst benign FPR there | target |\n|---|---|---|---:|---|---:|---:|---:|:---:|")  # fmt: skip
     held = [e for e in summary if e["held_out"]]
     seen = [e for e in summary if not e["held_out"]]
     return "\n".join([

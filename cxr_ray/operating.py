@@ -6,6 +6,13 @@ its best checkpoint's validation scores (val_predictions.parquet), so every
 threshold here -- Youden, FPR 1%, FPR 0.1% -- is fixed on validation and only
 then applied to test images or to a scan.
 
+The benign-robust 1% point (BENIGN_ROBUST) is fixed on validation too: the
+lowest threshold that keeps the validation reals at <= 1% false alarms both as
+stored and after every benign re-processing a hospital's software does
+(cxr_ray.benign re-processes the val split for it). A threshold chosen on the
+clean reals alone lets re-encoded or re-windowed reals through at several
+times the rate; the hospital knows its own software, so its threshold may.
+
 Rates at a threshold get patient-bootstrap intervals; a cell without errors
 (no false alarm among the reals, every fake caught) gets the exact one-sided
 95% bound instead of a degenerate [x, x].
@@ -13,7 +20,7 @@ Rates at a threshold get patient-bootstrap intervals; a cell without errors
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +35,7 @@ OPERATING_POINTS: dict[str, float | None] = {YOUDEN: None, "fpr_0.01": 0.01, "fp
 PREVALENCES = (0.001, 0.01)  # share of fakes in an archive, for PPV
 POINT_METRICS = ("tpr", "fpr", "accuracy") + tuple(f"ppv@{p:g}" for p in PREVALENCES)
 VAL_COLUMNS = ("path", "patient_id", "target", "score")
+BENIGN_ROBUST_FPR = 0.01
 
 Rate = tuple[float, float, float]  # value, ci_low, ci_high
 
@@ -35,6 +43,14 @@ Rate = tuple[float, float, float]  # value, ci_low, ci_high
 def point_name(fpr: float) -> str:
     """The operating point's name for a target FPR: 0.01 -> "fpr_0.01"."""
     return f"fpr_{fpr:g}"
+
+
+def benign_point_name(fpr: float) -> str:
+    """The benign-robust point's name for a target FPR: 0.01 -> "fpr_0.01_benign"."""
+    return f"{point_name(fpr)}_benign"
+
+
+BENIGN_ROBUST = benign_point_name(BENIGN_ROBUST_FPR)  # set at evaluation (or scan), not by training
 
 
 def threshold_for_fpr(y_val: np.ndarray, score_val: np.ndarray, fpr: float) -> float:
@@ -48,6 +64,19 @@ def operating_points(y_val: np.ndarray, score_val: np.ndarray) -> dict[str, floa
         name: float(M.choose_threshold(y_val, score_val)) if fpr is None else threshold_for_fpr(y_val, score_val, fpr)
         for name, fpr in OPERATING_POINTS.items()
     }
+
+
+def benign_robust_threshold(clean: float, benign_val_scores: Mapping[str, np.ndarray], fpr: float = BENIGN_ROBUST_FPR) -> float:
+    """The lowest threshold with validation FPR <= `fpr` on the clean reals and under every benign condition.
+
+    `clean`: the run's own threshold at `fpr` on its validation reals;
+    `benign_val_scores`: condition -> scores of the re-processed validation
+    reals. Each condition's FPR falls as the threshold rises, so the answer
+    is the highest of the per-condition thresholds.
+    """
+    per_condition = [threshold_for_fpr(np.zeros(len(s), np.int64), np.asarray(s, np.float64), fpr)
+                     for s in benign_val_scores.values() if len(s)]
+    return float(max([float(clean), *per_condition]))
 
 
 def val_selection(y_val: np.ndarray, score_val: np.ndarray, youden: float | None = None) -> dict[str, Any]:

@@ -11,6 +11,9 @@ The verdict's threshold is the one whose false-positive rate on the
 detector's validation reals is at most `fpr` (default 1%: a hospital's
 operating point, not the Youden point); a detector trained before its val
 predictions were recorded falls back to its Youden threshold, and says so.
+Given a benign table with re-processed validation reals (`--benign`; a study
+root's own by default) the threshold also holds `fpr` under every benign
+re-processing (cxr_ray.operating.benign_robust_threshold).
 
 DICOM files are read when pydicom is installed; otherwise they are listed as
 unreadable with the reason.
@@ -65,6 +68,9 @@ class ScanConfig:
     max_pixels: int = 40_000_000
     # Target false-positive rate: the threshold is chosen on the detector's validation reals.
     fpr: float = DEFAULT_SCAN_FPR
+    # A benign table (cxr_ray.benign) with re-processed validation reals: the threshold then holds `fpr` under every
+    # condition too. None: a study root's own benign table when it has one, else the stored validation reals alone.
+    benign: str | None = None
 
     def __post_init__(self) -> None:
         from cxr_ray.config import at_least, check_fields
@@ -84,7 +90,7 @@ class Detector:
     threshold: float  # the one verdicts use
     resolution: int
     youden_threshold: float = float("nan")  # chosen on val during training
-    operating_point: str = YOUDEN  # which point `threshold` is: "fpr_0.01", ... or "youden" (fallback)
+    operating_point: str = YOUDEN  # which point `threshold` is: "fpr_0.01", "fpr_0.01_benign", ... or "youden" (fallback)
 
 
 def scan_threshold(uri: str, finished: bool, youden: float, fpr: float, s3: S3Settings | None, log: Callable[[str], None]) -> tuple[float, str]:
@@ -144,6 +150,48 @@ def load_detector(
         youden_threshold=float(state["threshold"]),
         operating_point=point,
     )
+
+
+def benign_table_for(cfg: ScanConfig, detector: Detector, s3: S3Settings | None) -> str | None:
+    """The benign table the threshold is fixed on: --benign, else a study root's own one (when it has it)."""
+    from cxr_ray.study.layout import StudyLayout
+    from cxr_ray.manifest import MANIFEST_FILE
+
+    if cfg.benign:
+        return cfg.benign
+    if storage.exists(storage.join(cfg.detector, MANIFEST_FILE), s3):
+        table = StudyLayout(cfg.detector).benign(detector.resolution)
+        return table if storage.is_complete(table, s3) else None
+    return None
+
+
+def with_benign_threshold(detector: Detector, table: str, fpr: float, s3: S3Settings | None, log: Callable[[str], None]) -> Detector:
+    """The detector at its benign-robust point: `fpr` on its validation reals as stored and under every condition of
+    `table`'s re-processed validation reals (scored here, with Ray Data). ConfigError when the table cannot serve."""
+    from dataclasses import replace
+
+    from cxr_ray.data.datasets import resolution_of
+    from cxr_ray.operating import benign_point_name, benign_robust_threshold
+    from cxr_ray.scoring import ModelRun, score_runs
+    from cxr_ray.scoring.pipeline import BENIGN_VAL_TABLE
+
+    if detector.operating_point == YOUDEN:
+        raise ConfigError(f"{detector.run}: no validation predictions, so no benign-robust threshold; scan without --benign")
+    if resolution_of(table, s3) != detector.resolution:
+        raise ConfigError(f"{table}: benign table at {resolution_of(table, s3)}px, detector at {detector.resolution}px")
+    run = ModelRun(run=detector.run, run_dir="", state_uri=detector.state_uri, task="deepfake", model=detector.model,
+                   train_source="", threshold=detector.youden_threshold, image_size=detector.resolution)  # fmt: skip
+    scored = score_runs([run], {"benign": table}, ("none",), s3).to_pylist()
+    val = [r for r in scored if r["table"] == BENIGN_VAL_TABLE]
+    if not val:
+        raise ConfigError(f"{table}: no re-processed validation reals (make one with `cxr-ray benign --splits val,test`)")
+    by_condition: dict[str, list[float]] = {}
+    for r in val:
+        by_condition.setdefault(r["perturbation"], []).append(r["score"])
+    threshold = benign_robust_threshold(detector.threshold, {c: np.asarray(v) for c, v in by_condition.items()}, fpr)
+    log(f"scan: threshold {threshold:.4f} holds FPR {fpr:g} on {len(val) // len(by_condition)} validation reals under "
+        f"{len(by_condition)} benign condition(s) of {table} (stored reals alone: {detector.threshold:.4f})")
+    return replace(detector, threshold=threshold, operating_point=benign_point_name(fpr))
 
 
 def list_inputs(src: str, s3: S3Settings | None) -> list[dict[str, Any]]:
@@ -309,7 +357,20 @@ def run_scan(
     files = list_inputs(cfg.src, s3)
     if not files:
         raise ConfigError(f"{cfg.src}: no files to scan")
+    benign = benign_table_for(cfg, detector, s3)
+    if benign:
+        from cxr_ray.evaluate import check_benign_table
+
+        check_benign_table(benign, s3)
     ray = init_ray(address)
+    if benign:
+        try:
+            detector = with_benign_threshold(detector, benign, cfg.fpr, s3, log)
+        except ConfigError as exc:
+            if cfg.benign:  # asked for: say why it cannot be used
+                raise
+            log(f"scan: the study's benign table cannot fix a benign-robust threshold ({exc}); using {detector.operating_point}")
+            benign = None
     pool = actor_pool_options(cfg.max_actors)
     log(
         f"scan: {len(files)} file(s) under {cfg.src} with detector {detector.run} ({detector.model}, "
@@ -336,12 +397,14 @@ def run_scan(
         scan_seconds = time.perf_counter() - t_scan
     finally:
         _set_progress_bars(previous)
-    summary = scan_summary(cfg, detector, results, scan_seconds, time.perf_counter() - t0)
+    summary = scan_summary(cfg, detector, results, scan_seconds, time.perf_counter() - t0, benign)
     write_output_folder(cfg.out, {RESULTS_NAME: results}, summary, s3, cfg.overwrite, csv=(RESULTS_NAME,))
     return summary
 
 
-def scan_summary(cfg: ScanConfig, detector: Detector, results: pa.Table, scan_seconds: float, seconds: float) -> dict[str, Any]:
+def scan_summary(
+    cfg: ScanConfig, detector: Detector, results: pa.Table, scan_seconds: float, seconds: float, benign: str | None = None
+) -> dict[str, Any]:
     verdict = results.column("verdict").to_pylist()
     unreadable = [
         {"path": p, "reason": r}
@@ -353,6 +416,7 @@ def scan_summary(cfg: ScanConfig, detector: Detector, results: pa.Table, scan_se
         "out": cfg.out,
         "detector": {**detector.__dict__, "given": cfg.detector},
         "fpr": cfg.fpr,  # asked for; detector.operating_point says whether it was used (else Youden)
+        "benign": benign,  # the table the benign-robust threshold was fixed on (None: stored validation reals alone)
         "threshold": detector.threshold,
         "max_pixels": cfg.max_pixels,
         "scanned": len(verdict),

@@ -108,8 +108,11 @@ def test_config_refuses_bad_conditions_and_split():
         BenignConfig(real="a", dest="b", conditions=("png", "blur"))
     with pytest.raises(ConfigError, match="png given more than once"):
         BenignConfig(real="a", dest="b", conditions=("png", "png"))
-    with pytest.raises(ConfigError, match="split"):
-        BenignConfig(real="a", dest="b", split="holdout")
+    with pytest.raises(ConfigError, match="splits must be some of train, val, test, got holdout"):
+        BenignConfig(real="a", dest="b", splits=("holdout",))
+    with pytest.raises(ConfigError, match="names a split more than once"):
+        BenignConfig(real="a", dest="b", splits=("val", "val"))
+    assert BenignConfig(real="a", dest="b").splits == ("val", "test")  # val fixes the benign-robust point
 
 
 def test_cli_lists_the_conditions_it_accepts():
@@ -130,7 +133,8 @@ def test_run_benign_one_row_per_image_and_condition_missing_source_listed(ray_lo
     real = tmp_path / "real-64"
     run_ingest(IngestConfig(src=str(kaggle_tree), dest=str(real), resolution=64), log=lambda m: None)
     ingested = pq.read_table(storage.join(storage.published(str(real)), schema.IMAGES_DIR)).to_pylist()
-    test_rows = {r["path"]: r for r in ingested if r["split"] == "test"}
+    test_rows = {r["path"]: r for r in ingested if r["split"] in ("val", "test")}  # the default splits
+    assert {r["split"] for r in test_rows.values()} == {"val", "test"}
     missing = sorted(test_rows)[0]
     Path(missing).unlink()  # the table's `path` is the source file's location
 
@@ -155,4 +159,6 @@ def test_run_benign_one_row_per_image_and_condition_missing_source_listed(ray_lo
             assert row["image"] == real_row["image"]  # the reference reproduces ingest exactly
         elif row["condition"] == "gamma0.8":
             assert row["image"] != real_row["image"]
+    assert summary["splits"] == ["val", "test"]
     assert f"not re-processed {missing}: unreadable" in format_summary(summary) and "gamma0.8" in format_summary(summary)
+    assert "val+test reals" in format_summary(summary)

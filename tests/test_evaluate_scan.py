@@ -26,7 +26,8 @@ from cxr_ray.filenames import STATE_FILE, SUMMARY_FILE, TEST_METRICS_FILE, VAL_P
 from cxr_ray.generate import GenerateConfig, run_generate
 from cxr_ray.perturb import PERTURBATIONS, apply_perturbation, augment_table
 from cxr_ray.scan import NO_PYDICOM, ScanConfig, format_summary, run_scan
-from cxr_ray.operating import threshold_for_fpr
+from cxr_ray import metrics as M
+from cxr_ray.operating import BENIGN_ROBUST, threshold_for_fpr
 from cxr_ray.scoring import (
     DETECTOR_METRICS,
     DETECTOR_POINT_METRICS,
@@ -135,10 +136,12 @@ def test_evaluate_writes_one_tidy_table(study, evaluation):
     points = ["youden", "fpr_0.01", "fpr_0.001"]
     for run, (task, source, sets) in expected.items():
         mine = [r for r in rows if r["run"] == run]
+        # The detector scored re-processed validation reals, so it also has its benign-robust 1% point.
+        run_points = points + [BENIGN_ROBUST] if run == study["run_detector"] else points
         assert {(r["task"], r["train_source"]) for r in mine} == {(task, source)}
         assert {(r["eval_set"], r["perturbation"], r["operating_point"], r["metric"]) for r in mine} == {
             (s, p, *cell) for s in sets for p in (BENIGN if s == "benign_real" else EVAL_PERTURBATIONS)
-            for cell in expected_cells(task, s, points)
+            for cell in expected_cells(task, s, run_points)
         }, run
         assert all(r["n"] == sets[r["eval_set"]] for r in mine)
     for r in rows:
@@ -166,10 +169,23 @@ def test_evaluate_writes_one_tidy_table(study, evaluation):
             assert (fpr["ci_low"], fpr["ci_high"]) == (0.0, pytest.approx(1 - 0.05 ** (1 / n_real)))
 
     predictions = read_parquet(storage.join(evaluation, "predictions.parquet"))
-    benign_rows = n_real * len(BENIGN)
+    real_rows = pq.read_table(storage.join(storage.published(study["real"]), schema.IMAGES_DIR), columns=["split", "source"]).to_pylist()
+    n_val = sum(r["split"] == "val" and r["source"] == "real" for r in real_rows)
+    benign_rows = (n_real + n_val) * len(BENIGN)  # the benign table re-processed val and test reals
     assert predictions.num_rows == 3 * ((n_real + 2 * n_fake) * len(EVAL_PERTURBATIONS) + benign_rows)
     assert {"table", "patient_id"} <= set(predictions.column_names)
-    assert set(predictions.column("table").to_pylist()) == {"real", "fakes", "raw_fakes", "benign"}
+    assert set(predictions.column("table").to_pylist()) == {"real", "fakes", "raw_fakes", "benign", "benign_val"}
+
+    # The benign-robust point, recomputed by hand from the scored validation rows: the highest of the clean 1%
+    # point and each condition's own 1% point; at it no condition flags more than 1% of the validation reals.
+    val = [r for r in predictions.to_pylist() if r["run"] == study["run_detector"] and r["table"] == "benign_val"]
+    assert len(val) == n_val * len(BENIGN)
+    by_condition = {c: np.array([r["score"] for r in val if r["perturbation"] == c]) for c in BENIGN}
+    per_condition = [float(M.threshold_at_fpr(np.zeros(len(v), np.int64), v, 0.01)) for v in by_condition.values()]
+    robust = max([record["operating_points"]["fpr_0.01"], *per_condition])
+    recorded = {r["run"]: r for r in storage.read_json(storage.join(evaluation, SUMMARY_FILE))["runs"]}
+    assert recorded[study["run_detector"]]["operating_points"][BENIGN_ROBUST] == pytest.approx(robust)
+    assert all(np.mean(v >= robust) <= 0.01 for v in by_condition.values())
     differences = read_parquet(storage.join(evaluation, "detector_differences.parquet"))
     assert differences.column_names == list(DIFFERENCE_COLUMNS) and differences.num_rows == 0  # one detector: no pair
     summary = storage.read_json(storage.join(evaluation, SUMMARY_FILE))
@@ -388,6 +404,30 @@ def test_scan_scores_images_and_lists_unreadable_files(study, scan_folder, tmp_p
         assert row["fake_probability"] == pytest.approx(expected, abs=1e-5)
         assert row["verdict"] == ("fake" if row["fake_probability"] >= threshold else "real")
         assert row["sha256"] and row["size_bytes"] == path.stat().st_size
+
+
+def test_scan_at_the_benign_robust_point_matches_evaluation(study, evaluation, scan_folder, tmp_path):
+    """--benign: the threshold is the one evaluation fixed on the same re-processed validation reals; a benign table
+    without validation rows is refused in one line, naming it."""
+    detector = str(Path(study["runs"]) / study["run_detector"])
+    benign = str(Path(study["root"]) / "benign-64")
+    summary = run_scan(ScanConfig(src=str(scan_folder), detector=detector, out=str(tmp_path / "robust"), progress=False,
+                                  benign=benign), log=quiet)  # fmt: skip
+    fixed = {r["run"]: r for r in storage.read_json(storage.join(evaluation, SUMMARY_FILE))["runs"]}[study["run_detector"]]
+    assert summary["detector"]["operating_point"] == BENIGN_ROBUST and summary["benign"] == benign
+    assert summary["threshold"] == pytest.approx(fixed["operating_points"][BENIGN_ROBUST])
+    assert summary["threshold"] >= fixed["operating_points"]["fpr_0.01"]
+    results = read_parquet(storage.join(str(tmp_path / "robust"), "results.parquet")).to_pylist()
+    assert all(r["verdict"] == ("fake" if r["fake_probability"] >= summary["threshold"] else "real")
+               for r in results if r["verdict"] != "unreadable")  # fmt: skip
+
+    from cxr_ray.benign import BenignConfig, run_benign
+
+    test_only = str(tmp_path / "benign-test-only")
+    run_benign(BenignConfig(real=study["real"], dest=test_only, conditions=("png",), splits=("test",)), log=quiet)
+    with pytest.raises(ConfigError, match="benign-test-only: no re-processed validation reals"):
+        run_scan(ScanConfig(src=str(scan_folder), detector=detector, out=str(tmp_path / "o"), benign=test_only), log=quiet)
+    assert not (tmp_path / "o").exists()
 
 
 def test_scan_an_s3_prefix(study, scan_folder, s3_server, s3_bucket):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -17,7 +18,7 @@ from conftest import SAMPLE
 from cxr_ray import storage
 from cxr_ray.config import ConfigError, IngestConfig
 from cxr_ray.data.ingest import run_ingest
-from cxr_ray.generalise import ALL_FAMILIES, POINT, GeneraliseConfig, held_out_summary, run_generalise, training_sets
+from cxr_ray.generalise import ALL_FAMILIES, BENIGN_ROBUST, POINT, GeneraliseConfig, held_out_summary, run_generalise, training_sets
 from cxr_ray.generate import GenerateConfig, run_generate
 from cxr_ray.train.classifier import ClassifierConfig, task_data
 from test_generate import save_untrained_gan
@@ -101,9 +102,12 @@ def test_leave_one_family_out_end_to_end(families):
         ("only-alpha", "alpha", False), ("only-alpha", "beta", True), ("only-beta", "beta", False),
         ("only-beta", "alpha", True), (ALL_FAMILIES, "alpha", False), (ALL_FAMILIES, "beta", False),
     }  # fmt: skip
-    # Each detector tested on a family: its reals and that family's 20 test fakes, at its own 1% point.
-    at_point = [r for r in detectors if r["operating_point"] == POINT and r["metric"] == "tpr"]
-    assert len(at_point) == 6 and all(0.0 <= r["value"] <= 1.0 for r in at_point)
+    # Each detector tested on a family: its reals and that family's 20 test fakes, at its own 1% points: the one on
+    # stored validation reals and the benign-robust one (the benign table re-processed the validation reals too).
+    for point in (POINT, BENIGN_ROBUST):
+        at_point = [r for r in detectors if r["operating_point"] == point and r["metric"] == "tpr"]
+        assert len(at_point) == 6 and all(0.0 <= r["value"] <= 1.0 for r in at_point)
+    assert {e["point"] for e in held_out_summary(pa.Table.from_pylist(detectors), pa.table({}))} == {BENIGN_ROBUST}
     # The frequency baseline is fitted on the other family and tested on the held-out one only.
     baseline = {(r["trained_on"], r["test_family"]) for r in rows if r["design"] == "freq_baseline"}
     assert baseline == {("only-beta", "alpha"), ("only-alpha", "beta")}
@@ -138,6 +142,12 @@ def test_held_out_summary_applies_all_three_targets():
     low_tpr = pa.Table.from_pylist([row("auc", "", 0.99), row("tpr", POINT, 0.5)])
     assert held_out_summary(low_tpr, quiet_benign)[0]["meets_target"] is False
     assert held_out_summary(detection, pa.table({}))[0]["meets_target"] is None  # benign not measured
+    # With a benign-robust point the target is judged there, TPR and benign false alarms alike.
+    robust = pa.Table.from_pylist([row("auc", "", 0.99), row("tpr", POINT, 0.95), row("tpr", BENIGN_ROBUST, 0.5)])
+    robust_benign = pa.Table.from_pylist([{"run": "r1", "operating_point": BENIGN_ROBUST, "metric": "fpr", "value": 0.004, "perturbation": "png"}])
+    judged = held_out_summary(robust, pa.concat_tables([noisy_benign, robust_benign]))[0]
+    assert judged["point"] == BENIGN_ROBUST and judged["tpr"] == 0.5 and judged["meets_target"] is False
+    assert judged["worst_benign_fpr"] == 0.004 and judged["worst_benign_condition"] == "png"
 
 
 def test_cli_rejects_a_malformed_family_in_one_line(tmp_path):

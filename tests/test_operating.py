@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -14,7 +15,15 @@ from cxr_ray.checkpoint import save_state
 from cxr_ray.classifier_state import build_classifier_state
 from cxr_ray.config import ConfigError
 from cxr_ray.filenames import STATE_FILE, TEST_METRICS_FILE, VAL_PREDICTIONS_FILE
-from cxr_ray.operating import OPERATING_POINTS, at_points, operating_points, rates_at, threshold_for_fpr
+from cxr_ray.operating import (
+    BENIGN_ROBUST,
+    OPERATING_POINTS,
+    at_points,
+    benign_robust_threshold,
+    operating_points,
+    rates_at,
+    threshold_for_fpr,
+)
 
 # 100 validation reals at 0, 0.005, ..., 0.495 and five fakes.
 NEG = np.arange(100) / 200.0
@@ -31,6 +40,46 @@ def test_operating_points_on_a_hand_made_validation_set():
     assert points == {"youden": 0.4475, "fpr_0.01": 0.4925, "fpr_0.001": 0.7}
     assert threshold_for_fpr(Y_VAL, S_VAL, 0.1) == 0.4475  # 10 reals allowed: the same point as Youden
     assert threshold_for_fpr(Y_VAL, S_VAL, 0.0) == 0.7
+
+
+def test_benign_robust_threshold_holds_every_condition_at_the_target():
+    """Hand-computed on the 100 reals above (clean 1% point 0.4925): a re-encoding that lifts every real by 0.1 has
+    its own 1% point at 0.595 (one real above it allowed: 0.595); a gamma that lowers them stays under the clean
+    point; the robust point is the highest, and at it no condition flags more than one real in 100."""
+    clean = operating_points(Y_VAL, S_VAL)["fpr_0.01"]
+    lifted, lowered = NEG + 0.1, NEG * 0.5
+    robust = benign_robust_threshold(clean, {"jpeg60": lifted, "gamma_0.8": lowered})
+    assert clean == 0.4925 and robust == pytest.approx(0.595)
+    for scores in (NEG, lifted, lowered):
+        assert np.mean(scores >= robust) <= 0.01
+    assert benign_robust_threshold(clean, {"gamma_0.8": lowered}) == clean  # no condition above: the clean point
+    assert benign_robust_threshold(clean, {}) == clean
+    # A condition whose top real cannot be kept out at 1% (every score tied): nothing above it is flagged.
+    assert benign_robust_threshold(clean, {"png": np.full(100, 0.99)}) == np.nextafter(0.99, np.inf)
+
+
+def test_benign_robust_points_come_from_validation_rows_only():
+    """The scored benign val rows fix the point; benign test rows (however high) do not move it."""
+    from cxr_ray.scoring import ModelRun, with_benign_robust_points
+
+    def rows(table: str, condition: str, scores: np.ndarray, run: str = "deepfake-cnn-real+fake") -> list[dict]:
+        return [{"run": run, "table": table, "perturbation": condition, "score": float(s)} for s in scores]
+
+    predictions = pa.Table.from_pylist(
+        rows("benign_val", "ingest", NEG) + rows("benign_val", "jpeg60", NEG + 0.1) + rows("benign", "jpeg60", NEG + 0.5)
+    )
+    detector = ModelRun(run="deepfake-cnn-real+fake", run_dir="d", state_uri="d/state.pt", task="deepfake", model="cnn",
+                        train_source="real+fake", threshold=0.4475, image_size=64,
+                        operating_points={"fpr_0.01": 0.4925, "fpr_0.001": 0.7})
+    classifier = ModelRun(run="pneumonia-cnn-real", run_dir="p", state_uri="p/state.pt", task="pneumonia", model="cnn",
+                          train_source="real", threshold=0.5, image_size=64, operating_points={"fpr_0.01": 0.9})
+    out = {r.run: r for r in with_benign_robust_points(predictions, [detector, classifier])}
+    assert out["deepfake-cnn-real+fake"].operating_points[BENIGN_ROBUST] == pytest.approx(0.595)
+    assert out["deepfake-cnn-real+fake"].operating_points["fpr_0.01"] == 0.4925  # the clean point is kept beside it
+    assert BENIGN_ROBUST not in out["pneumonia-cnn-real"].operating_points
+    # No re-processed validation reals: nothing to fix it on, the run is unchanged.
+    no_val = predictions.filter(pc.equal(predictions.column("table"), "benign"))
+    assert with_benign_robust_points(no_val, [detector]) == [detector]
 
 
 def test_rates_at_report_exact_bounds_for_cells_without_errors():

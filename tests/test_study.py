@@ -133,32 +133,32 @@ DIGESTS = {
     "quick-cnn-local": {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
         "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "4c501748c3594bc8",
-        "benign": "6d93fb9b0cb4a733", "evaluate": "90169d8455de8ab1", "claim": "9ef62c2be0b259fc",
-        "families": "d364705f61529be1", "generalise": "76ac0a8887b6e35d",
+        "benign": "df89b554028c1977", "evaluate": "b23b4cf54c890370", "claim": "9ef62c2be0b259fc",
+        "families": "d364705f61529be1", "generalise": "1f98ac9c72ddcd63",
     },
     "quick-cnn-s3-shared": {
         "ingest": "0eb202cb12770452", "gan": "682ae2622c1b1d4b", "gan_quality": "1ebed1ea88c40241",
         "generate": "4c28be763f8b50e9", "tune": "a0dd538c46d45a8f", "train": "1c90a338b796a000",
-        "benign": "6f0a06a41d9e3db4", "evaluate": "dc430f76929d5d06", "claim": "bf0ceb7343781c24",
-        "families": "39744fa5b5d51a27", "generalise": "867467aef476a286",
+        "benign": "ce7454a60476b954", "evaluate": "5e2914e2107d726a", "claim": "bf0ceb7343781c24",
+        "families": "39744fa5b5d51a27", "generalise": "2405c1614f6946c9",
     },
     "full-two-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
         "generate": "c5cc620565360501", "tune": "3c472e4bb817ad31", "train": "801b31ba6b625ace",
-        "benign": "6d93fb9b0cb4a733", "evaluate": "51cd8dc947f69cc6", "claim": "f60f6c2c2a703d9d",
-        "families": "e03c6283081eb1cd", "generalise": "c78ad2e608c226a1",
+        "benign": "df89b554028c1977", "evaluate": "9ecee390b91d520b", "claim": "f60f6c2c2a703d9d",
+        "families": "e03c6283081eb1cd", "generalise": "dcd9a8e6bdea48ec",
     },
     "quick-default-models": {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
         "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "476f575bd6ded543",
-        "benign": "6d93fb9b0cb4a733", "evaluate": "ee653eb605e4fee6", "claim": "9ef62c2be0b259fc",
-        "families": "d364705f61529be1", "generalise": "76ac0a8887b6e35d",
+        "benign": "df89b554028c1977", "evaluate": "a0faae3d0a60f69c", "claim": "9ef62c2be0b259fc",
+        "families": "d364705f61529be1", "generalise": "1f98ac9c72ddcd63",
     },
     "full-default-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
         "generate": "c5cc620565360501", "tune": "12a20b12b192d30d", "train": "f456bfb7766c818c",
-        "benign": "6d93fb9b0cb4a733", "evaluate": "73ec2d20f7675077", "claim": "3544a10e31e79d3d",
-        "families": "e03c6283081eb1cd", "generalise": "c78ad2e608c226a1",
+        "benign": "df89b554028c1977", "evaluate": "fa8db0594765fe1b", "claim": "3544a10e31e79d3d",
+        "families": "e03c6283081eb1cd", "generalise": "dcd9a8e6bdea48ec",
     },
 }
 CASES = {  # profile, root, CPU share of a training worker

@@ -33,7 +33,7 @@ def benign(
     real_table: str = typer.Argument(..., help="Ingested real image table (path or s3://); its source files must still be readable."),
     dest: str = typer.Argument(..., help="Output folder for the re-processed image table (path or s3://)."),
     conditions: Optional[str] = typer.Option(None, "--conditions", help=f"Comma-separated subset of: {CONDITIONS_HELP} (default: all)."),
-    split: str = typer.Option("test", help="Split of the real table to re-process: train, val or test."),
+    splits: str = typer.Option("val,test", "--splits", help="Comma-separated splits of the real table to re-process (train, val, test); val gives the benign-robust operating point, test is scored."),
     batch_size: int = typer.Option(32, help="Source files per actor call."),
     max_actors: Optional[int] = typer.Option(None, help="Cap on re-processing actors (default: CPUs - 1)."),
     max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Larger source images (width x height) are listed as unreadable, never decoded."),
@@ -49,7 +49,7 @@ def benign(
 
         chosen = tuple(c.strip() for c in conditions.split(",") if c.strip()) if conditions is not None else BENIGN_CONDITIONS
         cfg = BenignConfig(
-            real=real_table, dest=dest, conditions=chosen, split=split, batch_size=batch_size,
+            real=real_table, dest=dest, conditions=chosen, splits=tuple(s.strip() for s in splits.split(",") if s.strip()), batch_size=batch_size,
             max_actors=max_actors, overwrite=overwrite, max_pixels=max_pixels,
         )
         return cfg, run_benign

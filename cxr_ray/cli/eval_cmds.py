@@ -23,21 +23,21 @@ from cxr_ray.cli.common import (
 
 EPILOG_EVALUATE = (
     "Examples:\n\n"
-    "  cxr-ray evaluate --runs runs/train --real runs/study/data/real-64 --fakes runs/study/fakes-64 "
+    "  cxr-ray evaluate --runs runs/train --real runs/study/data/real-64 --fakes runs/study/data/fake-archive-64 "
     "--out runs/study/eval\n\n"
-    "  cxr-ray evaluate --runs s3://bucket/runs --real s3://bucket/study/real-64 --fakes s3://bucket/study/fakes-64 "
+    "  cxr-ray evaluate --runs s3://bucket/runs --real s3://bucket/study/data/real-64 --fakes s3://bucket/study/data/fake-archive-64 "
     "--out s3://bucket/study/eval --perturbation none --perturbation jpeg50 --perturbation blur1 --overwrite\n\n"
-    "  cxr-ray evaluate --runs runs/train --real runs/study/data/real-64 --fakes runs/study/fakes-64 "
-    "--raw-fakes runs/study/fakes-64-raw --benign runs/study/benign-64 --out runs/study/eval\n\n"
+    "  cxr-ray evaluate --runs runs/train --real runs/study/data/real-64 --fakes runs/study/data/fake-archive-64 "
+    "--raw-fakes runs/study/data/fake-raw-64 --benign runs/study/data/benign-64 --out runs/study/eval\n\n"
     "Perturbations: none, jpeg95, jpeg75, jpeg50, jpeg30, blur1, resize0.5, noise5 (default: all)."
 )
 
 EPILOG_TRANSFER = (
     "Examples:\n\n"
-    "  cxr-ray transfer --runs runs/train --real runs/study/data/real-64 --fakes runs/study/fakes-64 "
+    "  cxr-ray transfer --runs runs/train --real runs/study/data/real-64 --fakes runs/study/data/fake-archive-64 "
     "--out runs/study/transfer\n\n"
     "  cxr-ray transfer --runs runs/train/pneumonia-cnn-real-1a2b3c --runs runs/train/pneumonia-cnn-fake-4d5e6f "
-    "--real runs/study/data/real-64 --fakes runs/study/fakes-64 --out runs/study/transfer-cnn --n-boot 2000"
+    "--real runs/study/data/real-64 --fakes runs/study/data/fake-archive-64 --out runs/study/transfer-cnn --n-boot 2000"
 )
 
 EPILOG_SCAN = (
@@ -48,7 +48,8 @@ EPILOG_SCAN = (
     "--out s3://bucket/scans/incoming --s3-endpoint http://127.0.0.1:9000\n\n"
     "Writes OUT/results.csv and OUT/results.parquet (path, size_bytes, sha256, fake_probability, verdict, reason) "
     "and OUT/summary.json. Verdicts use the threshold chosen on the detector's validation split for --fpr "
-    "(default 0.01: at most 1% of its validation reals flagged)."
+    "(default 0.01: at most 1% of its validation reals flagged); with --benign (a study root's own by default) "
+    "also at most 1% of them after each benign re-processing."
 )
 
 
@@ -134,6 +135,10 @@ def scan(
         0.01, "--fpr", help="Target false-positive rate (default 0.01): the verdict threshold is the one that flags at most "
         "this share of the detector's validation reals. Detectors trained before val predictions were kept use their Youden threshold."
     ),
+    benign: Optional[str] = typer.Option(
+        None, "--benign", help="Benign table with re-processed validation reals (`cxr-ray benign`): the threshold then flags at most "
+        "--fpr of them under every condition too. Default: a study root's own benign table, else none."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show Ray Data progress bars."),
     max_pixels: int = typer.Option(
         40_000_000, "--max-pixels", help="Larger images (width x height) are listed as unreadable, never decoded; X-ray detectors make at most ~18 MP."
@@ -150,7 +155,7 @@ def scan(
 
         cfg = ScanConfig(
             src=src, detector=detector, out=out, batch_size=batch_size, max_actors=max_actors,
-            progress=progress, overwrite=overwrite, max_pixels=max_pixels, fpr=fpr,
+            progress=progress, overwrite=overwrite, max_pixels=max_pixels, fpr=fpr, benign=benign,
         )
         return cfg, run_scan
 

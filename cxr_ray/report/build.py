@@ -107,7 +107,7 @@ def _detection_inputs(layout: StudyLayout, train: dict[str, Any], s3: S3Settings
     """The evaluate stage's detector rows by key, the detectors' labels, their recorded operating points, and the
     paired differences table (each None/empty when the stage has not run)."""
     from cxr_ray.evaluate import FREQ_BASELINE_FILE
-    from cxr_ray.filenames import TEST_METRICS_FILE
+    from cxr_ray.filenames import SUMMARY_FILE, TEST_METRICS_FILE
     from cxr_ray.freq_baseline import RUN_NAME as FREQ_BASELINE_RUN
     from cxr_ray.scoring import METRICS_NAME
 
@@ -119,6 +119,12 @@ def _detection_inputs(layout: StudyLayout, train: dict[str, Any], s3: S3Settings
         uri = storage.join(run["run_dir"], TEST_METRICS_FILE)
         if name.startswith("deepfake-") and storage.exists(uri, s3):
             points[run_label(name)] = storage.read_json(uri, s3)
+    summary_uri = storage.join(folder, SUMMARY_FILE)
+    for run in (storage.read_json(summary_uri, s3).get("runs") or []) if storage.exists(summary_uri, s3) else []:
+        # Points fixed at evaluation (the benign-robust 1% point) sit beside those the run fixed in training.
+        recorded = points.setdefault(run_label(run["run"]), {}).setdefault("operating_points", {})
+        for name, threshold in (run.get("operating_points") or {}).items():
+            recorded.setdefault(name, threshold)
     baseline = storage.join(folder, FREQ_BASELINE_FILE)
     if storage.exists(baseline, s3):  # the frequency baseline fixes its points on its own validation split
         points[FREQ_BASELINE_RUN] = storage.read_json(baseline, s3)

@@ -3,7 +3,9 @@
 The headline is not clean-pixel AUC but detection of fakes stored the way the
 archive stores images, beside the false alarms on real images after benign
 re-processing, both at the threshold each detector chose on validation for a
-1% false-positive rate. Everything comes from the evaluate stage's tidy
+1% false-positive rate: the benign-robust one (1% on validation reals as stored
+and after every benign re-processing) where the evaluation had re-processed
+validation reals, else the one chosen on the stored validation reals alone. Everything comes from the evaluate stage's tidy
 metrics table (cxr_ray/scoring/tables.py) and the runs' test_metrics.json.
 """
 
@@ -13,14 +15,15 @@ from typing import Any
 
 from cxr_ray import storage
 from cxr_ray.calibration import TEMPERATURE_RANGE
+from cxr_ray.operating import BENIGN_ROBUST
 from cxr_ray.report.doc import Doc
 from cxr_ray.storage import S3Settings
 
 ARCHIVE_SET, RAW_SET, BENIGN_SET = "real+fake_test", "real+raw_fake_test", "benign_real"
-HEADLINE_POINT = "fpr_0.01"  # the operating point of the headline: 1% false alarms on validation reals
+HEADLINE_POINT = "fpr_0.01"  # 1% false alarms on validation reals: the headline's point when there is no BENIGN_ROBUST
 TARGET_FPR = 0.01  # the issue's bar: at most 1% false alarms per benign condition at the 1% point
 
-POINT_ORDER = ("fpr_0.01", "fpr_0.001", "youden")  # the headline point first
+POINT_ORDER = (BENIGN_ROBUST, "fpr_0.01", "fpr_0.001", "youden")  # the headline points first
 Key = tuple[str, str, str, str, str]  # (run label, eval set, perturbation, operating point, metric)
 
 
@@ -40,28 +43,37 @@ def rate(row: dict[str, Any] | None) -> str:
     return f"{row['value']:.1%} [{row['ci_low']:.1%}, {row['ci_high']:.1%}]"
 
 
+def headline_point(rows: dict[Key, dict[str, Any]], label: str) -> str:
+    """The detector's 1% point for the headline: benign-robust when it was fixed, else the clean-validation one."""
+    return BENIGN_ROBUST if (label, ARCHIVE_SET, "none", BENIGN_ROBUST, "tpr") in rows else HEADLINE_POINT
+
+
 def headline_section(doc: Doc, rows: dict[Key, dict[str, Any]], labels: list[str]) -> None:
     doc.heading("Headline: fakes stored as the archive stores images, at a 1% false-alarm operating point")
     if not labels:
         doc.para("No detector rows in the cross-evaluation table.")
         return
     doc.para(
-        "Each detector's threshold was chosen on validation for a 1% false-positive rate on real images. TPR: held-out "
+        f"Each detector's threshold was chosen on validation for a 1% false-positive rate on real images: at "
+        f"'{BENIGN_ROBUST}' (benign-robust) at most 1% of the validation reals are flagged both as stored and after every "
+        f"benign re-processing below; at '{HEADLINE_POINT}' only as stored (for detectors without re-processed validation "
+        "reals). No test image takes part in either choice. TPR: held-out "
         "fakes caught; stored as the archive stores its images (resampled to the source size, encoded like the source "
         "JPEGs, decoded by ingest's path) and, as a second condition, as raw generator pixels. FPR: real test images "
         "flagged; 'worst benign' is the highest FPR over the benign re-processings (re-encoding, resizing, window/level, "
         "PNG export). Intervals resample patients; a cell without errors gives the exact one-sided 95% bound."
     )
-    header = ["detector", "TPR archive fakes", "TPR raw fakes", "FPR real test", "worst benign FPR", "benign conditions > 1%"]
+    header = ["detector", "operating point", "TPR archive fakes", "TPR raw fakes", "FPR real test", "worst benign FPR", "benign conditions > 1%"]
     body = []
     for label in labels:
-        at = lambda eval_set, metric, pert="none": rows.get((label, eval_set, pert, HEADLINE_POINT, metric))  # noqa: E731
-        benign = [r for k, r in rows.items() if k[0] == label and k[1] == BENIGN_SET and k[3] == HEADLINE_POINT and k[4] == "fpr"]
+        point = headline_point(rows, label)
+        at = lambda eval_set, metric, pert="none": rows.get((label, eval_set, pert, point, metric))  # noqa: E731
+        benign = [r for k, r in rows.items() if k[0] == label and k[1] == BENIGN_SET and k[3] == point and k[4] == "fpr"]
         benign.sort(key=lambda r: _condition_order(r["perturbation"]))
         worst = max(benign, key=lambda r: r["value"], default=None)
         over = [r["perturbation"] for r in benign if r["value"] > TARGET_FPR]
         worst_cell = "-" if worst is None else f"{rate(worst)} ({worst['perturbation'] if worst['value'] > 0 else 'none flagged'})"
-        body.append([label, rate(at(ARCHIVE_SET, "tpr")), rate(at(RAW_SET, "tpr")), rate(at(ARCHIVE_SET, "fpr")),
+        body.append([label, point, rate(at(ARCHIVE_SET, "tpr")), rate(at(RAW_SET, "tpr")), rate(at(ARCHIVE_SET, "fpr")),
                      worst_cell, ", ".join(over) if over else ("none" if benign else "-")])
     doc.table(header, body)
 
@@ -80,16 +92,21 @@ def benign_section(doc: Doc, rows: dict[Key, dict[str, Any]], labels: list[str])
         doc.para("No benign re-processing rows in the cross-evaluation table.")
         return
     doc.para(
-        "FPR of each detector at its 1% operating point (chosen on validation) on the real test images after the "
+        "FPR of each detector at its 1% operating points (chosen on validation) on the real test images after the "
         "re-processing a hospital's own software does; 'ingest' is the archive's own decode path. A detector whose "
         f"cell exceeds {TARGET_FPR:.0%} raises false alarms all day under that condition (marked **bold**)."
     )
-    def cell(label: str, condition: str) -> str:
-        row = rows.get((label, BENIGN_SET, condition, HEADLINE_POINT, "fpr"))
+
+    def cell(label: str, condition: str, point: str) -> str:
+        row = rows.get((label, BENIGN_SET, condition, point, "fpr"))
         text = rate(row)
         return f"**{text}**" if row is not None and row["value"] > TARGET_FPR else text
 
-    doc.table(["condition", *labels], [[c, *[cell(label, c) for label in labels]] for c in conditions])
+    for point, title in ((BENIGN_ROBUST, "benign-robust 1% point"), (HEADLINE_POINT, "1% point on the stored validation reals")):
+        shown = [label for label in labels if any(k[0] == label and k[1] == BENIGN_SET and k[3] == point for k in rows)]
+        if shown:
+            doc.para(f"At the {title} ('{point}'):")
+            doc.table(["condition", *shown], [[c, *[cell(label, c, point) for label in shown]] for c in conditions])
 
 
 def operating_section(doc: Doc, rows: dict[Key, dict[str, Any]], labels: list[str], points: dict[str, dict[str, Any]]) -> None:

@@ -6,7 +6,7 @@ The evaluate, transfer and scan jobs and the frequency baseline are built on it:
 - `pipeline`: the Ray Data pipeline: test rows, perturbed copies, an actor pool of
   `ModelScorer`s (`score_runs`).
 - `tables`: per-image scores -> metric rows at each run's val-chosen operating points, with patient-bootstrap
-  intervals (`metrics_table`), and paired differences between detectors (`differences_table`).
+  intervals (`metrics_table`; `with_benign_robust_points` adds each detector's benign-robust 1% point), and paired differences between detectors (`differences_table`).
 - `output`: the published output folder (`write_output_folder`).
 - `inputs`: what every scoring job is given (`ScoringConfig`) and `check_inputs`.
 """
@@ -42,6 +42,7 @@ from cxr_ray.scoring.tables import (
     metrics_table,
     rows_to_table,
     targets_for,
+    with_benign_robust_points,
 )
 
 __all__ = [
@@ -81,5 +82,6 @@ __all__ = [
     "score_runs",
     "table_to_csv",
     "targets_for",
+    "with_benign_robust_points",
     "write_output_folder",
 ]

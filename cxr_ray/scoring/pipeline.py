@@ -5,7 +5,9 @@ read -> keep test rows (tagged with the table they came from) -> one copy per
 perturbation (the same function for reals and fakes) -> an actor pool that
 loads every model once per actor and scores each batch with all of them.
 A benign table's rows (reals already re-processed, cxr_ray.benign) are not
-perturbed again: their `condition` becomes their perturbation.
+perturbed again: their `condition` becomes their perturbation. Its test rows
+are the benign evaluation set (tag "benign"); its validation rows (tag
+"benign_val") are scored only to fix the benign-robust operating point.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from cxr_ray.scoring.runs import ModelRun
 from cxr_ray.storage import S3Settings
 
 IMAGE_COLUMNS = ["image", "label", "class_name", "split", "source", "path", "patient_id"]
-BENIGN_TABLE = "benign"  # the tag of a benign table's rows (see `eval_dataset`)
+BENIGN_TABLE = "benign"  # the tag of a benign table's test rows (see `eval_dataset`)
+BENIGN_VAL_TABLE = "benign_val"  # the tag of its validation rows: for thresholds, never an evaluation set
 CONDITION = "condition"  # a benign table's column: the re-processing each row went through
 
 
@@ -35,12 +38,16 @@ def keep_test_rows(batch: pa.Table, table: str | None = None) -> pa.Table:
 
 
 def benign_scored_rows(batch: pa.Table) -> pa.Table:
-    """Ray Data UDF: a benign table's test rows as scored rows, their condition as the perturbation."""
+    """Ray Data UDF: a benign table's test and val rows as scored rows (tagged "benign" and "benign_val"), their
+    condition as the perturbation."""
     import pyarrow.compute as pc
 
-    batch = batch.filter(pc.equal(batch.column("split"), "test"))
-    tagged = keep_test_rows(batch, BENIGN_TABLE).append_column("perturbation", batch.column(CONDITION).cast(pa.string()))
-    return _scored_layout(tagged)
+    parts = []
+    for split, tag in (("test", BENIGN_TABLE), ("val", BENIGN_VAL_TABLE)):
+        rows = batch.filter(pc.equal(batch.column("split"), split))
+        tagged = rows.select(IMAGE_COLUMNS).append_column("table", pa.array([tag] * rows.num_rows, pa.string()))
+        parts.append(_scored_layout(tagged.append_column("perturbation", rows.column(CONDITION).cast(pa.string()))))
+    return pa.concat_tables(parts)
 
 
 def _scored_layout(batch: pa.Table) -> pa.Table:
