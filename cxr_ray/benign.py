@@ -8,10 +8,11 @@ the study's pixels through ingest's own decode path wherever a file is
 written, so the only difference from the ingested reals is the condition
 itself. "ingest" is the reference: exactly the ingested pixels.
 
-`run_benign` applies every condition to one split of an ingested real table
-on Ray Data and writes an image table (the image schema plus `condition`)
-that the scoring pipeline scores like any other: the false-positive rate of
-each detector per condition at its operating points.
+`run_benign` applies every condition to the val and test splits of an
+ingested real table on Ray Data and writes an image table (the image schema
+plus `condition`) that the scoring pipeline scores like any other: the test
+rows give the false-positive rate of each detector per condition at its
+operating points, the val rows fix its benign-robust operating point.
 """
 
 from __future__ import annotations

@@ -20,12 +20,13 @@ CONDITIONS_HELP = (
 
 EPILOG_BENIGN = (
     "Examples:\n\n"
-    "  cxr-ray benign runs/study/data/real-64 runs/study/benign-64\n\n"
+    "  cxr-ray benign runs/study/data/real-64 runs/study/data/benign-64\n\n"
     "  cxr-ray benign s3://bucket/study/data/real-64 s3://bucket/study/benign-64 --conditions ingest,jpeg85,png16 "
     "--s3-endpoint http://127.0.0.1:9000 --overwrite\n\n"
     "Each condition starts from the real row's original source file and ends in the study's pixels "
     "(ingest's decode path wherever a file is written); 'ingest' reproduces the ingested pixels exactly. "
-    "Score the output as the benign eval set to read each detector's false alarms per condition."
+    "Score the output as the benign eval set (`cxr-ray evaluate --benign`) to read each detector's false alarms per "
+    "condition on the test reals; the val reals fix its benign-robust 1% point (`fpr_0.01_benign`)."
 )
 
 
@@ -42,7 +43,7 @@ def benign(
     s3_region: Optional[str] = S3_REGION,
     address: Optional[str] = RAY_ADDRESS,
 ) -> None:
-    """Re-process real test images the way a hospital's own software does (re-encode, resize, window) into an image table (Ray Data)."""
+    """Re-process real validation and test images the way a hospital's own software does (re-encode, resize, window) into an image table (Ray Data)."""
 
     def build():
         from cxr_ray.benign import BENIGN_CONDITIONS, BenignConfig, run_benign
