@@ -194,6 +194,25 @@ def with_benign_threshold(detector: Detector, table: str, fpr: float, s3: S3Sett
     return replace(detector, threshold=threshold, operating_point=benign_point_name(fpr))
 
 
+def at_benign_point(
+    cfg: ScanConfig, detector: Detector, benign: str | None, s3: S3Settings | None, log: Callable[[str], None]
+) -> tuple[Detector, str | None]:
+    """(detector, benign table used): at its benign-robust point when `benign` can fix one. A table asked for
+    with --benign that cannot is a ConfigError; a study root's own one is skipped with a line saying why."""
+    if not benign:
+        return detector, None
+    from cxr_ray.evaluate import check_benign_table
+
+    try:
+        check_benign_table(benign, s3)
+        return with_benign_threshold(detector, benign, cfg.fpr, s3, log), benign
+    except ConfigError as exc:
+        if cfg.benign:  # asked for: say why it cannot be used
+            raise
+        log(f"scan: the study's benign table cannot fix a benign-robust threshold ({exc}); using {detector.operating_point}")
+        return detector, None
+
+
 def list_inputs(src: str, s3: S3Settings | None) -> list[dict[str, Any]]:
     """Every file under SRC (or SRC itself), as (path URI, size)."""
     import pyarrow.fs as pafs
@@ -358,19 +377,8 @@ def run_scan(
     if not files:
         raise ConfigError(f"{cfg.src}: no files to scan")
     benign = benign_table_for(cfg, detector, s3)
-    if benign:
-        from cxr_ray.evaluate import check_benign_table
-
-        check_benign_table(benign, s3)
     ray = init_ray(address)
-    if benign:
-        try:
-            detector = with_benign_threshold(detector, benign, cfg.fpr, s3, log)
-        except ConfigError as exc:
-            if cfg.benign:  # asked for: say why it cannot be used
-                raise
-            log(f"scan: the study's benign table cannot fix a benign-robust threshold ({exc}); using {detector.operating_point}")
-            benign = None
+    detector, benign = at_benign_point(cfg, detector, benign, s3, log)
     pool = actor_pool_options(cfg.max_actors)
     log(
         f"scan: {len(files)} file(s) under {cfg.src} with detector {detector.run} ({detector.model}, "
