@@ -10,8 +10,11 @@ differences between detectors go into a second one.
 Evaluation sets: `real_test` and `fake_test` for pneumonia models (target:
 the class; a fake's class is the class its GAN was trained on);
 `real+fake_test` (the `fakes` table), `real+raw_fake_test` (the `raw_fakes`
-table) and `benign_real` (the `benign` table's re-processed reals, their
-condition as the perturbation) for deepfake detectors (target: fake).
+table) and `benign_real` (the `benign` table's re-processed test reals, their
+condition as the perturbation) for deepfake detectors (target: fake). The
+benign table's re-processed validation reals are scored too, only to fix each
+detector's benign-robust 1% point (`fpr_0.01_benign`,
+cxr_ray.scoring.with_benign_robust_points), at which every set is then scored.
 """
 
 from __future__ import annotations

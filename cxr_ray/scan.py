@@ -152,65 +152,69 @@ def load_detector(
     )
 
 
-def benign_table_for(cfg: ScanConfig, detector: Detector, s3: S3Settings | None) -> str | None:
-    """The benign table the threshold is fixed on: --benign, else a study root's own one (when it has it)."""
-    from cxr_ray.study.layout import StudyLayout
+def benign_table_for(cfg: ScanConfig, detector: Detector, s3: S3Settings | None, log: Callable[[str], None]) -> str | None:
+    """The benign table the threshold is fixed on, checked before Ray starts: --benign (ConfigError naming what
+    is wrong with it), else a study root's own one when it can serve (skipped with a line saying why)."""
     from cxr_ray.manifest import MANIFEST_FILE
+    from cxr_ray.study.layout import StudyLayout
 
-    if cfg.benign:
-        return cfg.benign
-    if storage.exists(storage.join(cfg.detector, MANIFEST_FILE), s3):
+    table = cfg.benign
+    if not table and storage.exists(storage.join(cfg.detector, MANIFEST_FILE), s3):
         table = StudyLayout(cfg.detector).benign(detector.resolution)
-        return table if storage.is_complete(table, s3) else None
-    return None
-
-
-def with_benign_threshold(detector: Detector, table: str, fpr: float, s3: S3Settings | None, log: Callable[[str], None]) -> Detector:
-    """The detector at its benign-robust point: `fpr` on its validation reals as stored and under every condition of
-    `table`'s re-processed validation reals (scored here, with Ray Data). ConfigError when the table cannot serve."""
-    from dataclasses import replace
-
-    from cxr_ray.data.datasets import resolution_of
-    from cxr_ray.operating import benign_point_name, benign_robust_threshold
-    from cxr_ray.scoring import ModelRun, score_runs
-    from cxr_ray.scoring.pipeline import BENIGN_VAL_TABLE
-
-    if detector.operating_point == YOUDEN:
-        raise ConfigError(f"{detector.run}: no validation predictions, so no benign-robust threshold; scan without --benign")
-    if resolution_of(table, s3) != detector.resolution:
-        raise ConfigError(f"{table}: benign table at {resolution_of(table, s3)}px, detector at {detector.resolution}px")
-    run = ModelRun(run=detector.run, run_dir="", state_uri=detector.state_uri, task="deepfake", model=detector.model,
-                   train_source="", threshold=detector.youden_threshold, image_size=detector.resolution)  # fmt: skip
-    scored = score_runs([run], {"benign": table}, ("none",), s3).to_pylist()
-    val = [r for r in scored if r["table"] == BENIGN_VAL_TABLE]
-    if not val:
-        raise ConfigError(f"{table}: no re-processed validation reals (make one with `cxr-ray benign --splits val,test`)")
-    by_condition: dict[str, list[float]] = {}
-    for r in val:
-        by_condition.setdefault(r["perturbation"], []).append(r["score"])
-    threshold = benign_robust_threshold(detector.threshold, {c: np.asarray(v) for c, v in by_condition.items()}, fpr)
-    log(f"scan: threshold {threshold:.4f} holds FPR {fpr:g} on {len(val) // len(by_condition)} validation reals under "
-        f"{len(by_condition)} benign condition(s) of {table} (stored reals alone: {detector.threshold:.4f})")
-    return replace(detector, threshold=threshold, operating_point=benign_point_name(fpr))
-
-
-def at_benign_point(
-    cfg: ScanConfig, detector: Detector, benign: str | None, s3: S3Settings | None, log: Callable[[str], None]
-) -> tuple[Detector, str | None]:
-    """(detector, benign table used): at its benign-robust point when `benign` can fix one. A table asked for
-    with --benign that cannot is a ConfigError; a study root's own one is skipped with a line saying why."""
-    if not benign:
-        return detector, None
-    from cxr_ray.evaluate import check_benign_table
-
+        if not storage.is_complete(table, s3):
+            return None
+    if not table:
+        return None
     try:
-        check_benign_table(benign, s3)
-        return with_benign_threshold(detector, benign, cfg.fpr, s3, log), benign
+        check_benign_serves(table, detector, s3)
     except ConfigError as exc:
         if cfg.benign:  # asked for: say why it cannot be used
             raise
         log(f"scan: the study's benign table cannot fix a benign-robust threshold ({exc}); using {detector.operating_point}")
-        return detector, None
+        return None
+    return table
+
+
+def check_benign_serves(table: str, detector: Detector, s3: S3Settings | None) -> None:
+    """ConfigError unless `table` is a benign table at the detector's resolution with re-processed validation reals
+    and the detector has validation predictions (its clean threshold is one of the maxima)."""
+    import pyarrow.dataset as pads
+
+    from cxr_ray.data.datasets import images_uri, resolution_of
+    from cxr_ray.evaluate import check_benign_table
+
+    if detector.operating_point == YOUDEN:
+        raise ConfigError(f"{detector.run}: no validation predictions, so no benign-robust threshold; scan without --benign")
+    check_benign_table(table, s3)
+    if resolution_of(table, s3) != detector.resolution:
+        raise ConfigError(f"{table}: benign table at {resolution_of(table, s3)}px, detector at {detector.resolution}px")
+    fs, path = storage.resolve(images_uri(storage.published(table, s3)), s3)
+    if pads.dataset(path, filesystem=fs, format="parquet").count_rows(filter=pads.field("split") == "val") == 0:
+        raise ConfigError(f"{table}: no re-processed validation reals (make one with `cxr-ray benign --splits val,test`)")
+
+
+def with_benign_threshold(
+    detector: Detector, table: str, cfg: ScanConfig, s3: S3Settings | None, log: Callable[[str], None]
+) -> Detector:
+    """The detector at its benign-robust point: cfg.fpr on its validation reals as stored and under every condition of
+    `table`'s re-processed validation reals (scored here, with Ray Data; `check_benign_serves` passed)."""
+    from dataclasses import replace
+
+    from cxr_ray.operating import benign_point_name, benign_robust_threshold
+    from cxr_ray.scoring import ModelRun, score_runs
+    from cxr_ray.scoring.pipeline import BENIGN_VAL_TABLE
+
+    run = ModelRun(run=detector.run, run_dir="", state_uri=detector.state_uri, task="deepfake", model=detector.model,
+                   train_source="", threshold=detector.youden_threshold, image_size=detector.resolution)  # fmt: skip
+    scored = score_runs([run], {"benign": table}, ("none",), s3, batch_size=cfg.batch_size, max_actors=cfg.max_actors)
+    val = [r for r in scored.to_pylist() if r["table"] == BENIGN_VAL_TABLE]
+    by_condition: dict[str, list[float]] = {}
+    for r in val:
+        by_condition.setdefault(r["perturbation"], []).append(r["score"])
+    threshold = benign_robust_threshold(detector.threshold, {c: np.asarray(v) for c, v in by_condition.items()}, cfg.fpr)
+    log(f"scan: threshold {threshold:.4f} holds FPR {cfg.fpr:g} on {len(val) // len(by_condition)} validation reals under "
+        f"{len(by_condition)} benign condition(s) of {table} (stored reals alone: {detector.threshold:.4f})")
+    return replace(detector, threshold=threshold, operating_point=benign_point_name(cfg.fpr))
 
 
 def list_inputs(src: str, s3: S3Settings | None) -> list[dict[str, Any]]:
@@ -371,14 +375,17 @@ def run_scan(
     # OUT must not hold or sit inside what is read: --overwrite would delete it.
     storage.check_separate(cfg.out, [cfg.src], "scanned folder")
     storage.check_separate(cfg.out, [cfg.detector], "detector")
+    if cfg.benign:
+        storage.check_separate(cfg.out, [cfg.benign], "benign table")
     storage.check_destination(cfg.out, s3, cfg.overwrite)
     detector = load_detector(cfg.detector, s3, cfg.fpr, log)
     files = list_inputs(cfg.src, s3)
     if not files:
         raise ConfigError(f"{cfg.src}: no files to scan")
-    benign = benign_table_for(cfg, detector, s3)
+    benign = benign_table_for(cfg, detector, s3, log)
     ray = init_ray(address)
-    detector, benign = at_benign_point(cfg, detector, benign, s3, log)
+    if benign:
+        detector = with_benign_threshold(detector, benign, cfg, s3, log)
     pool = actor_pool_options(cfg.max_actors)
     log(
         f"scan: {len(files)} file(s) under {cfg.src} with detector {detector.run} ({detector.model}, "

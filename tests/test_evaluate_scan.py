@@ -19,6 +19,7 @@ from conftest import SAMPLE, upload_tree
 from cxr_ray import storage
 from cxr_ray.checkpoint import load_state
 from cxr_ray.config import ConfigError, IngestConfig
+from cxr_ray.storage import StorageError
 from cxr_ray.data import schema
 from cxr_ray.data.ingest import run_ingest
 from cxr_ray.evaluate import EvaluateConfig, run_evaluate
@@ -420,6 +421,10 @@ def test_scan_at_the_benign_robust_point_matches_evaluation(study, evaluation, s
     results = read_parquet(storage.join(str(tmp_path / "robust"), "results.parquet")).to_pylist()
     assert all(r["verdict"] == ("fake" if r["fake_probability"] >= summary["threshold"] else "real")
                for r in results if r["verdict"] != "unreadable")  # fmt: skip
+
+    with pytest.raises(StorageError, match="benign table"):  # --overwrite there would delete what is read
+        run_scan(ScanConfig(src=str(scan_folder), detector=detector, out=str(Path(benign) / "scan"), benign=benign,
+                            overwrite=True), log=quiet)  # fmt: skip
 
     from cxr_ray.benign import BenignConfig, run_benign
 

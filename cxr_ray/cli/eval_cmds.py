@@ -62,7 +62,7 @@ def evaluate(
         None, "--raw-fakes", help="A second fake table, fakes as the generator wrote them: detectors' eval set real+raw_fake_test."
     ),
     benign: Optional[str] = typer.Option(
-        None, "--benign", help="Re-processed reals (cxr-ray benign): detectors' false-positive rate per condition (benign_real)."
+        None, "--benign", help="Re-processed reals (cxr-ray benign): detectors' false-positive rate per condition on its test rows (benign_real); its val rows fix each detector's benign-robust point (fpr_0.01_benign)."
     ),
     perturbation: Optional[List[str]] = typer.Option(None, "--perturbation", help="Perturbation to apply (repeatable; default all)."),
     freq_baseline: bool = typer.Option(True, "--freq-baseline/--no-freq-baseline", help="Also fit and score the frequency baseline."),

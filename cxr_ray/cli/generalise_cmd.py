@@ -43,7 +43,7 @@ def generalise(
     real: str = typer.Option(..., "--real", help="Ingested real image table."),
     family: list[str] = typer.Option(..., "--family", help="NAME=TABLE: one generator family's fake table (archive format); repeat, 2 or more."),
     runs: str = typer.Option(..., "--runs", help="Runs root the detectors train in (finished runs are reused)."),
-    benign: Optional[str] = typer.Option(None, "--benign", help="Re-processed reals (cxr-ray benign): false alarms per condition."),
+    benign: Optional[str] = typer.Option(None, "--benign", help="Re-processed reals (cxr-ray benign): false alarms per condition (test rows); with val rows, targets are judged at each detector's benign-robust 1% point."),
     benign_design: Optional[list[str]] = typer.Option(
         None, "--benign-design", help="Designs whose detectors score the benign reals (repeat; default every design)."
     ),

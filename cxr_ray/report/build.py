@@ -121,6 +121,8 @@ def _detection_inputs(layout: StudyLayout, train: dict[str, Any], s3: S3Settings
             points[run_label(name)] = storage.read_json(uri, s3)
     summary_uri = storage.join(folder, SUMMARY_FILE)
     for run in (storage.read_json(summary_uri, s3).get("runs") or []) if storage.exists(summary_uri, s3) else []:
+        if run.get("task") != "deepfake":  # a pneumonia run shares its detector twin's label
+            continue
         # Points fixed at evaluation (the benign-robust 1% point) sit beside those the run fixed in training.
         recorded = points.setdefault(run_label(run["run"]), {}).setdefault("operating_points", {})
         for name, threshold in (run.get("operating_points") or {}).items():

@@ -114,7 +114,8 @@ def operating_section(doc: Doc, rows: dict[Key, dict[str, Any]], labels: list[st
     if not labels:
         return
     doc.para(
-        "Thresholds at 1% and 0.1% validation FPR and the Youden point; TPR and FPR on the held-out archive-format "
+        "Thresholds at the benign-robust 1% point (at most 1% of validation reals flagged as stored and after each "
+        "benign re-processing), at 1% and 0.1% validation FPR and the Youden point; TPR and FPR on the held-out archive-format "
         "fakes and real test images; PPV at archive prevalences of 1 fake in 1,000 and in 100 images. With fewer than "
         "1,000 validation reals the 0.1% point is the zero-false-alarm point on validation, and 0 false alarms in the "
         "test reals bounds the FPR only at the exact bound shown. Calibration: temperature fitted on validation (val ECE "
@@ -156,7 +157,9 @@ def differences_section(doc: Doc, table: Any, label: Any) -> None:
         return
     doc.para(
         "Difference between two detectors on the same images (real test vs held-out archive-format fakes), with a "
-        "paired bootstrap interval that resamples patients once for both: an interval excluding 0 is a real difference."
+        "paired bootstrap interval that resamples patients once for both: an interval excluding 0 is a real difference. "
+        "'tpr@fpr_0.01' compares each detector at its own 1% point on the stored validation reals, not at the "
+        "benign-robust point of the headline."
     )
     body = [[label(r["run_a"]), label(r["run_b"]), r["metric"], f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"]
             for r in table.to_pylist()]

@@ -123,7 +123,8 @@ def collect(ds: Any) -> pa.Table:
 
 def eval_dataset(tables: Mapping[str, str], perturbations: Sequence[str], seed: int, s3: S3Settings | None) -> Any:
     """Test rows of the tables (tag -> URI; each row's `table` column holds its tag), each once per perturbation
-    (perturbed inside the Ray Data pipeline); the "benign" table's rows once, at their own condition."""
+    (perturbed inside the Ray Data pipeline); the "benign" table's test and val rows once, at their own condition
+    (val tagged "benign_val": for thresholds only)."""
     import ray
 
     from cxr_ray.data.datasets import images_uri

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robust-aug", type=float, help="per-image probability of the blur/JPEG augmentation")
     p.add_argument("--window-aug", type=float, help="per-image probability of the window/level augmentation (robust detectors)")
     p.add_argument("--raw-models", help="comma-separated models whose detector is also trained on raw (not archive-format) fakes ('' for none)")
-    p.add_argument("--benign-conditions", help="comma-separated benign re-processings of the real test images (default: all)")
+    p.add_argument("--benign-conditions", help="comma-separated benign re-processings of the real val and test images (default: all)")
     p.add_argument("--perturbations", help="comma-separated perturbations applied to both classes at evaluation (default: all)")
     p.add_argument("--claim-models", help="comma-separated models for the seed's transfer claim ('' for none)")
     p.add_argument("--claim-per-class", type=int, help="train images per class of each transfer-claim training (default 250: the seed's 500 fakes)")

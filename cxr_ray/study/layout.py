@@ -58,7 +58,7 @@ class StudyLayout:
         return self._under("data", f"fake-{family}-{'raw' if raw else 'archive'}-{resolution}")
 
     def benign(self, resolution: int) -> str:
-        """Real test images after a hospital's own re-processing (an image table with a `condition` column)."""
+        """Real val and test images after a hospital's own re-processing (an image table with a `condition` column)."""
         return self._under("data", f"benign-{resolution}")
 
     @property

@@ -212,7 +212,8 @@ def train_hash(cfgs: list[ClassifierConfig], h_gen: str, h_tune: str) -> str:
 
 
 def benign_config(p: Profile, layout: StudyLayout) -> BenignConfig:
-    """The real test images after each benign re-processing a hospital's own software does."""
+    """The real val and test images after each benign re-processing a hospital's own software does (val fixes the
+    detectors' benign-robust point, test is scored)."""
     from cxr_ray.benign import BenignConfig
 
     return BenignConfig(real=layout.real(p.resolution), dest=layout.benign(p.resolution),

@@ -43,7 +43,7 @@ class Profile:
     # decoded by ingest's path: what an attacker who writes into the archive plants); these models' detectors
     # are also trained on raw generator pixels, the second condition. Both are tested on both.
     raw_models: tuple[str, ...] | None = None
-    benign_conditions: tuple[str, ...] | None = None  # benign re-processing of real test images (None: all, cxr_ray.benign)
+    benign_conditions: tuple[str, ...] | None = None  # benign re-processing of real val and test images (None: all, cxr_ray.benign)
     perturbations: tuple[str, ...] | None = None  # applied to both classes at evaluation (None: all, cxr_ray.perturb)
     # The seed's transfer claim, tested as written (cxr_ray/claim.py): per model and seed a classifier trained on
     # the fake train split and a real control with as many images per class, the same steps.

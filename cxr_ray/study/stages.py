@@ -214,7 +214,8 @@ def train(ctx: StudyContext, fakes: StageResult, tuned: StageResult) -> StageRes
 
 
 def benign(ctx: StudyContext, ingested: StageResult) -> StageResult:
-    """The real test images re-processed as a hospital's own software does (re-encoding, resizing, window/level)."""
+    """The real val and test images re-processed as a hospital's own software does (re-encoding, resizing,
+    window/level): val fixes each detector's benign-robust 1% point, test gives its false alarms."""
     from cxr_ray.benign import format_summary, run_benign
 
     cfg = plan.benign_config(ctx.profile, ctx.layout)
