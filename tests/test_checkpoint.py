@@ -236,3 +236,19 @@ def test_other_checkpoints_are_refused_naming_the_file(tmp_path, change, message
     with pytest.raises(CheckpointError, match=message) as info:
         load_classifier_state(uri)
     assert str(info.value).startswith(f"{uri}: ")
+
+
+def test_the_fallback_resume_point_is_the_newest_complete_checkpoint_whatever_ray_recorded(tmp_path):
+    """Found from the run folder alone: the newest checkpoint_* holding a state file (one without it, half-written,
+    is passed over); Ray's own bookkeeping files are never read. A worker uses it only when Ray restored nothing."""
+    from cxr_ray.train.launch import newest_checkpoint_state
+
+    run = tmp_path / "run"
+    assert newest_checkpoint_state(str(run), None) is None  # no run folder yet
+    for name, complete in (("checkpoint_2026-11-30_10-00-00.000001", True), ("checkpoint_2026-11-30_10-00-05.000001", True),
+                           ("checkpoint_2026-11-30_10-00-09.000001", False)):  # fmt: skip
+        (run / name).mkdir(parents=True)
+        if complete:
+            (run / name / "state.pt").write_bytes(b"x")
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")
+    assert newest_checkpoint_state(str(run), None) == str(run / "checkpoint_2026-11-30_10-00-05.000001" / "state.pt")

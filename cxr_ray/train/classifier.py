@@ -455,9 +455,7 @@ def train_classifier(
     log(f"[train] {cfg.name}: {cfg.task}/{cfg.model} on {cfg.num_workers} workers, {cfg.epochs} epochs -> {run_uri(cfg)}")
     t0 = time.perf_counter()
     result = launch_classifier(cfg, s3=s3)
-    train_seconds = time.perf_counter() - t0
-    if result.error:
-        raise result.error
+    train_seconds = time.perf_counter() - t0  # a failed run raised TrainingFailedError from fit() (Train V2)
     # The latest checkpoint holds every epoch's record; the best one only those up to it.
     history = read_state(result.checkpoint)["history"]
     return evaluate_on_test(cfg, best_checkpoint(result), history, s3=s3, train_seconds=train_seconds, log=log)

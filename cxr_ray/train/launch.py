@@ -70,20 +70,18 @@ def run_dir(spec: LaunchSpec) -> str:
     return storage.join(spec.storage, spec.name)
 
 
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+def newest_checkpoint_state(run_uri: str, s3: S3Settings | None) -> str | None:
+    """The state file of the newest checkpoint persisted under a run folder, if any.
 
-
-def unregistered_checkpoint(run_uri: str, s3: S3Settings | None) -> str | None:
-    """The newest checkpoint of a run that died before Ray Train recorded it, if any.
-
-    Ray Train V2 resumes a re-run from its checkpoint-manager snapshot. A run
-    that crashes right after its first report can leave a persisted
-    checkpoint but no snapshot yet; without this, re-running the same command
-    would start over.
+    A worker resumes from `ray.train.get_checkpoint()` when Ray Train restored
+    the run; only when it did not (a run that died right after its first
+    report, before Ray recorded that checkpoint) does it fall back to this
+    one, so that re-running the same command does not start over. Found from
+    the folder alone, without reading Ray's own bookkeeping files.
     """
     import pyarrow.fs as pafs
 
-    if not storage.is_dir(run_uri, s3) or storage.exists(storage.join(run_uri, SNAPSHOT_FILE), s3):
+    if not storage.is_dir(run_uri, s3):
         return None
     fs, path = storage.resolve(run_uri, s3)
     entries = fs.get_file_info(pafs.FileSelector(path, recursive=False))
@@ -218,7 +216,7 @@ def run_trainer(
     loop_config = {
         **config,
         "_use_gpu": use_gpu,
-        "_fallback_resume": unregistered_checkpoint(run_dir(spec), s3),
+        "_fallback_resume": newest_checkpoint_state(run_dir(spec), s3),
         "_s3": s3.to_dict(),
     }
     trainer = TorchTrainer(
