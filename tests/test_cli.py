@@ -113,3 +113,29 @@ def test_job_entrypoints_run_the_shared_commands():
         assert f'app(["{command}", *sys.argv[1:]], prog_name="jobs/{job}.py")' in source, job
     proc = subprocess.run([sys.executable, str(REPO / "jobs" / "train_gan.py"), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "jobs/train_gan.py train-gan" in proc.stdout and "Examples" in proc.stdout
+
+
+def test_study_is_a_typer_command_with_every_option_of_the_job_entrypoint():
+    """`cxr-ray study --help` lists every option jobs/full_study.py takes (one table builds both); the table's
+    profile names and resolutions are the package's; values reach the study's parser unchanged."""
+    from cxr_ray.cli.study_options import PROFILE_NAMES, RESOLUTIONS, STUDY_OPTIONS, to_argv
+    from cxr_ray.data.decode import SUPPORTED_RESOLUTIONS
+    from cxr_ray.study.args import build_parser, study_options
+    from cxr_ray.study.profile import PROFILES
+
+    assert PROFILE_NAMES == tuple(sorted(PROFILES)) and RESOLUTIONS == SUPPORTED_RESOLUTIONS
+    text = CliRunner().invoke(app, ["study", "--help"], terminal_width=200).output
+    parser_flags = {a.option_strings[0] for a in build_parser()._actions if a.option_strings and a.dest != "help"}
+    assert parser_flags == {o.flag for o in STUDY_OPTIONS}
+    assert all(o.flag in text for o in STUDY_OPTIONS) and "Examples" in text
+    values = {"profile": "full", "data": "d", "epochs": 3, "robust_aug": 0.25, "families": "", "sequential": True, "overwrite": False}
+    opts = study_options(build_parser().parse_args(to_argv(values)))
+    assert (opts.profile.name, opts.profile.data, opts.profile.epochs, opts.profile.robust_aug) == ("full", "d", 3, 0.25)
+    assert opts.profile.families == () and opts.sequential and not opts.overwrite
+
+
+def test_study_bad_option_is_one_line_before_ray():
+    result = subprocess.run([sys.executable, "-m", "cxr_ray.cli.app", "study", "--models", "nope"],
+                            capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --models: unknown model(s) nope; known models: cnn, resnet18, resnet50, mobilenet_v2"]

@@ -7,7 +7,7 @@ pyarrow are imported inside each command, so `cxr-ray --help` stays fast.
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -236,15 +236,32 @@ def tune_gan(
     typer.echo(f"{out['search']}: best val FD {out['best_val_fd']:.3f} with {out['best_config']}")
 
 
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
-    add_help_option=False,
-)
-def study(ctx: typer.Context) -> None:
-    """Run the whole study (the same code and options as jobs/full_study.py; see `cxr-ray study --help`)."""
-    from cxr_ray.study import run_study_cli
+def _study_command() -> Any:
+    """`cxr-ray study`: every option of cxr_ray/cli/study_options.py as a typer option; the values go to the same
+    parser jobs/full_study.py uses, so both entry points run the same code on the same options."""
+    import inspect
 
-    raise typer.Exit(code=run_study_cli(list(ctx.args)))
+    from cxr_ray.cli.study_options import STUDY_OPTIONS, to_argv
+
+    def study(**values: Any) -> None:
+        from cxr_ray.study import run_study_cli
+
+        raise typer.Exit(code=run_study_cli(to_argv(values)))
+
+    params = []
+    for option in STUDY_OPTIONS:
+        help_text = option.help + (f" (one of: {', '.join(map(str, option.choices))})" if option.choices else "")
+        default = typer.Option(False if option.kind is bool else option.default, option.flag, help=help_text)
+        annotation = bool if option.kind is bool else Optional[option.kind]
+        params.append(inspect.Parameter(option.dest, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+    study.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    study.__doc__ = "Run the whole study, every stage resumable (the same code and options as jobs/full_study.py)."
+    return study
+
+
+from cxr_ray.cli.study_options import STUDY_EPILOG  # noqa: E402  (standard library only)
+
+app.command(name="study", epilog=STUDY_EPILOG)(_study_command())
 
 
 def _register_stage_commands() -> None:
