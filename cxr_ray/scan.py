@@ -202,17 +202,15 @@ def with_benign_threshold(
 
     from cxr_ray.operating import benign_point_name, benign_robust_threshold
     from cxr_ray.scoring import ModelRun, score_runs
-    from cxr_ray.scoring.pipeline import BENIGN_VAL_TABLE
+    from cxr_ray.scoring.tables import benign_val_scores
 
     run = ModelRun(run=detector.run, run_dir="", state_uri=detector.state_uri, task="deepfake", model=detector.model,
                    train_source="", threshold=detector.youden_threshold, image_size=detector.resolution)  # fmt: skip
     scored = score_runs([run], {"benign": table}, ("none",), s3, batch_size=cfg.batch_size, max_actors=cfg.max_actors)
-    val = [r for r in scored.to_pylist() if r["table"] == BENIGN_VAL_TABLE]
-    by_condition: dict[str, list[float]] = {}
-    for r in val:
-        by_condition.setdefault(r["perturbation"], []).append(r["score"])
-    threshold = benign_robust_threshold(detector.threshold, {c: np.asarray(v) for c, v in by_condition.items()}, cfg.fpr)
-    log(f"scan: threshold {threshold:.4f} holds FPR {cfg.fpr:g} on {len(val) // len(by_condition)} validation reals under "
+    by_condition = benign_val_scores(scored, run.run)
+    threshold = benign_robust_threshold(detector.threshold, by_condition, cfg.fpr)
+    n_val = len(next(iter(by_condition.values())))
+    log(f"scan: threshold {threshold:.4f} holds FPR {cfg.fpr:g} on {n_val} validation reals under "
         f"{len(by_condition)} benign condition(s) of {table} (stored reals alone: {detector.threshold:.4f})")
     return replace(detector, threshold=threshold, operating_point=benign_point_name(cfg.fpr))
 

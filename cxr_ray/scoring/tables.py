@@ -149,24 +149,30 @@ def _set_rows(run: ModelRun, eval_set: str, part: pa.Table, n_boot: int, seed: i
     return metric_rows(y, score, run.task, run.operating_points, temperature=run.temperature, groups=groups, n_boot=n_boot, seed=seed)
 
 
+def benign_val_scores(predictions: pa.Table, run: str) -> dict[str, np.ndarray]:
+    """condition -> the run's scores on its re-processed validation reals ("benign_val" rows); {} without any."""
+    from cxr_ray.scoring.pipeline import BENIGN_VAL_TABLE
+
+    if predictions.num_rows == 0:
+        return {}
+    mine = _where(_where(predictions, "table", [BENIGN_VAL_TABLE]), "run", [run])
+    conditions = np.asarray(mine.column("perturbation").to_pylist(), dtype=object)
+    scores = np.asarray(mine.column("score").to_pylist(), dtype=np.float64)
+    return {c: scores[conditions == c] for c in sorted(set(conditions))}
+
+
 def with_benign_robust_points(predictions: pa.Table, runs: Sequence[ModelRun]) -> list[ModelRun]:
     """Each detector run with its benign-robust 1% point (operating.BENIGN_ROBUST) added, fixed on the scores of
     its re-processed validation reals ("benign_val" rows); runs without such rows are returned unchanged."""
     from dataclasses import replace
 
-    from cxr_ray.scoring.pipeline import BENIGN_VAL_TABLE
-
-    val_rows = _where(predictions, "table", [BENIGN_VAL_TABLE]) if predictions.num_rows else predictions
     out = []
     for run in runs:
         clean = run.operating_points.get(point_name(BENIGN_ROBUST_FPR))
-        mine = _where(val_rows, "run", [run.run]) if val_rows.num_rows else val_rows
-        if run.task != "deepfake" or clean is None or mine.num_rows == 0:
+        by_condition = benign_val_scores(predictions, run.run) if run.task == "deepfake" and clean is not None else {}
+        if not by_condition:
             out.append(run)
             continue
-        conditions = np.asarray(mine.column("perturbation").to_pylist(), dtype=object)
-        scores = np.asarray(mine.column("score").to_pylist(), dtype=np.float64)
-        by_condition = {c: scores[conditions == c] for c in sorted(set(conditions))}
         robust = benign_robust_threshold(clean, by_condition)
         out.append(replace(run, operating_points={**run.operating_points, BENIGN_ROBUST: robust}))
     return out
