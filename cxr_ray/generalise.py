@@ -36,7 +36,7 @@ from cxr_ray.storage import S3Settings
 class Design:
     """How one kind of detector trains: its augmentation (ClassifierConfig fields) and which training sets it gets."""
 
-    augmentation: dict[str, float]
+    augmentation: dict[str, Any]
     sets: tuple[str, ...]  # "only": each family alone; "but": every family but one; "all": every family
 
 
@@ -50,6 +50,10 @@ DESIGNS: dict[str, Design] = {
     # (loop.resampled_fakes), with window/level augmentation; no blur augmentation, which would teach that a
     # smoothed image is real.
     "upsampling": Design({"resample_fakes": 0.3, "window_aug": 0.5}, ("but", "all")),
+    # Built to generalise by looking only where upsampling leaves its trace: the model sees the neighbouring-pixel
+    # residual (Tan et al. 2024, NPR; cxr_ray.models.input_filters), not the image's content, which is where one
+    # family's look lives; with window/level augmentation, as the residual scales with contrast.
+    "residual": Design({"input_filter": "npr", "window_aug": 0.5}, ("but", "all")),
 }
 # What the study deploys (trained on every family) and scan uses: the design with the best worst case over held-out
 # families in the whole-dataset leave-one-family-out run (docs/results.md, issue 15), which no design passes.

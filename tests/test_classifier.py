@@ -156,6 +156,7 @@ def test_deepfake_detector_on_s3_storage(real64, s3_server, s3_bucket, tmp_path)
     cfg = ClassifierConfig(
         data=real64, fakes=fakes, task="deepfake", model="cnn", epochs=1, batch_size=32,
         storage=f"s3://{s3_bucket}/runs", n_boot=100, robust_aug=0.5,  # blur/JPEG-augmented (robust) detector
+        input_filter="npr",  # that sees neighbouring-pixel residuals (issue 15's residual design)
     )
     out = train_classifier(cfg, s3=s3_server, log=lambda m: None)
     run_uri = f"s3://{s3_bucket}/runs/{cfg.run_name()}"
@@ -169,6 +170,13 @@ def test_deepfake_detector_on_s3_storage(real64, s3_server, s3_bucket, tmp_path)
     assert out["checkpoint"].startswith(f"{s3_bucket}/runs/")
     state = load_state(storage.join(storage.uri_for(run_uri, out["checkpoint"]), STATE_FILE), s3_server)
     assert state["config"]["robust_aug"] == 0.5
+    # The filter is part of the model: whoever rebuilds it from the checkpoint (evaluate, scan) gets it back.
+    assert state["model_kwargs"]["input_filter"] == "npr"
+    from cxr_ray.inference import build_model, predict_proba
+
+    images = np.random.default_rng(0).integers(0, 200, size=(4, 64, 64), dtype=np.uint8)
+    model = build_model(state)
+    assert np.allclose(predict_proba(model, images), predict_proba(model, images + 40), atol=1e-6)  # offsets vanish
 
 
 def test_robust_augment_blurs_or_compresses_a_fraction_reproducibly():
@@ -191,3 +199,7 @@ def test_robust_aug_is_checked_and_named():
         ClassifierConfig(data="d", robust_aug=1.5)
     plain, robust = ClassifierConfig(data="d"), ClassifierConfig(data="d", robust_aug=0.5)
     assert "robust_aug" not in plain.identity() and plain.run_name() != robust.run_name()
+    with pytest.raises(ConfigError, match="input_filter"):
+        ClassifierConfig(data="d", input_filter="sobel")
+    residual = ClassifierConfig(data="d", input_filter="npr")
+    assert "input_filter" not in plain.identity() and residual.run_name() != plain.run_name()

@@ -254,3 +254,32 @@ def test_scores_keep_confident_detectors_apart():
     p = positive_probability(logits)
     assert p.dtype == np.float64 and p[0] < p[1] < p[2] < 1.0
     assert abs(p[3] - 1 / (1 + np.exp(2.0))) < 1e-15  # P(class 1) = sigmoid(l1 - l0)
+
+
+def test_npr_residual_keeps_only_what_differs_inside_each_2x2_cell():
+    from cxr_ray.models.input_filters import npr_residual
+
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    r = npr_residual(x)
+    assert torch.equal(r[..., ::2, ::2], torch.zeros(1, 1, 2, 2))  # each cell's anchor
+    assert r[0, 0, 0, 1] == 1 and r[0, 0, 1, 0] == 4 and r[0, 0, 1, 1] == 5  # differences to the anchor
+    # Content that is constant within cells (what nearest-neighbour upsampling makes) leaves nothing.
+    blocky = torch.nn.functional.interpolate(torch.randn(2, 1, 8, 8), scale_factor=2.0, mode="nearest")
+    assert npr_residual(blocky).abs().max() == 0
+    assert npr_residual(torch.randn(1, 1, 5, 7)).shape == (1, 1, 5, 7)  # odd sizes keep their shape
+
+
+def test_an_input_filter_travels_in_model_kwargs_and_adds_no_weights():
+    plain = create_model("resnet18", image_size=64)
+    filtered = create_model("resnet18", image_size=64, input_filter="npr")
+    assert list(filtered.state_dict()) == list(plain.state_dict())  # checkpoints load either way
+    filtered.load_state_dict(plain.state_dict())
+    plain.eval(), filtered.eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        # The filtered model sees only neighbouring-pixel differences: a brightness offset changes nothing,
+        # while the same weights without the filter see it.
+        assert torch.allclose(filtered(x), filtered(x + 0.3), atol=1e-5)
+        assert not torch.allclose(plain(x), plain(x + 0.3), atol=1e-3)
+    with pytest.raises(ValueError, match="input_filter"):
+        create_model("cnn", input_filter="sobel")

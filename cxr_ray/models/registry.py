@@ -60,13 +60,17 @@ def create_model(
     image_size: int = 64,
     pretrained: bool = False,
     weights_path: str | None = None,
+    input_filter: str = "none",
     **kwargs: Any,
 ) -> nn.Module:
     """Build the registered model ``name`` for ``in_channels`` x ``image_size``² inputs and ``num_classes`` logits.
 
     ``pretrained=True`` loads ImageNet weights (from ``weights_path`` if given,
     otherwise torchvision's download cache); not every model has them.
+    ``input_filter`` names a fixed filter applied to the input first (`cxr_ray.models.input_filters`).
     """
+    from cxr_ray.models.input_filters import attach_input_filter, check_input_filter
+
     builder = _BUILDERS.get(name)
     if builder is None:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models()) or '(none registered)'}")
@@ -79,7 +83,8 @@ def create_model(
     if weights_path is not None and not pretrained:
         # Ignoring it silently would train from scratch while the user thinks otherwise.
         raise ValueError("weights_path is only used with pretrained=True")
-    return builder(
+    check_input_filter(input_filter)
+    model = builder(
         num_classes=num_classes,
         in_channels=in_channels,
         image_size=image_size,
@@ -87,3 +92,4 @@ def create_model(
         weights_path=weights_path,
         **kwargs,
     )
+    return attach_input_filter(model, input_filter)

@@ -204,6 +204,8 @@ def classifier_stage_config(cfg: ClassifierConfig) -> dict[str, Any]:
     fields = asdict(cfg)
     if not cfg.resample_fakes:
         del fields["resample_fakes"], fields["resample_modes"]
+    if cfg.input_filter == "none":
+        del fields["input_filter"]
     return fields
 
 

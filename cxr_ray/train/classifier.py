@@ -69,6 +69,9 @@ class ClassifierConfig:
     # (loop.resampled_fakes; 0: off): the upsampling trace every generator leaves, not one generator's habits.
     resample_fakes: float = 0.0
     resample_modes: tuple[str, ...] = ("nearest", "bilinear", "bicubic")  # the interpolations it draws from
+    # A fixed filter on the model's input, kept with the model (cxr_ray.models.input_filters; "npr": the
+    # neighbouring-pixel residual that upsampling traces live in).
+    input_filter: str = "none"
     label_smoothing: float = 0.0
     pretrained: bool = False
     weights_path: str | None = None
@@ -119,6 +122,10 @@ class ClassifierConfig:
         unknown_modes = sorted(set(self.resample_modes) - set(RESAMPLE_MODES))
         if unknown_modes or not self.resample_modes:
             raise ConfigError(f"resample_modes: unknown {', '.join(unknown_modes) or '(none given)'}; known: {', '.join(RESAMPLE_MODES)}")
+        from cxr_ray.models.input_filters import INPUT_FILTERS
+
+        if self.input_filter not in INPUT_FILTERS:
+            raise ConfigError(f"input_filter must be one of {', '.join(INPUT_FILTERS)}, got {self.input_filter!r}")
         for key in ("robust_aug", "window_aug", "resample_fakes"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{key} must be in [0, 1], got {getattr(self, key)}")
@@ -138,6 +145,8 @@ class ClassifierConfig:
             skip.add("window_aug")
         if not self.resample_fakes:
             skip.update({"resample_fakes", "resample_modes"})
+        if self.input_filter == "none":
+            skip.add("input_filter")
         if self.train_per_class is None:
             skip.add("train_per_class")  # likewise
         return {k: v for k, v in asdict(self).items() if k not in skip}
@@ -213,7 +222,9 @@ def build_fit(cfg: ClassifierConfig, image_size: int, device: torch.device) -> F
 
     from cxr_ray.models import create_model
 
-    model_kwargs = {"num_classes": 2, "in_channels": 1, "image_size": image_size}
+    model_kwargs: dict[str, Any] = {"num_classes": 2, "in_channels": 1, "image_size": image_size}
+    if cfg.input_filter != "none":
+        model_kwargs["input_filter"] = cfg.input_filter  # rebuilt with the model wherever it is loaded
     model = create_model(cfg.model, **model_kwargs, pretrained=cfg.pretrained, weights_path=cfg.weights_path)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
