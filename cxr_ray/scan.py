@@ -202,11 +202,12 @@ def with_benign_threshold(
 
     from cxr_ray.operating import benign_point_name, benign_robust_threshold
     from cxr_ray.scoring import ModelRun, score_runs
+    from cxr_ray.scoring.pipeline import BENIGN_VAL_TABLE
     from cxr_ray.scoring.tables import benign_val_scores
 
     run = ModelRun(run=detector.run, run_dir="", state_uri=detector.state_uri, task="deepfake", model=detector.model,
                    train_source="", threshold=detector.youden_threshold, image_size=detector.resolution)  # fmt: skip
-    scored = score_runs([run], {"benign": table}, ("none",), s3, batch_size=cfg.batch_size, max_actors=cfg.max_actors)
+    scored = score_runs([run], {BENIGN_VAL_TABLE: table}, ("none",), s3, batch_size=cfg.batch_size, max_actors=cfg.max_actors)
     by_condition = benign_val_scores(scored, run.run)
     threshold = benign_robust_threshold(detector.threshold, by_condition, cfg.fpr)
     n_val = len(next(iter(by_condition.values())))

@@ -140,3 +140,19 @@ def test_scan_threshold_from_val_predictions_or_the_youden_fallback(tmp_path):
     assert scan_threshold(run, True, 0.42, 0.01, None, lines.append) == (0.4925, "fpr_0.01")
     assert scan_threshold(run, True, 0.42, 0.001, None, lines.append) == (0.7, "fpr_0.001")
     assert len(lines) == 1
+
+
+def test_a_benign_table_read_for_a_threshold_yields_its_validation_rows_alone():
+    from cxr_ray.scoring.pipeline import BENIGN_TABLE, BENIGN_VAL_TABLE, IMAGE_COLUMNS, benign_scored_rows
+
+    n = 6
+    batch = pa.table({
+        **{c: [b"\x00"] * n if c == "image" else [0] * n if c == "label" else [f"{c}{i}" for i in range(n)] for c in IMAGE_COLUMNS},
+        "condition": ["ingest", "jpeg60"] * 3,
+    }).set_column(IMAGE_COLUMNS.index("split"), "split", pa.array(["val", "val", "test", "test", "test", "val"]))  # fmt: skip
+    both = benign_scored_rows(batch, BENIGN_TABLE)
+    assert sorted(both.column("table").to_pylist()) == [BENIGN_TABLE] * 3 + [BENIGN_VAL_TABLE] * 3
+    val_only = benign_scored_rows(batch, BENIGN_VAL_TABLE)
+    assert val_only.column("table").to_pylist() == [BENIGN_VAL_TABLE] * 3
+    assert val_only.column("perturbation").to_pylist() == ["ingest", "jpeg60", "jpeg60"]
+    assert val_only.schema == both.schema  # one layout, so either unions with the other parts

@@ -37,13 +37,17 @@ def keep_test_rows(batch: pa.Table, table: str | None = None) -> pa.Table:
     return kept if table is None else kept.append_column("table", pa.array([table] * kept.num_rows, pa.string()))
 
 
-def benign_scored_rows(batch: pa.Table) -> pa.Table:
-    """Ray Data UDF: a benign table's test and val rows as scored rows (tagged "benign" and "benign_val"), their
-    condition as the perturbation."""
+BENIGN_SPLITS = {BENIGN_TABLE: (("test", BENIGN_TABLE), ("val", BENIGN_VAL_TABLE)), BENIGN_VAL_TABLE: (("val", BENIGN_VAL_TABLE),)}
+
+
+def benign_scored_rows(batch: pa.Table, tag: str = BENIGN_TABLE) -> pa.Table:
+    """Ray Data UDF: a benign table's rows as scored rows, their condition as the perturbation: under tag "benign" its
+    test and val rows (tagged "benign" and "benign_val"), under "benign_val" its val rows alone (a threshold needs
+    no more)."""
     import pyarrow.compute as pc
 
     parts = []
-    for split, tag in (("test", BENIGN_TABLE), ("val", BENIGN_VAL_TABLE)):
+    for split, tag in BENIGN_SPLITS[tag]:
         rows = batch.filter(pc.equal(batch.column("split"), split))
         tagged = rows.select(IMAGE_COLUMNS).append_column("table", pa.array([tag] * rows.num_rows, pa.string()))
         parts.append(_scored_layout(tagged.append_column("perturbation", rows.column(CONDITION).cast(pa.string()))))
@@ -124,7 +128,7 @@ def collect(ds: Any) -> pa.Table:
 def eval_dataset(tables: Mapping[str, str], perturbations: Sequence[str], seed: int, s3: S3Settings | None) -> Any:
     """Test rows of the tables (tag -> URI; each row's `table` column holds its tag), each once per perturbation
     (perturbed inside the Ray Data pipeline); the "benign" table's test and val rows once, at their own condition
-    (val tagged "benign_val": for thresholds only)."""
+    (val tagged "benign_val": for thresholds only); a table tagged "benign_val": its val rows alone."""
     import ray
 
     from cxr_ray.data.datasets import images_uri
@@ -132,9 +136,11 @@ def eval_dataset(tables: Mapping[str, str], perturbations: Sequence[str], seed: 
     parts, benign = [], None
     for tag, uri in tables.items():
         fs, path = storage.resolve(images_uri(storage.published(uri, s3)), s3)
-        if tag == BENIGN_TABLE:
+        if tag in BENIGN_SPLITS:
+            if benign is not None:
+                raise ConfigError("one benign table per scoring")
             read = ray.data.read_parquet(path, filesystem=fs).select_columns(IMAGE_COLUMNS + [CONDITION])
-            benign = read.map_batches(benign_scored_rows, batch_format="pyarrow", batch_size=None)
+            benign = read.map_batches(benign_scored_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"tag": tag})
             continue
         read = ray.data.read_parquet(path, filesystem=fs).select_columns(IMAGE_COLUMNS)
         parts.append(read.map_batches(keep_test_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"table": tag}))
@@ -161,7 +167,7 @@ def score_runs(
 ) -> pa.Table:
     """Per-image scores in long form: run, table, source, path, patient_id, label, class_name, perturbation, score.
 
-    `tables`: tag -> table URI ("real", "fakes", "raw_fakes", "benign"); a row's `table` is its tag.
+    `tables`: tag -> table URI ("real", "fakes", "raw_fakes", "benign", "benign_val"); a row's `table` is its tag.
     """
     from cxr_ray.runtime import actor_pool_options
 

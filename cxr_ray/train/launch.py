@@ -28,6 +28,8 @@ class LaunchSpec:
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     cpus_per_worker: float = 1.0
     max_failures: int = 2
+    # Node preemptions (spot GPU nodes) to recover from, counted apart from max_failures; -1: every one.
+    max_preemptions: int = -1
     num_to_keep: int = 2
     score_attribute: str | None = None  # e.g. "val_auc": best-by-score checkpoints are kept
     score_order: str = "max"
@@ -109,9 +111,10 @@ def run_config(spec: LaunchSpec, s3: S3Settings, callbacks: list[Any] | None = N
         name=spec.name,
         storage_path=storage_path,
         storage_filesystem=storage_fs,
-        # A finite controller limit: an unsatisfiable request (too few CPUs/GPUs)
-        # must fail the run, not retry forever.
-        failure_config=ray.train.FailureConfig(max_failures=spec.max_failures, controller_failure_limit=2),
+        # A preempted spot node is not the code failing: Train V2 resumes from the newest checkpoint and counts it
+        # apart from max_failures. Worker-group starts are retried without a limit, so an autoscaler has the time
+        # it needs to bring a node up; a request no fixed cluster can place fails first (check_resources).
+        failure_config=ray.train.FailureConfig(max_failures=spec.max_failures, max_preemption_failures=spec.max_preemptions),
         checkpoint_config=checkpoint_config,
         callbacks=callbacks,
     )
