@@ -54,6 +54,9 @@ DESIGNS: dict[str, Design] = {
     # residual (Tan et al. 2024, NPR; cxr_ray.models.input_filters), not the image's content, which is where one
     # family's look lives; with window/level augmentation, as the residual scales with contrast.
     "residual": Design({"input_filter": "npr", "window_aug": 0.5}, ("but", "all")),
+    # The residual design that also models the real images themselves (cxr_ray.models.novelty): a fake from an unseen
+    # family that falls on the real side of the learnt boundary is still flagged where it lies far from every real.
+    "residual_novelty": Design({"input_filter": "npr", "window_aug": 0.5, "real_novelty": True}, ("but", "all")),
 }
 # What the study deploys (trained on every family) and scan uses: the design with the best worst case over held-out
 # families in the whole-dataset leave-one-family-out run (docs/results.md, issue 15), which no design passes.

@@ -156,7 +156,7 @@ def test_deepfake_detector_on_s3_storage(real64, s3_server, s3_bucket, tmp_path)
     cfg = ClassifierConfig(
         data=real64, fakes=fakes, task="deepfake", model="cnn", epochs=1, batch_size=32,
         storage=f"s3://{s3_bucket}/runs", n_boot=100, robust_aug=0.5,  # blur/JPEG-augmented (robust) detector
-        input_filter="npr",  # that sees neighbouring-pixel residuals (issue 15's residual design)
+        input_filter="npr", real_novelty=True,  # that sees neighbouring-pixel residuals and models the reals (issue 15)
     )
     out = train_classifier(cfg, s3=s3_server, log=lambda m: None)
     run_uri = f"s3://{s3_bucket}/runs/{cfg.run_name()}"
@@ -171,7 +171,8 @@ def test_deepfake_detector_on_s3_storage(real64, s3_server, s3_bucket, tmp_path)
     state = load_state(storage.join(storage.uri_for(run_uri, out["checkpoint"]), STATE_FILE), s3_server)
     assert state["config"]["robust_aug"] == 0.5
     # The filter is part of the model: whoever rebuilds it from the checkpoint (evaluate, scan) gets it back.
-    assert state["model_kwargs"]["input_filter"] == "npr"
+    assert state["model_kwargs"]["input_filter"] == "npr" and state["model_kwargs"]["real_novelty"] is True
+    assert float(state["model_state"]["fitted"]) == 1.0  # the real-image model was fitted before validation chose
     from cxr_ray.inference import build_model, predict_proba
 
     images = np.random.default_rng(0).integers(0, 200, size=(4, 64, 64), dtype=np.uint8)
@@ -203,3 +204,7 @@ def test_robust_aug_is_checked_and_named():
         ClassifierConfig(data="d", input_filter="sobel")
     residual = ClassifierConfig(data="d", input_filter="npr")
     assert "input_filter" not in plain.identity() and residual.run_name() != plain.run_name()
+    with pytest.raises(ConfigError, match="real_novelty"):
+        ClassifierConfig(data="d", real_novelty=True)  # a pneumonia classifier has no fakes to tell from reals
+    novelty = ClassifierConfig(data="d", task="deepfake", input_filter="npr", real_novelty=True)
+    assert "real_novelty" not in residual.identity() and novelty.run_name() != residual.run_name()

@@ -283,3 +283,33 @@ def test_an_input_filter_travels_in_model_kwargs_and_adds_no_weights():
         assert not torch.allclose(plain(x), plain(x + 0.3), atol=1e-3)
     with pytest.raises(ValueError, match="input_filter"):
         create_model("cnn", input_filter="sobel")
+
+
+def test_real_novelty_flags_what_lies_far_from_the_real_train_images():
+    from cxr_ray.models.novelty import RealNovelty
+
+    model = create_model("cnn", image_size=32, real_novelty=True)
+    assert isinstance(model, RealNovelty)
+    reals = [torch.rand(64, 1, 32, 32) * 0.2 for _ in range(4)]  # dim, low-contrast "reals"
+    x = torch.rand(8, 1, 32, 32) * 0.2
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        model.fit(reals[:3], reals[3:])
+        assert model.fitted == 1
+        # Unlike anything real: the distance part dominates and the score rises far above the validation reals'.
+        odd = torch.rand(8, 1, 32, 32) * 2 - 1
+        real_score = model(x)[:, 1]
+        assert (model(odd)[:, 1] > real_score.max()).all()
+        assert model(x)[:, 0].abs().max() == 0  # two-class logits whose gap is the score
+    model.train()
+    torch.manual_seed(1)
+    wrapped = model(x).detach()
+    torch.manual_seed(1)  # the same dropout draws
+    assert torch.equal(wrapped, model.net(x).detach())  # training sees the plain detector
+    # The fitted model is plain data: rebuilt from its kwargs and state it scores the same.
+    again = create_model("cnn", image_size=32, real_novelty=True)
+    again.load_state_dict(model.state_dict())
+    model.eval(), again.eval()
+    with torch.no_grad():
+        assert torch.allclose(again(odd), model(odd)) and not torch.allclose(before, model(x))

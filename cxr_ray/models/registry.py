@@ -61,13 +61,15 @@ def create_model(
     pretrained: bool = False,
     weights_path: str | None = None,
     input_filter: str = "none",
+    real_novelty: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Build the registered model ``name`` for ``in_channels`` x ``image_size``² inputs and ``num_classes`` logits.
 
     ``pretrained=True`` loads ImageNet weights (from ``weights_path`` if given,
     otherwise torchvision's download cache); not every model has them.
-    ``input_filter`` names a fixed filter applied to the input first (`cxr_ray.models.input_filters`).
+    ``input_filter`` names a fixed filter applied to the input first (`cxr_ray.models.input_filters`);
+    ``real_novelty`` wraps the model with a one-class model of real images (`cxr_ray.models.novelty`).
     """
     from cxr_ray.models.input_filters import attach_input_filter, check_input_filter
 
@@ -92,4 +94,9 @@ def create_model(
         weights_path=weights_path,
         **kwargs,
     )
-    return attach_input_filter(model, input_filter)
+    model = attach_input_filter(model, input_filter)
+    if real_novelty:
+        from cxr_ray.models.novelty import RealNovelty
+
+        model = RealNovelty(model)
+    return model

@@ -206,6 +206,8 @@ def classifier_stage_config(cfg: ClassifierConfig) -> dict[str, Any]:
         del fields["resample_fakes"], fields["resample_modes"]
     if cfg.input_filter == "none":
         del fields["input_filter"]
+    if not cfg.real_novelty:
+        del fields["real_novelty"]
     return fields
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -72,6 +72,9 @@ class ClassifierConfig:
     # A fixed filter on the model's input, kept with the model (cxr_ray.models.input_filters; "npr": the
     # neighbouring-pixel residual that upsampling traces live in).
     input_filter: str = "none"
+    # Deepfake only: also score how far an image's features lie from the real train images' (cxr_ray.models.novelty),
+    # fitted on rank 0 each epoch before validation; the detector's score is the larger of the two, standardised.
+    real_novelty: bool = False
     label_smoothing: float = 0.0
     pretrained: bool = False
     weights_path: str | None = None
@@ -115,6 +118,8 @@ class ClassifierConfig:
             raise ConfigError(f"aug_strength must be in [0, 1], got {self.aug_strength}")
         if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
             raise ConfigError(f"cpus_per_worker must be positive, got {self.cpus_per_worker}")
+        if self.real_novelty and self.task != "deepfake":
+            raise ConfigError("real_novelty models real images against fakes: it is for task 'deepfake' only")
         if self.resample_fakes and self.task != "deepfake":
             raise ConfigError("resample_fakes makes fakes out of reals: it is for task 'deepfake' only")
         from cxr_ray.train.loop import RESAMPLE_MODES
@@ -147,6 +152,8 @@ class ClassifierConfig:
             skip.update({"resample_fakes", "resample_modes"})
         if self.input_filter == "none":
             skip.add("input_filter")
+        if not self.real_novelty:
+            skip.add("real_novelty")
         if self.train_per_class is None:
             skip.add("train_per_class")  # likewise
         return {k: v for k, v in asdict(self).items() if k not in skip}
@@ -225,6 +232,8 @@ def build_fit(cfg: ClassifierConfig, image_size: int, device: torch.device) -> F
     model_kwargs: dict[str, Any] = {"num_classes": 2, "in_channels": 1, "image_size": image_size}
     if cfg.input_filter != "none":
         model_kwargs["input_filter"] = cfg.input_filter  # rebuilt with the model wherever it is loaded
+    if cfg.real_novelty:
+        model_kwargs["real_novelty"] = True
     model = create_model(cfg.model, **model_kwargs, pretrained=cfg.pretrained, weights_path=cfg.weights_path)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -314,6 +323,16 @@ def val_scores(
     return s, loss_sum / max(1, len(data.y_val))
 
 
+def fit_real_novelty(model: torch.nn.Module, data: WorkerData, channels_last: bool, batch_size: int = 512) -> None:
+    """Fit a RealNovelty detector's real-image model on this rank's real train images (un-augmented) and the real
+    val images: what validation, the checkpoint and every later scoring then use."""
+    def batches(x: torch.Tensor) -> Iterator[torch.Tensor]:
+        for start in range(0, len(x), batch_size):
+            yield to_input(x[start : start + batch_size], channels_last)
+
+    model.fit(batches(data.x_train[data.y_train == 0]), batches(data.x_val[data.y_val == 0]))
+
+
 def validate(model: torch.nn.Module, data: WorkerData, channels_last: bool) -> dict[str, float]:
     """Val loss, AUC and the threshold-based metrics at the val-chosen (Youden) threshold."""
     s, loss = val_scores(model, data, channels_last)
@@ -368,6 +387,8 @@ def classifier_worker(config: dict[str, Any]) -> None:
         metrics = train_epoch(cfg, fit, data, epoch, gen)
         state = None
         if rank == 0:
+            if cfg.real_novelty:
+                fit_real_novelty(unwrap_model(fit.model), data, fit.channels_last)
             metrics.update(validate(unwrap_model(fit.model), data, fit.channels_last))
             history.append(dict(metrics))
             state = epoch_state(cfg, fit, metrics, history)
