@@ -247,7 +247,7 @@ def evaluate(ctx: StudyContext, trained: StageResult, reprocessed: StageResult) 
 
 def generalise(ctx: StudyContext, fakes: StageResult, families: StageResult, reprocessed: StageResult) -> StageResult:
     """Leave-one-family-out: detectors trained on some generator families, tested on those they never saw, and the
-    deployed detector (the generalising design on every family) that `cxr-ray scan` is pointed at."""
+    deployed detector (generalise.DEPLOYED_DESIGN on every family) that `cxr-ray scan` is pointed at."""
     from cxr_ray.generalise import run_generalise
 
     if not ctx.profile.families:
