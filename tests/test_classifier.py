@@ -208,3 +208,26 @@ def test_robust_aug_is_checked_and_named():
         ClassifierConfig(data="d", real_novelty=True)  # a pneumonia classifier has no fakes to tell from reals
     novelty = ClassifierConfig(data="d", task="deepfake", input_filter="npr", real_novelty=True)
     assert "real_novelty" not in residual.identity() and novelty.run_name() != residual.run_name()
+
+
+def test_every_worker_trains_on_reals_and_fakes_alike(real64, tmp_path):
+    """The train rows are shuffled before Ray Train splits them: as read (reals, then fakes) one worker got reals only,
+    and BatchNorm learnt the batch's make-up instead of the image (issue 15's residual detectors failed at eval)."""
+    import threading
+
+    from cxr_ray.train.classifier import training_datasets
+
+    fakes = str(tmp_path / "fakes-64")
+    blurred_fakes(real64, fakes)
+    datasets = training_datasets(ClassifierConfig(data=real64, fakes=fakes, task="deepfake"), None)
+    shards = datasets["train"].streaming_split(2, equal=True)  # as Ray Train's default DataConfig splits it
+    targets: dict[int, np.ndarray] = {}
+
+    def read(rank: int) -> None:
+        targets[rank] = np.concatenate([b["target"] for b in shards[rank].iter_batches(batch_size=None, batch_format="numpy")])
+
+    threads = [threading.Thread(target=read, args=(rank,)) for rank in (0, 1)]
+    [t.start() for t in threads], [t.join() for t in threads]
+    overall = np.concatenate(list(targets.values())).mean()
+    assert 0.4 < overall < 0.6  # half the train rows are fakes
+    assert all(abs(t.mean() - overall) < 0.15 for t in targets.values()), {r: t.mean() for r, t in targets.items()}

@@ -434,7 +434,6 @@ def launch_classifier(
     process's working directory.
     """
     cfg = for_workers(cfg)
-    data = task_data(cfg)
     spec = LaunchSpec(
         name=cfg.run_name(),
         storage=cfg.storage,
@@ -445,13 +444,23 @@ def launch_classifier(
         num_to_keep=num_to_keep,
         score_attribute="val_auc",
     )
-    # train_per_class cuts the train rows only (val is read whole).
-    datasets = {
-        split: read_split(data, [split], s3, per_class=cfg.train_per_class, seed=cfg.seed) for split in ("train", "val")
-    }
     return run_trainer(
-        classifier_worker, asdict(cfg), spec, s3=s3, datasets=datasets, datasets_to_split=["train"], callbacks=callbacks
+        classifier_worker, asdict(cfg), spec, s3=s3, datasets=training_datasets(cfg, s3), datasets_to_split=["train"],
+        callbacks=callbacks,
     )
+
+
+def training_datasets(cfg: ClassifierConfig, s3: S3Settings | None) -> dict[str, Any]:
+    """The run's "train" (shuffled, then split between the workers) and "val" (whole, rank 0) Ray Datasets.
+
+    Rows come table by table (reals, then each fake table; within a table class by class), and Ray Train splits
+    "train" into contiguous shards: unshuffled, one rank trained on reals alone and another mostly on fakes, so
+    BatchNorm's batch statistics told the classes apart in training while its running statistics (rank 0's, all
+    real) failed at evaluation. train_per_class cuts the train rows only.
+    """
+    data = task_data(cfg)
+    train = read_split(data, ["train"], s3, per_class=cfg.train_per_class, seed=cfg.seed).random_shuffle(seed=cfg.seed)
+    return {"train": train, "val": read_split(data, ["val"], s3, per_class=cfg.train_per_class, seed=cfg.seed)}
 
 
 def check_inputs(cfg: ClassifierConfig, s3: S3Settings | None) -> None:
