@@ -78,7 +78,7 @@ def generalise(
     held = [e for e in summary["held_out"] if e["held_out"]]
     for e in held:
         typer.echo(
-            f"{e['design']:>13} on {e['trained_on']:<18} -> {e['test_family']:<8} AUC {e['auc']:.3f}  "
+            f"{e['design']:>16} on {e['trained_on']:<18} -> {e['test_family']:<8} AUC {e['auc']:.3f}  "
             f"caught {100 * e['tpr']:.1f}% at 1% FPR  target {VERDICT[e['meets_target']]}"
         )
     typer.echo(f"generalise: report at {dest}/lofo.md")

@@ -28,7 +28,7 @@ NO_FILTER = "none"
 def npr_residual(x: torch.Tensor) -> torch.Tensor:
     """x - nearest-upsampled x[..., ::2, ::2]: zero at each cell's anchor, the cell's differences elsewhere.
 
-    Odd sizes keep their last row/column unpaired (residual against the row/column before the anchor grid ends).
+    An odd size's last row/column is an anchor row/column of its own (its cells are 1 pixel high/wide).
     """
     anchors = F.interpolate(x[..., ::2, ::2], scale_factor=2.0, mode="nearest")
     return x - anchors[..., : x.shape[-2], : x.shape[-1]]

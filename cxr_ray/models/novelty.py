@@ -4,7 +4,8 @@ A two-class detector learns what separates reals from the fakes it was shown.
 A fake from a generator it never saw can land on the real side of that
 boundary and still lie where no real image does. `RealNovelty` wraps a
 detector: while training it is the detector; once fitted (rank 0, each epoch,
-on the train split's real images) it scores an image by the larger of two
+on the real images of rank 0's train shard: with N workers about 1/N of the
+train split's reals) it scores an image by the larger of two
 standardised scores, the detector's logit gap and the Mahalanobis distance of
 its penultimate features from the real train images (Lee et al. 2018). Both
 are standardised on the validation reals, so neither dominates by its units;
@@ -21,7 +22,7 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-SHRINKAGE = 0.01  # of the mean feature variance, added to the covariance's diagonal: ~2,000 reals for up to 2,048 features
+SHRINKAGE = 0.01  # of the mean feature variance, added to the covariance's diagonal: ~2,000 reals (rank 0's) for up to 2,048 features
 
 
 def last_linear(net: nn.Module) -> nn.Linear:
@@ -53,8 +54,11 @@ class RealNovelty(nn.Module):
     def gap_and_distance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The detector's logit gap (fake minus real) and the Mahalanobis distance from the real train images."""
         logits = self.net(x).float()
-        features = self._features.flatten(1).float() - self.mean
-        distance = ((features @ self.precision) * features).sum(1).clamp_min(0).sqrt()
+        # fp32 even under a caller's bf16 autocast (GPU scoring): the fit ran in fp32, and a bf16 quadratic form
+        # would move the distance it was standardised on.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            features = self._features.flatten(1).float() - self.mean
+            distance = ((features @ self.precision) * features).sum(1).clamp_min(0).sqrt()
         return logits[:, 1] - logits[:, 0], distance
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

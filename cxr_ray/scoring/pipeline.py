@@ -47,9 +47,9 @@ def benign_scored_rows(batch: pa.Table, tag: str = BENIGN_TABLE) -> pa.Table:
     import pyarrow.compute as pc
 
     parts = []
-    for split, tag in BENIGN_SPLITS[tag]:
+    for split, row_tag in BENIGN_SPLITS[tag]:
         rows = batch.filter(pc.equal(batch.column("split"), split))
-        tagged = rows.select(IMAGE_COLUMNS).append_column("table", pa.array([tag] * rows.num_rows, pa.string()))
+        tagged = rows.select(IMAGE_COLUMNS).append_column("table", pa.array([row_tag] * rows.num_rows, pa.string()))
         parts.append(_scored_layout(tagged.append_column("perturbation", rows.column(CONDITION).cast(pa.string()))))
     return pa.concat_tables(parts)
 

@@ -154,7 +154,7 @@ def placement_shortfall(num_workers: int, per_worker: dict[str, float], nodes: l
 
 
 def check_resources(spec: LaunchSpec, use_gpu: bool, *, fixed: bool | None = None) -> None:
-    """ConfigError in seconds when no placement of the run's workers can ever exist (else Ray Train retries for minutes).
+    """ConfigError in seconds when no placement of the run's workers can ever exist (Ray Train would wait for it).
 
     Only on a cluster that cannot grow: one this process started itself
     (`runtime.cluster_is_fixed`). A joined cluster may have an autoscaler that
