@@ -40,6 +40,8 @@ class Design:
     sets: tuple[str, ...]  # "only": each family alone; "but": every family but one; "all": every family
 
 
+_RESIDUAL: dict[str, Any] = {"input_filter": "npr", "window_aug": 0.5, "aug_strength": 0.0}  # the residual designs' shared part
+
 DESIGNS: dict[str, Design] = {
     # The study's detector as it was: what one family teaches, and what all the others teach, about the one left out.
     "plain": Design({"robust_aug": 0.0, "window_aug": 0.0}, ("only", "but")),
@@ -54,10 +56,10 @@ DESIGNS: dict[str, Design] = {
     # residual (Tan et al. 2024, NPR; cxr_ray.models.input_filters), not the image's content, which is where one
     # family's look lives; with window/level augmentation (pointwise), as the residual scales with contrast. No affine
     # augmentation: resampling every training image would paint an interpolation trace over reals and fakes alike.
-    "residual": Design({"input_filter": "npr", "window_aug": 0.5, "aug_strength": 0.0}, ("but", "all")),
+    "residual": Design(_RESIDUAL, ("but", "all")),
     # The residual design that also models the real images themselves (cxr_ray.models.novelty): a fake from an unseen
     # family that falls on the real side of the learnt boundary is still flagged where it lies far from every real.
-    "residual_novelty": Design({"input_filter": "npr", "window_aug": 0.5, "aug_strength": 0.0, "real_novelty": True}, ("but", "all")),
+    "residual_novelty": Design({**_RESIDUAL, "real_novelty": True}, ("but", "all")),
 }
 # What the study deploys (trained on every family) and scan uses: the design with the best worst case over held-out
 # families in the whole-dataset leave-one-family-out run (docs/results.md, issue 15), which no design passes.

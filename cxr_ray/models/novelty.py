@@ -39,14 +39,15 @@ class RealNovelty(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
-        dim = last_linear(net).in_features
+        head = last_linear(net)
+        dim = head.in_features
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("precision", torch.zeros(dim, dim))
         # Over the validation reals: the logit gap's mean and sd, the distance's mean and sd.
         self.register_buffer("scales", torch.tensor([0.0, 1.0, 0.0, 1.0]))
         self.register_buffer("fitted", torch.zeros(()))  # 1 once fitted (float: DDP broadcasts buffers, gloo takes no bool)
         self._features: torch.Tensor | None = None
-        last_linear(net).register_forward_pre_hook(self._keep_features)
+        head.register_forward_pre_hook(self._keep_features)
 
     def _keep_features(self, _module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         self._features = args[0]
