@@ -60,6 +60,12 @@ DESIGNS: dict[str, Design] = {
     # The residual design that also models the real images themselves (cxr_ray.models.novelty): a fake from an unseen
     # family that falls on the real side of the learnt boundary is still flagged where it lies far from every real.
     "residual_novelty": Design({**_RESIDUAL, "real_novelty": True}, ("but", "all")),
+    # The upsampling design whose synthetic fakes are then stored as the archive stores a fake and decoded as
+    # ingest decodes it: the same processing as the fakes it must catch, so the trace it learns is one that
+    # survives storage (resampled at the archive's size, JPEG), not the pristine one only the training loop makes.
+    "upsampling_stored": Design({"resample_fakes": 0.3, "resample_stored": True, "window_aug": 0.5}, ("but", "all")),
+    # Both: the residual input, and stored synthetic fakes to teach it what every generator's upsampling leaves.
+    "residual_upsampling_stored": Design({**_RESIDUAL, "resample_fakes": 0.3, "resample_stored": True}, ("but", "all")),
 }
 # What the study deploys (trained on every family) and scan uses: the design with the best worst case over held-out
 # families in the whole-dataset leave-one-family-out run (docs/results.md, issue 15), which no design passes.

@@ -157,6 +157,7 @@ def test_deepfake_detector_on_s3_storage(real64, s3_server, s3_bucket, tmp_path)
         data=real64, fakes=fakes, task="deepfake", model="cnn", epochs=1, batch_size=32,
         storage=f"s3://{s3_bucket}/runs", n_boot=100, robust_aug=0.5,  # blur/JPEG-augmented (robust) detector
         input_filter="npr", real_novelty=True,  # that sees neighbouring-pixel residuals and models the reals (issue 15)
+        resample_fakes=0.3, resample_stored=True,  # and upsampled reals stored in the archive's format (read from S3)
     )
     out = train_classifier(cfg, s3=s3_server, log=lambda m: None)
     run_uri = f"s3://{s3_bucket}/runs/{cfg.run_name()}"
@@ -169,7 +170,7 @@ def test_deepfake_detector_on_s3_storage(real64, s3_server, s3_bucket, tmp_path)
     assert out["source"] == "real+fake" and out["test"]["n_pos"] == 65
     assert out["checkpoint"].startswith(f"{s3_bucket}/runs/")
     state = load_state(storage.join(storage.uri_for(run_uri, out["checkpoint"]), STATE_FILE), s3_server)
-    assert state["config"]["robust_aug"] == 0.5
+    assert state["config"]["robust_aug"] == 0.5 and state["config"]["resample_stored"] is True
     # The filter is part of the model: whoever rebuilds it from the checkpoint (evaluate, scan) gets it back.
     assert state["model_kwargs"]["input_filter"] == "npr" and state["model_kwargs"]["real_novelty"] is True
     assert float(state["model_state"]["fitted"]) == 1.0  # the real-image model was fitted before validation chose

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -176,6 +177,28 @@ def test_resampled_fakes_turn_only_reals_into_upsampled_fakes():
     with pytest.raises(ConfigError, match="deepfake"):
         ClassifierConfig(data="r", task="pneumonia", resample_fakes=0.3)
     assert "resample_fakes" not in ClassifierConfig(data="r", task="deepfake", fakes="f").identity()
+
+
+def test_stored_fakes_reach_the_model_as_the_archive_stores_them():
+    """resample_stored: the synthetic fakes go through the archive's format and ingest's decode, and only they do."""
+    import torch
+
+    from cxr_ray.data.archive import ArchiveFormat, to_archive_pixels
+    from cxr_ray.train.loop import stored_as_archive
+
+    fmt = ArchiveFormat("JPEG", 224, 224, "RGB", 75, "4:2:0")
+    x = torch.randint(0, 256, (6, 1, 64, 64), dtype=torch.uint8)
+    which = torch.tensor([True, False, True, False, False, True])
+    out = stored_as_archive(x, which, fmt)
+    assert torch.equal(out[~which], x[~which])
+    expected = to_archive_pixels(x[which][:, 0].numpy(), fmt, 64)
+    assert np.array_equal(out[which][:, 0].numpy(), expected) and not torch.equal(out[which], x[which])
+    assert torch.equal(stored_as_archive(x, torch.zeros(6, dtype=torch.bool), fmt), x)
+    with pytest.raises(ConfigError, match="resample_stored"):
+        ClassifierConfig(data="r", task="deepfake", resample_stored=True)  # there are no synthetic fakes to store
+    upsampling = ClassifierConfig(data="r", task="deepfake", resample_fakes=0.3)
+    stored = ClassifierConfig(data="r", task="deepfake", resample_fakes=0.3, resample_stored=True)
+    assert "resample_stored" not in upsampling.identity() and stored.run_name() != upsampling.run_name()
 
 
 def test_the_upsampling_design_withholds_a_left_out_familys_own_interpolation():

@@ -120,6 +120,9 @@ def train(
     resample_fakes: Optional[float] = typer.Option(
         None, help="Deepfake only: probability in [0, 1] that a real training image is halved, upsampled back and labelled fake."
     ),
+    resample_stored: Optional[bool] = typer.Option(
+        None, help="Store those fakes in the real table's archive format and decode them as ingest does (same processing as stored fakes)."
+    ),
     input_filter: Optional[str] = typer.Option(None, help="Fixed input filter kept with the model: none (default) or npr."),
     real_novelty: Optional[bool] = typer.Option(None, help="Deepfake only: also flag features far from every real train image's."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--scratch", help="ImageNet weights (torchvision models)."),
@@ -148,7 +151,8 @@ def train(
     overrides = dict(
         data=data, task=task, model=model, fakes=tuple(fakes) if fakes else None, source=source, epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, aug_strength=aug_strength,
-        robust_aug=robust_aug, window_aug=window_aug, resample_fakes=resample_fakes, input_filter=input_filter, real_novelty=real_novelty, pretrained=pretrained, weights_path=weights_path, num_workers=workers, use_gpu=gpu,
+        robust_aug=robust_aug, window_aug=window_aug, resample_fakes=resample_fakes, resample_stored=resample_stored,
+        input_filter=input_filter, real_novelty=real_novelty, pretrained=pretrained, weights_path=weights_path, num_workers=workers, use_gpu=gpu,
         storage=storage, name=name, seed=seed, max_failures=max_failures, train_per_class=train_per_class,
     )
     out = run_configured(load, config, overrides, s3_endpoint, s3_region, address)

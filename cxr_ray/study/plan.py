@@ -201,14 +201,8 @@ def classifier_configs(
 def classifier_stage_config(cfg: ClassifierConfig) -> dict[str, Any]:
     """A training's fields for a stage hash; options added later are left out while off, so the digests of study
     roots made before them stay."""
-    fields = asdict(cfg)
-    if not cfg.resample_fakes:
-        del fields["resample_fakes"], fields["resample_modes"]
-    if cfg.input_filter == "none":
-        del fields["input_filter"]
-    if not cfg.real_novelty:
-        del fields["real_novelty"]
-    return fields
+    off = cfg.later_options_off()
+    return {k: v for k, v in asdict(cfg).items() if k not in off}
 
 
 def train_hash(cfgs: list[ClassifierConfig], h_gen: str, h_tune: str) -> str:

@@ -28,6 +28,7 @@ from cxr_ray import storage
 from cxr_ray.checkpoint import model_state, unwrap_model
 from cxr_ray.classifier_state import build_classifier_state, check_classifier_state
 from cxr_ray.config import ConfigError, config_hash, from_dict
+from cxr_ray.data.archive import ArchiveFormat, read_archive_format
 from cxr_ray.data.datasets import SOURCES, TASKS, TaskData, read_split, require_complete
 from cxr_ray.filenames import (
     HISTORY_FILE,
@@ -37,12 +38,13 @@ from cxr_ray.filenames import (
     TEST_PREDICTIONS_FILE,
     VAL_PREDICTIONS_FILE,
 )
+from cxr_ray.models.input_filters import NO_FILTER
 from cxr_ray.metrics import choose_threshold, roc_auc, summarize, threshold_metrics
 from cxr_ray.pixels import autocast, positive_probability, to_input
 from cxr_ray.runtime import init_ray
 from cxr_ray.storage import S3Settings
 from cxr_ray.train import loop
-from cxr_ray.train.launch import LaunchSpec, read_state, report_epoch, resume_state, run_trainer
+from cxr_ray.train.launch import LaunchSpec, read_state, report_epoch, resume_state, run_trainer, worker_s3
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,13 @@ class ClassifierConfig:
     # (loop.resampled_fakes; 0: off): the upsampling trace every generator leaves, not one generator's habits.
     resample_fakes: float = 0.0
     resample_modes: tuple[str, ...] = ("nearest", "bilinear", "bicubic")  # the interpolations it draws from
+    # Those fakes are stored in the real table's archive format and decoded by ingest's path, as an attacker's
+    # stored fake is (cxr_ray.data.archive): they reach the model through the same processing as the fakes it is
+    # meant to catch, so it cannot learn a trace that storing erases.
+    resample_stored: bool = False
     # A fixed filter on the model's input, kept with the model (cxr_ray.models.input_filters; "npr": the
     # neighbouring-pixel residual that upsampling traces live in).
-    input_filter: str = "none"
+    input_filter: str = NO_FILTER
     # Deepfake only: also score how far an image's features lie from the real train images' (cxr_ray.models.novelty),
     # fitted on rank 0 each epoch before validation; the detector's score is the larger of the two, standardised.
     real_novelty: bool = False
@@ -122,6 +128,8 @@ class ClassifierConfig:
             raise ConfigError("real_novelty models real images against fakes: it is for task 'deepfake' only")
         if self.resample_fakes and self.task != "deepfake":
             raise ConfigError("resample_fakes makes fakes out of reals: it is for task 'deepfake' only")
+        if self.resample_stored and not self.resample_fakes:
+            raise ConfigError("resample_stored stores the fakes resample_fakes makes: set resample_fakes above 0")
         from cxr_ray.train.loop import RESAMPLE_MODES
 
         unknown_modes = sorted(set(self.resample_modes) - set(RESAMPLE_MODES))
@@ -141,21 +149,31 @@ class ClassifierConfig:
         if not self.data:
             raise ConfigError("data (the ingested real table) is required")
 
+    def later_options_off(self) -> set[str]:
+        """Options added after studies were first run, while they are off: left out of run names and stage
+        hashes alike (study.plan), so runs and study roots made before them keep their names."""
+        off: set[str] = set()
+        if not self.resample_fakes:
+            off.update({"resample_fakes", "resample_modes"})
+        if not self.resample_stored:
+            off.add("resample_stored")
+        if self.input_filter == NO_FILTER:
+            off.add("input_filter")
+        if not self.real_novelty:
+            off.add("real_novelty")
+        return off
+
     def identity(self) -> dict[str, Any]:
         """The fields that change what is learnt (hashed into the default run name)."""
         skip = {"storage", "name", "num_workers", "use_gpu", "max_failures", "cpus_per_worker", "n_boot", "inject_failure"}
+        skip |= self.later_options_off()
+        # Off, these are left out of run names too (not of stage hashes: those always held them).
         if not self.robust_aug:
-            skip.add("robust_aug")  # off: keep the names runs had before the option existed
+            skip.add("robust_aug")
         if not self.window_aug:
             skip.add("window_aug")
-        if not self.resample_fakes:
-            skip.update({"resample_fakes", "resample_modes"})
-        if self.input_filter == "none":
-            skip.add("input_filter")
-        if not self.real_novelty:
-            skip.add("real_novelty")
         if self.train_per_class is None:
-            skip.add("train_per_class")  # likewise
+            skip.add("train_per_class")
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def run_name(self) -> str:
@@ -230,7 +248,7 @@ def build_fit(cfg: ClassifierConfig, image_size: int, device: torch.device) -> F
     from cxr_ray.models import create_model
 
     model_kwargs: dict[str, Any] = {"num_classes": 2, "in_channels": 1, "image_size": image_size}
-    if cfg.input_filter != "none":
+    if cfg.input_filter != NO_FILTER:
         model_kwargs["input_filter"] = cfg.input_filter  # rebuilt with the model wherever it is loaded
     if cfg.real_novelty:
         model_kwargs["real_novelty"] = True
@@ -277,8 +295,11 @@ def model_input(
     return loop.augment(to_input(pixels, channels_last), cfg.aug_strength, gen)
 
 
-def train_epoch(cfg: ClassifierConfig, fit: Fit, data: WorkerData, epoch: int, gen: torch.Generator) -> dict[str, Any]:
-    """One pass over this worker's shard; the epoch's record (mean loss, lr, time, images/s over all ranks)."""
+def train_epoch(
+    cfg: ClassifierConfig, fit: Fit, data: WorkerData, epoch: int, gen: torch.Generator, archive: ArchiveFormat | None = None
+) -> dict[str, Any]:
+    """One pass over this worker's shard; the epoch's record (mean loss, lr, time, images/s over all ranks).
+    `archive`: the format resampled fakes are stored in (cfg.resample_stored)."""
     rank, world_size = loop.world()
     n_train = len(data.x_train)
     steps = max(1, n_train // cfg.batch_size)
@@ -289,7 +310,10 @@ def train_epoch(cfg: ClassifierConfig, fit: Fit, data: WorkerData, epoch: int, g
         idx = idx.to(fit.device)
         pixels, y = data.x_train[idx], data.y_train[idx]
         if cfg.resample_fakes:
-            pixels, y = loop.resampled_fakes(pixels, y, cfg.resample_fakes, gen, tuple(cfg.resample_modes))
+            made, y_made = loop.resampled_fakes(pixels, y, cfg.resample_fakes, gen, tuple(cfg.resample_modes))
+            if archive is not None:
+                made = loop.stored_as_archive(made, y_made != y, archive)
+            pixels, y = made, y_made
         x = model_input(cfg, pixels, epoch, rank, gen, fit.channels_last)
         loss_sum += train_step(fit, x, y, data.class_weights, cfg.label_smoothing)
     fit.scheduler.step()
@@ -375,6 +399,7 @@ def classifier_worker(config: dict[str, Any]) -> None:
     device = loop.device_for_worker(bool(config.get("_use_gpu")))
     gen = loop.seed_everything(cfg.seed, rank)
     data = load_worker_data(rank, device)
+    archive = read_archive_format(cfg.data, worker_s3(config)) if cfg.resample_stored else None
     fit = build_fit(cfg, data.image_size, device)
     start_epoch, history = restore(fit, resume_state(config), run_uri(cfg))
     if start_epoch >= cfg.epochs and history:
@@ -384,7 +409,7 @@ def classifier_worker(config: dict[str, Any]) -> None:
         report_epoch(dict(history[-1]), None)
     for epoch in range(start_epoch, cfg.epochs):
         loop.maybe_inject_failure(config, epoch, rank)
-        metrics = train_epoch(cfg, fit, data, epoch, gen)
+        metrics = train_epoch(cfg, fit, data, epoch, gen, archive)
         state = None
         if rank == 0:
             if cfg.real_novelty:

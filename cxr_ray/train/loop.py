@@ -12,7 +12,7 @@ import math
 import os
 import random
 import time
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from cxr_ray.data.datasets import batch_to_arrays
+
+if TYPE_CHECKING:
+    from cxr_ray.data.archive import ArchiveFormat
 
 
 def world() -> tuple[int, int]:
@@ -141,6 +144,20 @@ def resampled_fakes(
             up = F.interpolate(small[pick], size=tuple(x.shape[-2:]), mode=mode, **options)
             out[pick] = up.round().clamp(0, 255).to(torch.uint8)
     return out, torch.where(chosen, torch.ones_like(y), y)
+
+
+def stored_as_archive(x: torch.Tensor, which: torch.Tensor, fmt: ArchiveFormat) -> torch.Tensor:
+    """`x` (uint8 (N, 1, H, W)) with the images `which` selects stored in the archive's format and decoded by
+    ingest's path, at the same size (cxr_ray.data.archive.to_archive_pixels). Encoding needs the host: those
+    images make one round trip through host memory."""
+    from cxr_ray.data.archive import to_archive_pixels
+
+    if not bool(which.any()):
+        return x
+    out = x.clone()
+    stored = to_archive_pixels(x[which][:, 0].cpu().numpy(), fmt, int(x.shape[-1]))
+    out[which] = torch.from_numpy(stored).unsqueeze(1).to(x.device)
+    return out
 
 
 def robust_augment(x: torch.Tensor, probability: float, seed: int) -> torch.Tensor:
