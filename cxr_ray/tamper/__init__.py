@@ -1,0 +1,1 @@
+"""Local tampering of real X-rays (issue 16): where the lungs are, how edits are made, how they are found."""
