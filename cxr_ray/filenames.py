@@ -20,6 +20,9 @@ GAN_LOSSES_FILE = "losses.json"
 GAN_CONFIG_FILE = "gan_config.json"
 SAMPLES_DIR = "samples"
 
+# A tamper-model run (cxr_ray.train.tamper_model); its sample grids go to SAMPLES_DIR too.
+TAMPER_SUMMARY_FILE = "tamper_summary.json"  # written at the end of a run
+
 # A search (cxr_ray.tune, cxr_ray.tune_gan).
 BEST_CONFIG_FILE = "best_config.json"
 

@@ -51,8 +51,16 @@ RESULT_SCHEMA = pa.schema(
         ("fake_probability", pa.float64()),
         ("verdict", pa.string()),
         ("reason", pa.string()),
+        # With a localiser (issue 16; null without one): its probability that the image was edited, its verdict at
+        # its own threshold (1% of its val reals), the box its map marks ("x0,y0,x1,y1" in scanned pixels) and, for
+        # each image called edited or fake, the overlay PNG's path inside the output folder.
+        ("edited_probability", pa.float64()),
+        ("edit_verdict", pa.string()),
+        ("box", pa.string()),
+        ("overlay", pa.string()),
     ]
 )
+VERDICT_EDITED, VERDICT_UNEDITED = "edited", "unedited"
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,8 @@ class ScanConfig:
     # A benign table (cxr_ray.benign) with re-processed validation reals: the threshold then holds `fpr` under every
     # condition too. None: a study root's own benign table when it has one, else the stored validation reals alone.
     benign: str | None = None
+    # A finished localiser run (cxr-ray train-localiser): edited-probability, box and overlays per image.
+    localiser: str | None = None
 
     def __post_init__(self) -> None:
         from cxr_ray.config import at_least, check_fields
@@ -323,8 +333,12 @@ def read_and_decode(
     )
 
 
-def verdicts(scored: pa.Table, threshold: float) -> pa.Table:
-    """The result table: probability and verdict per file, unreadable files with their reason, sorted by path."""
+def verdicts(scored: pa.Table, threshold: float, edit_threshold: float | None = None) -> tuple[pa.Table, dict[str, bytes]]:
+    """The result table (probability and verdict per file, unreadable files with their reason, sorted by path) and
+    the overlay PNGs by their path inside the output folder (with a localiser's columns; else none)."""
+    from cxr_ray.tamper.overlay import OVERLAYS_DIR
+
+    n = scored.num_rows
     score = scored.column("score_0").to_pylist()
     reasons = scored.column("reason").to_pylist()
     verdict = [
@@ -332,6 +346,20 @@ def verdicts(scored: pa.Table, threshold: float) -> pa.Table:
     ]
     # A decoded image the scorer could not use (wrong size) would have no score and no reason: say so.
     reasons = [r or ("not scored" if s is None else "") for r, s in zip(reasons, score)]
+    edited: list[float | None] = [None] * n
+    edit_verdict: list[str | None] = [None] * n
+    boxes: list[str | None] = [None] * n
+    overlays: list[str | None] = [None] * n
+    files: dict[str, bytes] = {}
+    if edit_threshold is not None:
+        edited = scored.column("edited_probability").to_pylist()
+        edit_verdict = [None if e is None else (VERDICT_EDITED if e >= edit_threshold else VERDICT_UNEDITED) for e in edited]
+        boxes = scored.column("box").to_pylist()
+        shas = scored.column("sha256").to_pylist()
+        for i, png in enumerate(scored.column("overlay_png").to_pylist()):
+            if png is not None:
+                overlays[i] = f"{OVERLAYS_DIR}/{i:06d}-{(shas[i] or '')[:12]}.png"
+                files[overlays[i]] = png
     table = pa.table(
         {
             "path": scored.column("path"),
@@ -340,10 +368,14 @@ def verdicts(scored: pa.Table, threshold: float) -> pa.Table:
             "fake_probability": pa.array(score, pa.float64()),
             "verdict": pa.array(verdict, pa.string()),
             "reason": pa.array(reasons, pa.string()),
+            "edited_probability": pa.array(edited, pa.float64()),
+            "edit_verdict": pa.array(edit_verdict, pa.string()),
+            "box": pa.array(boxes, pa.string()),
+            "overlay": pa.array(overlays, pa.string()),
         },
         schema=RESULT_SCHEMA,
     )
-    return table.sort_by("path")
+    return table.sort_by("path"), files
 
 
 # ---------------------------------------------------------------- the job
@@ -382,6 +414,14 @@ def run_scan(
     if not files:
         raise ConfigError(f"{cfg.src}: no files to scan")
     benign = benign_table_for(cfg, detector, s3, log)
+    localiser = None
+    if cfg.localiser:
+        from cxr_ray.tamper.overlay import load_localiser_run
+
+        storage.check_separate(cfg.out, [cfg.localiser], "localiser")
+        localiser = load_localiser_run(cfg.localiser, s3)
+        if localiser.resolution != detector.resolution:
+            raise ConfigError(f"{cfg.localiser}: the localiser works at {localiser.resolution} px, the detector at {detector.resolution} px")
     ray = init_ray(address)
     if benign:
         detector = with_benign_threshold(detector, benign, cfg, s3, log)
@@ -397,22 +437,28 @@ def run_scan(
         batch_format="pyarrow",
         batch_size=cfg.batch_size,
         fn_kwargs={"resolution": detector.resolution, "s3": s3.to_dict(), "max_pixels": cfg.max_pixels},
-    ).map_batches(
-        ModelScorer,
-        fn_constructor_kwargs={"state_uris": [detector.state_uri], "s3": s3.to_dict()},
-        batch_size=cfg.batch_size,
-        batch_format="pyarrow",
-        **pool,
     )
+    scorer_kwargs: dict[str, Any] = {"state_uris": [detector.state_uri], "s3": s3.to_dict()}
+    scorer: Any = ModelScorer
+    if localiser is not None:
+        from cxr_ray.tamper.overlay import EditMarker
+
+        scorer = EditMarker
+        scorer_kwargs.update(localiser=localiser.__dict__, detector_threshold=detector.threshold)
+    ds = ds.map_batches(scorer, fn_constructor_kwargs=scorer_kwargs, batch_size=cfg.batch_size, batch_format="pyarrow", **pool)
     previous = _set_progress_bars(cfg.progress)
     try:
         t_scan = time.perf_counter()
-        results = verdicts(collect(ds), detector.threshold)
+        results, overlays = verdicts(collect(ds), detector.threshold, localiser.threshold if localiser else None)
         scan_seconds = time.perf_counter() - t_scan
     finally:
         _set_progress_bars(previous)
     summary = scan_summary(cfg, detector, results, scan_seconds, time.perf_counter() - t0, benign)
-    write_output_folder(cfg.out, {RESULTS_NAME: results}, summary, s3, cfg.overwrite, csv=(RESULTS_NAME,))
+    if localiser is not None:
+        summary["localiser"] = localiser.__dict__
+        summary["flagged_edited"] = results.column("edit_verdict").to_pylist().count(VERDICT_EDITED)
+        summary["overlays"] = len(overlays)
+    write_output_folder(cfg.out, {RESULTS_NAME: results}, summary, s3, cfg.overwrite, csv=(RESULTS_NAME,), files=overlays)
     return summary
 
 
@@ -446,8 +492,9 @@ def scan_summary(
 
 def format_summary(summary: dict[str, Any], max_listed: int = 20) -> str:
     """The summary line, then the unreadable files with their reasons."""
+    edited = f", called edited {summary['flagged_edited']} ({summary['overlays']} overlays)" if "localiser" in summary else ""
     lines = [
-        f"scanned {summary['scanned']}, flagged fake {summary['flagged_fake']}, unreadable {summary['unreadable']} "
+        f"scanned {summary['scanned']}, flagged fake {summary['flagged_fake']}{edited}, unreadable {summary['unreadable']} "
         f"(threshold {summary['threshold']:.4f} at {summary['detector']['operating_point']}; results in {summary['out']})"
     ]
     for item in summary["unreadable_files"][:max_listed]:

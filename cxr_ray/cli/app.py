@@ -272,7 +272,7 @@ app.command(name="study", epilog=STUDY_EPILOG)(_study_command())
 
 def _register_stage_commands() -> None:
     """Commands written in their own modules (typer only at import; heavy imports inside)."""
-    from cxr_ray.cli import benign_cmd, claim_cmd, eval_cmds, generalise_cmd, generate_cmd, train_gan_cmd
+    from cxr_ray.cli import benign_cmd, claim_cmd, eval_cmds, generalise_cmd, generate_cmd, tamper_cmd, train_gan_cmd
 
     app.command(name="train-gan", epilog=train_gan_cmd.EPILOG)(train_gan_cmd.train_gan)
     app.command(name="gan-quality", epilog=train_gan_cmd.EPILOG_QUALITY)(train_gan_cmd.quality)
@@ -284,6 +284,10 @@ def _register_stage_commands() -> None:
     app.command(name="scan", epilog=eval_cmds.EPILOG_SCAN)(eval_cmds.scan)
     app.command(name="claim", epilog=claim_cmd.EPILOG_CLAIM)(claim_cmd.claim)
     app.command(name="generalise", epilog=generalise_cmd.EPILOG_GENERALISE)(generalise_cmd.generalise)
+    app.command(name="train-tamper", epilog=tamper_cmd.EPILOG_TRAIN)(tamper_cmd.train_tamper)
+    app.command(name="tamper", epilog=tamper_cmd.EPILOG_TAMPER)(tamper_cmd.tamper)
+    app.command(name="attack", epilog=tamper_cmd.EPILOG_ATTACK)(tamper_cmd.attack)
+    app.command(name="train-localiser", epilog=tamper_cmd.EPILOG_LOCALISER)(tamper_cmd.train_localiser)
 
 
 _register_stage_commands()

@@ -139,6 +139,10 @@ def scan(
         None, "--benign", help="Benign table with re-processed validation reals (`cxr-ray benign`): the threshold then flags at most "
         "--fpr of them under every condition too. Default: a study root's own benign table, else none."
     ),
+    localiser: Optional[str] = typer.Option(
+        None, "--localiser", help="Finished localiser run (`cxr-ray train-localiser`): per image the probability it was edited and "
+        "the box of the suspected region; an overlay PNG (OUT/overlays/) for each image called edited or fake."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show Ray Data progress bars."),
     max_pixels: int = typer.Option(
         40_000_000, "--max-pixels", help="Larger images (width x height) are listed as unreadable, never decoded; X-ray detectors make at most ~18 MP."
@@ -155,7 +159,7 @@ def scan(
 
         cfg = ScanConfig(
             src=src, detector=detector, out=out, batch_size=batch_size, max_actors=max_actors,
-            progress=progress, overwrite=overwrite, max_pixels=max_pixels, fpr=fpr, benign=benign,
+            progress=progress, overwrite=overwrite, max_pixels=max_pixels, fpr=fpr, benign=benign, localiser=localiser,
         )
         return cfg, run_scan
 

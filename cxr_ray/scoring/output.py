@@ -31,8 +31,10 @@ def write_output_folder(
     overwrite: bool,
     texts: dict[str, str] | None = None,
     csv: Sequence[str] = (),
+    files: dict[str, bytes] | None = None,
 ) -> None:
-    """Tables as NAME.parquet (and NAME.csv for those in `csv`), texts, summary.json, then `_SUCCESS`; staged, then published."""
+    """Tables as NAME.parquet (and NAME.csv for those in `csv`), texts, other files (name -> bytes), summary.json, then
+    `_SUCCESS`; staged, then published."""
     import pyarrow.parquet as pq
 
     with storage.staged_output(dest, s3, overwrite) as staging:
@@ -46,4 +48,6 @@ def write_output_folder(
                 storage.write_bytes_atomic(storage.join(staging, f"{name}.csv"), table_to_csv(table), s3)
         for name, text in (texts or {}).items():
             storage.write_bytes_atomic(storage.join(staging, name), text.encode(), s3)
+        for name, blob in (files or {}).items():
+            storage.write_bytes_atomic(storage.join(staging, name), blob, s3)
         storage.write_json_atomic(storage.join(staging, SUMMARY_FILE), summary, s3)

@@ -24,9 +24,13 @@ method over a table (docs/results.md, issue 16).
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 WORK_SIZE = 64  # pixels: lung fields need no finer grid, and labelling stays cheap
 MIN_SIDE_AREA = 0.02  # a lung smaller than this share of the image is not found
@@ -173,3 +177,22 @@ def lung_field_stats(images: np.ndarray) -> dict[str, object]:
         areas.append(float(mask.mean()))
     q = np.percentile(areas, (5, 50, 95)) if areas else [float("nan")] * 3
     return {"n": len(areas), "methods": counts, "area_p5": float(q[0]), "area_p50": float(q[1]), "area_p95": float(q[2])}
+
+
+LUNGS_COLUMN = "lungs"  # the lung-field mask, one byte (0/1) per pixel, row by row
+LUNG_METHOD_COLUMN = "lung_method"
+
+
+def with_lung_fields(batch: "pa.Table") -> "pa.Table":
+    """Ray Data UDF (pyarrow batches of `image` rows): the lung-field mask and its method appended to each row."""
+    import pyarrow as pa
+
+    masks, methods = [], []
+    for blob in batch.column("image").to_pylist():
+        side = int(round(len(blob) ** 0.5))
+        mask, method = lung_fields(np.frombuffer(blob, np.uint8).reshape(side, side))
+        masks.append(mask.astype(np.uint8).tobytes())
+        methods.append(method)
+    return batch.append_column(LUNGS_COLUMN, pa.array(masks, pa.binary())).append_column(
+        LUNG_METHOD_COLUMN, pa.array(methods, pa.string())
+    )
