@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from cxr_ray import storage
 from cxr_ray.config import ConfigError
 from cxr_ray.operating import BENIGN_ROBUST
+from cxr_ray.upsamplers import ALL_UPSAMPLERS, RESAMPLE_MODES
 from cxr_ray.storage import S3Settings
 
 
@@ -66,6 +67,11 @@ DESIGNS: dict[str, Design] = {
     "upsampling_stored": Design({"resample_fakes": 0.3, "resample_stored": True, "window_aug": 0.5}, ("but", "all")),
     # Both: the residual input, and stored synthetic fakes to teach it what every generator's upsampling leaves.
     "residual_upsampling_stored": Design({**_RESIDUAL, "resample_fakes": 0.3, "resample_stored": True}, ("but", "all")),
+    # The same with every kind of 2x upsampler a generator can have: the interpolations and the layers that learn
+    # their kernel (transposed and sub-pixel convolutions, each synthetic fake with its own random kernel).
+    "residual_upsamplers_stored": Design(
+        {**_RESIDUAL, "resample_fakes": 0.3, "resample_stored": True, "resample_modes": ALL_UPSAMPLERS}, ("but", "all")
+    ),
 }
 # What the study deploys (trained on every family) and scan uses: the design with the best worst case over held-out
 # families in the whole-dataset leave-one-family-out run (docs/results.md, issue 15), which no design passes.
@@ -98,12 +104,12 @@ def design_options(design: str, trained: tuple[str, ...], families: tuple[str, .
     family's own trace (the deployed detector, trained on every family, draws from all of them).
     """
     from cxr_ray.models.generators import UPSAMPLING
-    from cxr_ray.train.loop import RESAMPLE_MODES
 
     options: dict[str, Any] = dict(DESIGNS[design].augmentation)
     if options.get("resample_fakes"):
         unseen = {UPSAMPLING.get(f) for f in families if f not in trained}
-        options["resample_modes"] = tuple(m for m in RESAMPLE_MODES if m not in unseen)
+        pool = options.get("resample_modes", RESAMPLE_MODES)
+        options["resample_modes"] = tuple(m for m in pool if m not in unseen)
     return options
 
 

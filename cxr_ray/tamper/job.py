@@ -210,7 +210,7 @@ def run_tamper(
     archive = read_archive_format(cfg.real, s3).to_dict() if cfg.storage_format == "archive" else None
     ray = init_ray(address)
     fs, path = storage.resolve(images_uri(real), s3)
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=_READ_COLUMNS)
+    ds = ray.data.read_parquet(path, filesystem=fs).select_columns(_READ_COLUMNS)
     ds = ds.filter(expr=pc.field("split").isin(list(cfg.splits)))
     pool = actor_pool_options(cfg.max_actors)
     log(f"tamper: {', '.join(cfg.splits)} rows of {cfg.real} edited by {state_uri} on {pool_size(pool)} actor(s), "

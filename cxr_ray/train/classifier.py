@@ -70,7 +70,7 @@ class ClassifierConfig:
     # Deepfake only: probability that a real training image is halved and upsampled back and labelled fake
     # (loop.resampled_fakes; 0: off): the upsampling trace every generator leaves, not one generator's habits.
     resample_fakes: float = 0.0
-    resample_modes: tuple[str, ...] = ("nearest", "bilinear", "bicubic")  # the interpolations it draws from
+    resample_modes: tuple[str, ...] = ("nearest", "bilinear", "bicubic")  # the upsamplers it draws from (loop.ALL_UPSAMPLERS)
     # Those fakes are stored in the real table's archive format and decoded by ingest's path, as an attacker's
     # stored fake is (cxr_ray.data.archive): they reach the model through the same processing as the fakes it is
     # meant to catch, so it cannot learn a trace that storing erases.
@@ -130,11 +130,11 @@ class ClassifierConfig:
             raise ConfigError("resample_fakes makes fakes out of reals: it is for task 'deepfake' only")
         if self.resample_stored and not self.resample_fakes:
             raise ConfigError("resample_stored stores the fakes resample_fakes makes: set resample_fakes above 0")
-        from cxr_ray.train.loop import RESAMPLE_MODES
+        from cxr_ray.train.loop import ALL_UPSAMPLERS
 
-        unknown_modes = sorted(set(self.resample_modes) - set(RESAMPLE_MODES))
+        unknown_modes = sorted(set(self.resample_modes) - set(ALL_UPSAMPLERS))
         if unknown_modes or not self.resample_modes:
-            raise ConfigError(f"resample_modes: unknown {', '.join(unknown_modes) or '(none given)'}; known: {', '.join(RESAMPLE_MODES)}")
+            raise ConfigError(f"resample_modes: unknown {', '.join(unknown_modes) or '(none given)'}; known: {', '.join(ALL_UPSAMPLERS)}")
         from cxr_ray.models.input_filters import INPUT_FILTERS
 
         if self.input_filter not in INPUT_FILTERS:

@@ -114,7 +114,7 @@ def split_dataset(cfg: LocaliserConfig, splits: list[str], s3: S3Settings | None
     for uri, udf, columns in ((cfg.data, real_rows, ["image", "split", "path", "patient_id"]),
                               (cfg.tampered, edited_rows, ["image", "split", "path", "patient_id", "mask"])):  # fmt: skip
         fs, path = storage.resolve(images_uri(require_complete(uri, s3)), s3)
-        read = ray.data.read_parquet(path, filesystem=fs, columns=columns)
+        read = ray.data.read_parquet(path, filesystem=fs).select_columns(columns)
         parts.append(read.map_batches(udf, batch_format="pyarrow", batch_size=None, fn_kwargs={"splits": splits}))
     return parts[0].union(parts[1])
 

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from cxr_ray.data.datasets import batch_to_arrays
+from cxr_ray.upsamplers import ALL_UPSAMPLERS, LEARNT_MODES, RESAMPLE_MODES  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from cxr_ray.data.archive import ArchiveFormat
@@ -115,19 +116,53 @@ def augment(x: torch.Tensor, strength: float, gen: torch.Generator | None = None
     return (out * contrast + brightness).clamp_(-1.0, 1.0)
 
 
-RESAMPLE_MODES = ("nearest", "bilinear", "bicubic")  # the interpolations generators upsample with
+# The learnt upsamplers (cxr_ray.upsamplers.LEARNT_MODES): each synthetic fake draws its own random kernel,
+# normalised so that every output phase keeps the image's brightness up to a few percent: the uneven phases
+# are the checkerboard such layers leave (Odena et al. 2016), not any one trained generator's kernel.
+PHASE_GAIN = 0.05  # each output phase's gain is drawn from 1 +- this
+
+
+def _phase_gains(n: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, 2, 2) gains, one per output phase of a 2x upsampling."""
+    return 1 + (torch.rand(n, 2, 2, generator=gen) * 2 - 1) * PHASE_GAIN
+
+
+def learnt_upsample(small: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Tensor:
+    """(n, 1, h, w) float -> (n, 1, 2h, 2w) through `mode` (LEARNT_MODES) with a random kernel per image."""
+    n, _, h, w = small.shape
+    gains = _phase_gains(n, gen)
+    if mode == "transposed":
+        kernel = torch.rand(n, 4, 4, generator=gen) + 0.1
+        for a in (0, 1):
+            for b in (0, 1):
+                # Output phase (a, b) of a stride-2, padding-1 4x4 transposed conv sums the taps [1-a::2, 1-b::2].
+                taps = kernel[:, 1 - a :: 2, 1 - b :: 2]
+                kernel[:, 1 - a :: 2, 1 - b :: 2] = taps / taps.sum(dim=(1, 2), keepdim=True) * gains[:, a, b, None, None]
+        weight = kernel.unsqueeze(1).to(small)  # (n, 1, 4, 4): one group per image
+        # Edges replicated, then cropped: the zero padding would darken the border, a cue of its own.
+        padded = F.pad(small.reshape(1, n, h, w), (1, 1, 1, 1), mode="replicate")
+        out = F.conv_transpose2d(padded, weight, stride=2, padding=1, groups=n)[:, :, 2:-2, 2:-2]
+        return out.reshape(n, 1, 2 * h, 2 * w)
+    if mode == "pixel_shuffle":
+        kernel = torch.rand(n, 4, 3, 3, generator=gen) + 0.1
+        kernel = kernel / kernel.sum(dim=(2, 3), keepdim=True) * gains.reshape(n, 4, 1, 1)
+        weight = kernel.reshape(4 * n, 1, 3, 3).to(small)
+        padded = F.pad(small.reshape(1, n, h, w), (1, 1, 1, 1), mode="replicate")
+        out = F.conv2d(padded, weight, groups=n).reshape(n, 4, h, w)
+        return F.pixel_shuffle(out, 2)
+    raise ValueError(f"unknown learnt upsampler {mode!r}; known: {', '.join(LEARNT_MODES)}")
 
 
 def resampled_fakes(
     x: torch.Tensor, y: torch.Tensor, probability: float, gen: torch.Generator, modes: tuple[str, ...] = RESAMPLE_MODES
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Real images (target 0) that, each with `probability`, are halved (2x2 mean) and upsampled back with a
-    random interpolation, then labelled fake (1). uint8 (N, 1, H, W) in and out.
+    random upsampler, then labelled fake (1). uint8 (N, 1, H, W) in and out.
 
     Every generator family makes its image by upsampling, and that leaves traces in neighbouring pixels
     (Tan et al. 2024, NPR); real X-rays stored this way carry them without any one generator's other
-    habits, so a detector learns the trace rather than one family. `modes`: the interpolations drawn from
-    (a subset of RESAMPLE_MODES). Draws come from `gen` (CPU).
+    habits, so a detector learns the trace rather than one family. `modes`: the upsamplers drawn from
+    (a subset of ALL_UPSAMPLERS: interpolations and learnt-kernel layers). Draws come from `gen` (CPU).
     """
     if probability <= 0 or len(x) == 0 or not modes:
         return x, y
@@ -140,8 +175,11 @@ def resampled_fakes(
     for index, mode in enumerate(modes):
         pick = chosen & (drawn == index)
         if bool(pick.any()):
-            options = {} if mode == "nearest" else {"align_corners": False}
-            up = F.interpolate(small[pick], size=tuple(x.shape[-2:]), mode=mode, **options)
+            if mode in LEARNT_MODES:
+                up = learnt_upsample(small[pick], mode, gen)
+            else:
+                options = {} if mode == "nearest" else {"align_corners": False}
+                up = F.interpolate(small[pick], size=tuple(x.shape[-2:]), mode=mode, **options)
             out[pick] = up.round().clamp(0, 255).to(torch.uint8)
     return out, torch.where(chosen, torch.ones_like(y), y)
 
