@@ -179,6 +179,31 @@ def test_resampled_fakes_turn_only_reals_into_upsampled_fakes():
     assert "resample_fakes" not in ClassifierConfig(data="r", task="deepfake", fakes="f").identity()
 
 
+def test_learnt_upsamplers_keep_brightness_and_leave_a_phase_pattern():
+    """Transposed and sub-pixel convolutions with a random kernel per image: each output phase keeps the image's
+    level within PHASE_GAIN, and the phases differ (the checkerboard); a LOFO run never shows the held-out family's
+    own upsampler (the DCGAN's transposed convolutions)."""
+    import torch
+
+    from cxr_ray.generalise import design_options
+    from cxr_ray.train.loop import PHASE_GAIN, learnt_upsample
+
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.full((8, 1, 16, 16), 100.0)
+    for mode in ("transposed", "pixel_shuffle"):
+        up = learnt_upsample(flat, mode, gen)
+        assert up.shape == (8, 1, 32, 32)
+        assert (up - 100).abs().max() <= 100 * PHASE_GAIN + 1e-3  # borders included: no dark edge
+        phases = torch.stack([up[:, 0, a::2, b::2].mean(dim=(1, 2)) for a in (0, 1) for b in (0, 1)], 1)
+        assert (phases.max(1).values - phases.min(1).values).min() > 0.1  # every image has a phase pattern
+    with pytest.raises(ValueError, match="learnt upsampler"):
+        learnt_upsample(flat, "bilinear", gen)
+    families = ("dcgan", "sngan", "vae")
+    assert "transposed" not in design_options("residual_upsamplers_stored", ("sngan", "vae"), families)["resample_modes"]
+    assert design_options("residual_upsamplers_stored", families, families)["resample_modes"] == (
+        "nearest", "bilinear", "bicubic", "transposed", "pixel_shuffle")  # fmt: skip
+
+
 def test_stored_fakes_reach_the_model_as_the_archive_stores_them():
     """resample_stored: the synthetic fakes go through the archive's format and ingest's decode, and only they do."""
     import torch
