@@ -91,6 +91,13 @@ class TamperConfig:
                 raise ConfigError(f"{key} is required")
 
 
+def keep_splits(batch: pa.Table, splits: list[str]) -> pa.Table:
+    """Ray Data UDF: the rows of `splits`."""
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.is_in(batch.column("split"), value_set=pa.array(splits, pa.string())))
+
+
 def edit_rows(batch: dict[str, list[Any]], edited: np.ndarray, masks: np.ndarray, methods: list[str],
               files: list[bytes] | None, run: str) -> dict[str, list[Any]]:  # fmt: skip
     """TAMPER_SCHEMA columns for one batch of edits (`files`: the archive files the pixels were decoded from)."""
@@ -190,8 +197,6 @@ def run_tamper(
     cfg: TamperConfig, *, s3: S3Settings | None = None, log: Callable[[str], None] = print, address: str | None = None
 ) -> dict[str, Any]:
     """Edit every real row of cfg.splits into cfg.dest; returns the summary (also summary.json)."""
-    import pyarrow.compute as pc
-
     from cxr_ray.data.archive import read_archive_format
     from cxr_ray.data.datasets import images_uri, require_complete, resolution_of
     from cxr_ray.runtime import actor_pool_options, init_ray, pool_size
@@ -211,7 +216,7 @@ def run_tamper(
     ray = init_ray(address)
     fs, path = storage.resolve(images_uri(real), s3)
     ds = ray.data.read_parquet(path, filesystem=fs).select_columns(_READ_COLUMNS)
-    ds = ds.filter(expr=pc.field("split").isin(list(cfg.splits)))
+    ds = ds.map_batches(keep_splits, batch_format="pyarrow", batch_size=None, fn_kwargs={"splits": list(cfg.splits)})
     pool = actor_pool_options(cfg.max_actors)
     log(f"tamper: {', '.join(cfg.splits)} rows of {cfg.real} edited by {state_uri} on {pool_size(pool)} actor(s), "
         f"{'stored as the archive' if archive else 'raw'} -> {cfg.dest}")  # fmt: skip
