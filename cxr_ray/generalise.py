@@ -73,9 +73,10 @@ DESIGNS: dict[str, Design] = {
         {**_RESIDUAL, "resample_fakes": 0.3, "resample_stored": True, "resample_modes": ALL_UPSAMPLERS}, ("but", "all")
     ),
 }
-# What the study deploys (trained on every family) and scan uses: the design with the best worst case over held-out
-# families in the whole-dataset leave-one-family-out run (docs/results.md, issue 15), which no design passes.
-DEPLOYED_DESIGN = "upsampling"
+# What the study deploys (trained on every family) and scan uses: of the designs run leave-one-family-out on the whole
+# dataset (docs/results.md, issue 15), the one that meets the target on the most held-out families (none meets it
+# on all); the worst case caught breaks ties.
+DEPLOYED_DESIGN = "residual_upsampling_stored"
 ALL_FAMILIES = "all"
 TARGET_AUC, TARGET_TPR, TARGET_BENIGN_FPR = 0.95, 0.90, 0.01  # issue 15's targets, at the 1% point
 POINT = "fpr_0.01"  # the 1% point on the stored validation reals; BENIGN_ROBUST where benign reals were scored

@@ -19,7 +19,9 @@ from conftest import SAMPLE
 from cxr_ray import storage
 from cxr_ray.config import ConfigError, IngestConfig
 from cxr_ray.data.ingest import run_ingest
-from cxr_ray.generalise import ALL_FAMILIES, BENIGN_ROBUST, POINT, GeneraliseConfig, held_out_summary, run_generalise, training_sets
+from cxr_ray.generalise import (
+    ALL_FAMILIES, BENIGN_ROBUST, DEPLOYED_DESIGN, POINT, GeneraliseConfig, held_out_summary, run_generalise, training_sets,
+)
 from cxr_ray.generate import GenerateConfig, run_generate
 from cxr_ray.train.classifier import ClassifierConfig, task_data
 from test_generate import save_untrained_gan
@@ -255,11 +257,12 @@ def test_a_study_root_stands_for_its_deployed_detector_or_says_why_not(tmp_path)
     with pytest.raises(ConfigError, match="deployed no detector"):
         study_detector(root, None)
     # A moved study: the recorded path is gone, the run is found under the root's own generalise-runs.
-    run = tmp_path / "study" / "generalise-runs" / "lofo-upsampling-cnn-all"
+    run = tmp_path / "study" / "generalise-runs" / f"lofo-{DEPLOYED_DESIGN}-cnn-all"
     run.mkdir(parents=True)
     (run / "test_metrics.json").write_text("{}")
     manifest.start("generalise", "h")
-    manifest.finish("generalise", {"runs": [{"design": "upsampling", "trained_on": ALL_FAMILIES, "run_dir": "/old/place/lofo-upsampling-cnn-all"}]})
+    manifest.finish("generalise", {"runs": [{"design": DEPLOYED_DESIGN, "trained_on": ALL_FAMILIES,
+                                             "run_dir": f"/old/place/lofo-{DEPLOYED_DESIGN}-cnn-all"}]})  # fmt: skip
     assert study_detector(root, None) == str(run)
 
 
@@ -277,7 +280,7 @@ def test_report_sections_show_the_families_and_the_held_out_table(tmp_path):
     dest.mkdir()
     (dest / "lofo.md").write_text("# Leave-one-family-out detection\n\n## Families the detector never saw\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
     (dest / "_SUCCESS").write_text("")
-    summary = {"runs": [{"design": "upsampling", "trained_on": ALL_FAMILIES, "run_dir": "/s/generalise-runs/d"}]}
+    summary = {"runs": [{"design": DEPLOYED_DESIGN, "trained_on": ALL_FAMILIES, "run_dir": "/s/generalise-runs/d"}]}
     generalise_section(doc, summary, str(dest), None)
     text = "\n".join(doc.md)
     assert "| vae | NORMAL | generator (epoch 10) vs real test |" in text and "fake_vae_normal.png" in text

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, boto3_client
 
+from cxr_ray.generalise import DEPLOYED_DESIGN
 from cxr_ray.study.layout import STAGES
 
 
@@ -54,7 +55,7 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
         f"{inside('data/benign-64')}/_SUCCESS",
         f"{inside('data/fake-vae-archive-64')}/_SUCCESS",  # the quick profile's second generator family
         f"{inside('generalise')}/lofo.md",  # leave-one-family-out detection
-        "study/generalise-runs/lofo-upsampling-cnn-all/test_metrics.json",  # the deployed detector
+        f"study/generalise-runs/lofo-{DEPLOYED_DESIGN}-cnn-all/test_metrics.json",  # the deployed detector
         "study/runs/deepfake-cnn-raw-real/test_metrics.json",  # the detector trained on raw fakes
         "study/runs/deepfake-cnn-real/val_predictions.parquet",  # operating points come from these
         f"{inside('claim')}/claim.md",

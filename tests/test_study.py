@@ -134,31 +134,31 @@ DIGESTS = {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
         "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "4c501748c3594bc8",
         "benign": "df89b554028c1977", "evaluate": "b23b4cf54c890370", "claim": "9ef62c2be0b259fc",
-        "families": "d364705f61529be1", "generalise": "1f98ac9c72ddcd63",
+        "families": "d364705f61529be1", "generalise": "e794d5462d00c237",
     },
     "quick-cnn-s3-shared": {
         "ingest": "0eb202cb12770452", "gan": "682ae2622c1b1d4b", "gan_quality": "1ebed1ea88c40241",
         "generate": "4c28be763f8b50e9", "tune": "a0dd538c46d45a8f", "train": "1c90a338b796a000",
         "benign": "ce7454a60476b954", "evaluate": "5e2914e2107d726a", "claim": "bf0ceb7343781c24",
-        "families": "39744fa5b5d51a27", "generalise": "2405c1614f6946c9",
+        "families": "39744fa5b5d51a27", "generalise": "2be34b63117b230f",
     },
     "full-two-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
         "generate": "c5cc620565360501", "tune": "3c472e4bb817ad31", "train": "801b31ba6b625ace",
         "benign": "df89b554028c1977", "evaluate": "9ecee390b91d520b", "claim": "f60f6c2c2a703d9d",
-        "families": "e03c6283081eb1cd", "generalise": "dcd9a8e6bdea48ec",
+        "families": "e03c6283081eb1cd", "generalise": "35a04a9d0a209c2c",
     },
     "quick-default-models": {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
         "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "476f575bd6ded543",
         "benign": "df89b554028c1977", "evaluate": "a0faae3d0a60f69c", "claim": "9ef62c2be0b259fc",
-        "families": "d364705f61529be1", "generalise": "1f98ac9c72ddcd63",
+        "families": "d364705f61529be1", "generalise": "e794d5462d00c237",
     },
     "full-default-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
         "generate": "c5cc620565360501", "tune": "12a20b12b192d30d", "train": "f456bfb7766c818c",
         "benign": "df89b554028c1977", "evaluate": "fa8db0594765fe1b", "claim": "3544a10e31e79d3d",
-        "families": "e03c6283081eb1cd", "generalise": "dcd9a8e6bdea48ec",
+        "families": "e03c6283081eb1cd", "generalise": "35a04a9d0a209c2c",
     },
 }
 CASES = {  # profile, root, CPU share of a training worker
