@@ -125,8 +125,9 @@ def rows_to_arrays(rows: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.nda
     if not images:
         return np.zeros((0, 0, 0), np.uint8), np.zeros((0, 0, 0), np.uint8), np.zeros(0, np.int64)
     side = int(round(len(images[0]) ** 0.5))
-    x = np.frombuffer(b"".join(images), np.uint8).reshape(-1, side, side)
-    m = np.frombuffer(b"".join(rows["mask"]), np.uint8).reshape(-1, side, side)
+    # Copies: frombuffer views are read-only, and torch.from_numpy warns on those.
+    x = np.frombuffer(b"".join(images), np.uint8).reshape(-1, side, side).copy()
+    m = np.frombuffer(b"".join(rows["mask"]), np.uint8).reshape(-1, side, side).copy()
     return x, m, np.asarray(rows["target"], np.int64)
 
 
