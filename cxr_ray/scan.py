@@ -390,6 +390,32 @@ def _set_progress_bars(enabled: bool) -> bool:
     return previous
 
 
+def localiser_for(cfg: ScanConfig, detector: Detector, s3: S3Settings | None) -> Any:
+    """The localiser run scan draws maps with (cxr_ray.tamper.overlay.LocaliserRun), checked before Ray starts; None
+    without --localiser."""
+    if not cfg.localiser:
+        return None
+    from cxr_ray.tamper.overlay import load_localiser_run
+
+    storage.check_separate(cfg.out, [cfg.localiser], "localiser")
+    localiser = load_localiser_run(cfg.localiser, s3)
+    if localiser.resolution != detector.resolution:
+        raise ConfigError(f"{cfg.localiser}: the localiser works at {localiser.resolution} px, the detector at {detector.resolution} px")
+    return localiser
+
+
+def scorer_for(detector: Detector, localiser: Any, s3: S3Settings) -> tuple[Any, dict[str, Any]]:
+    """The scoring actor class and its constructor arguments: the detector alone, or with the localiser beside it."""
+    from cxr_ray.scoring import ModelScorer
+
+    kwargs: dict[str, Any] = {"state_uris": [detector.state_uri], "s3": s3.to_dict()}
+    if localiser is None:
+        return ModelScorer, kwargs
+    from cxr_ray.tamper.overlay import EditMarker
+
+    return EditMarker, {**kwargs, "localiser": localiser.__dict__, "detector_threshold": detector.threshold}
+
+
 def run_scan(
     cfg: ScanConfig,
     *,
@@ -399,7 +425,7 @@ def run_scan(
 ) -> dict[str, Any]:
     """Scan cfg.src with the detector; write results (CSV + Parquet) and summary.json to cfg.out."""
     from cxr_ray.runtime import actor_pool_options, init_ray, pool_size
-    from cxr_ray.scoring import ModelScorer, collect, write_output_folder
+    from cxr_ray.scoring import collect, write_output_folder
 
     s3 = s3 or S3Settings.from_env()
     t0 = time.perf_counter()
@@ -414,14 +440,7 @@ def run_scan(
     if not files:
         raise ConfigError(f"{cfg.src}: no files to scan")
     benign = benign_table_for(cfg, detector, s3, log)
-    localiser = None
-    if cfg.localiser:
-        from cxr_ray.tamper.overlay import load_localiser_run
-
-        storage.check_separate(cfg.out, [cfg.localiser], "localiser")
-        localiser = load_localiser_run(cfg.localiser, s3)
-        if localiser.resolution != detector.resolution:
-            raise ConfigError(f"{cfg.localiser}: the localiser works at {localiser.resolution} px, the detector at {detector.resolution} px")
+    localiser = localiser_for(cfg, detector, s3)
     ray = init_ray(address)
     if benign:
         detector = with_benign_threshold(detector, benign, cfg, s3, log)
@@ -438,13 +457,7 @@ def run_scan(
         batch_size=cfg.batch_size,
         fn_kwargs={"resolution": detector.resolution, "s3": s3.to_dict(), "max_pixels": cfg.max_pixels},
     )
-    scorer_kwargs: dict[str, Any] = {"state_uris": [detector.state_uri], "s3": s3.to_dict()}
-    scorer: Any = ModelScorer
-    if localiser is not None:
-        from cxr_ray.tamper.overlay import EditMarker
-
-        scorer = EditMarker
-        scorer_kwargs.update(localiser=localiser.__dict__, detector_threshold=detector.threshold)
+    scorer, scorer_kwargs = scorer_for(detector, localiser, s3)
     ds = ds.map_batches(scorer, fn_constructor_kwargs=scorer_kwargs, batch_size=cfg.batch_size, batch_format="pyarrow", **pool)
     previous = _set_progress_bars(cfg.progress)
     try:

@@ -117,12 +117,8 @@ def train(
     window_aug: Optional[float] = typer.Option(
         None, help="Probability in [0, 1] of a random window/level change (gamma, contrast stretch) per training image."
     ),
-    resample_fakes: Optional[float] = typer.Option(
-        None, help="Deepfake only: probability in [0, 1] that a real training image is halved, upsampled back and labelled fake."
-    ),
-    resample_stored: Optional[bool] = typer.Option(
-        None, help="Store those fakes in the real table's archive format and decode them as ingest does (same processing as stored fakes)."
-    ),
+    resample_fakes: Optional[float] = typer.Option(None, help="Deepfake only: probability in [0, 1] that a real training image is halved, upsampled back and labelled fake."),
+    resample_stored: Optional[bool] = typer.Option(None, help="Store those fakes in the real table's archive format and decode them as ingest does (same processing as stored fakes)."),
     input_filter: Optional[str] = typer.Option(None, help="Fixed input filter kept with the model: none (default) or npr."),
     real_novelty: Optional[bool] = typer.Option(None, help="Deepfake only: also flag features far from every real train image's."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--scratch", help="ImageNet weights (torchvision models)."),
