@@ -449,6 +449,23 @@ def summarize(
     return summary
 
 
+def patient_mean_interval(values: np.ndarray, groups: Groups, n_boot: int = 1000, seed: int = 0,
+                          alpha: float = 0.05, rate: bool = False) -> tuple[float, float, float]:  # fmt: skip
+    """(mean, low, high) of per-image values, patients resampled with replacement, each with all its images
+    (`patient_weights` with one stratum). `rate`: the values are 0/1 hits, and with none or all of them hits the
+    exact one-sided bound (`rate_interval`) replaces the degenerate bootstrap interval."""
+    v = np.asarray(values, np.float64).ravel()
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    weights = patient_weights(np.zeros(v.size, np.int64), groups, n_boot, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        replicates = (weights @ v) / weights.sum(axis=1)
+    low, high = percentile_interval(replicates, alpha)
+    if rate:
+        low, high = rate_interval(int(v.sum()), int(v.size), low, high, alpha)
+    return float(v.mean()), low, high
+
+
 # ---- differences between models -------------------------------------------------------------
 
 

@@ -358,7 +358,7 @@ def verdicts(scored: pa.Table, threshold: float, edit_threshold: float | None = 
         shas = scored.column("sha256").to_pylist()
         for i, png in enumerate(scored.column("overlay_png").to_pylist()):
             if png is not None:
-                overlays[i] = f"{OVERLAYS_DIR}/{i:06d}-{(shas[i] or '')[:12]}.png"
+                overlays[i] = f"{OVERLAYS_DIR}/{shas[i]}.png"  # named by content: the same on every re-run
                 files[overlays[i]] = png
     table = pa.table(
         {

@@ -141,10 +141,14 @@ def edits(tamper_run, real64, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def localiser_run(real64, edits, tmp_path_factory):
+    from cxr_ray.benign import BenignConfig, run_benign
     from cxr_ray.train.localiser import LocaliserConfig, train_localiser
 
-    loc = LocaliserConfig(data=real64, tampered=edits[0], storage=str(tmp_path_factory.mktemp("loc") / "runs"), epochs=2,
-                          batch_size=32, width=8, n_boot=50)  # fmt: skip
+    root = tmp_path_factory.mktemp("loc")
+    benign = str(root / "benign")  # the re-saved control among the conditions: edits are stored that way too
+    run_benign(BenignConfig(real=real64, dest=benign, conditions=("ingest", "resave", "jpeg85"), splits=("test",)), log=lambda m: None)
+    loc = LocaliserConfig(data=real64, tampered=edits[0], storage=str(root / "runs"), epochs=2, batch_size=32, width=8,
+                          n_boot=50, benign=benign)  # fmt: skip
     return loc, train_localiser(loc, log=lambda m: None)
 
 
@@ -192,7 +196,8 @@ def test_the_tamper_job_edits_inside_the_lungs_both_ways_and_leaves_the_original
 
 def test_attack_rows_count_flips_of_images_called_right_with_patient_intervals():
     from cxr_ray.scoring.runs import ModelRun
-    from cxr_ray.tamper.attack import attack_rows, patient_mean_ci
+    from cxr_ray.metrics import patient_mean_interval
+    from cxr_ray.tamper.attack import attack_rows
 
     run = ModelRun(run="clf", run_dir="/r", state_uri="/r/s", task="pneumonia", model="cnn", train_source="real",
                    threshold=0.5, image_size=64)  # fmt: skip
@@ -205,8 +210,10 @@ def test_attack_rows_count_flips_of_images_called_right_with_patient_intervals()
     assert row["flipped"] == pytest.approx(2 / 3)
     assert row["edited_low"] <= row["edited_rate"] <= row["edited_high"]
     # One patient's images move together: with every value alike within a patient the interval spans the patients.
-    mean, low, high = patient_mean_ci(np.array([1.0, 1.0, 0.0, 0.0]), ["a", "a", "b", "b"], 500, 0)
+    mean, low, high = patient_mean_interval(np.array([1.0, 1.0, 0.0, 0.0]), ["a", "a", "b", "b"], 500, 0)
     assert mean == 0.5 and low == 0.0 and high == 1.0
+    none, low, high = patient_mean_interval(np.zeros(50), [f"p{i}" for i in range(50)], 200, 0, rate=True)
+    assert none == 0.0 and low == 0.0 and 0.05 < high < 0.07  # no hits: the exact one-sided bound, not [0, 0]
 
 
 def test_attack_success_scores_edits_and_originals_with_each_classifier(edits, real64, tmp_path):
@@ -257,9 +264,24 @@ def test_the_localiser_trains_on_train_edits_and_is_scored_once_on_test(localise
     assert t["n_edited"] > 0 and t["n_real"] > 0 and 0 <= t["image_auc"] <= 1 and 0 <= t["pixel_auc"] <= 1
     assert t["test_fpr_ci"][0] <= t["test_fpr"] <= t["test_fpr_ci"][1] and t["map_threshold"] in MAP_THRESHOLDS
     assert 0 <= t["iou"] <= 1 and len(record["history"]) == 2
+    assert set(t["benign_fpr"]) == {"ingest", "resave", "jpeg85"}  # false alarms on benignly re-processed reals
+    assert all(0 <= rate <= high <= 1 for rate, _, high in t["benign_fpr"].values())
     state = load_state(str(Path(record["checkpoint"]) / "state.pt"))  # plain data, weights_only
     assert localiser_from_state(state)(torch.zeros(2, 1, 64, 64)).shape == (2, 1, 64, 64)
     assert train_localiser(loc, log=lambda m: None)["checkpoint"] == record["checkpoint"]  # finished: not retrained
+
+
+def test_a_localiser_needs_edits_of_every_split(tamper_run, real64, tmp_path):
+    from cxr_ray.config import ConfigError
+    from cxr_ray.tamper.job import TamperConfig, run_tamper
+    from cxr_ray.train.localiser import LocaliserConfig, train_localiser
+
+    cfg, _, _ = tamper_run
+    only_test = str(tmp_path / "test-edits")
+    run_tamper(TamperConfig(real=real64, model=str(Path(cfg.storage) / cfg.run_name()), dest=only_test, splits=("test",)),
+               log=lambda m: None)  # fmt: skip
+    with pytest.raises(ConfigError, match="no train, val edits"):
+        train_localiser(LocaliserConfig(data=real64, tampered=only_test, storage=str(tmp_path / "runs")), log=lambda m: None)
 
 
 def test_scan_shows_where_it_suspects_an_edit(real64, edits, localiser_run, tmp_path):

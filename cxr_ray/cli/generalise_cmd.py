@@ -48,7 +48,7 @@ def generalise(
         None, "--benign-design", help="Designs whose detectors score the benign reals (repeat; default every design)."
     ),
     model: str = typer.Option("resnet18", help="Detector architecture."),
-    design: Optional[list[str]] = typer.Option(None, "--design", help="plain, generalising, upsampling, residual, residual_novelty, upsampling_stored, residual_upsampling_stored (repeat; default all)."),
+    design: Optional[list[str]] = typer.Option(None, "--design", help="plain, generalising, upsampling, residual, residual_novelty, upsampling_stored, residual_upsampling_stored, residual_upsamplers_stored (repeat; default all)."),
     epochs: int = typer.Option(3, help="Epochs per detector."),
     train_per_class: Optional[int] = typer.Option(None, help="At most N train images per class (real, fake) per detector (default: all)."),
     workers: int = typer.Option(1, "--workers", help="Ray Train workers per detector."),

@@ -1,7 +1,7 @@
-"""`cxr-ray train-tamper`: a thin typer wrapper over cxr_ray.train.tamper_model (issue 16).
+"""The tampering commands (issue 16), thin typer wrappers: `train-tamper` (cxr_ray.train.tamper_model), `tamper`
+(cxr_ray.tamper.job), `attack` (cxr_ray.tamper.attack) and `train-localiser` (cxr_ray.train.localiser).
 
-Registered in cxr_ray/cli/app.py as ``app.command(name="train-tamper", epilog=EPILOG_TRAIN)(train_tamper)``.
-Nothing heavy is imported at module level: torch and ray load inside the command.
+Registered in cxr_ray/cli/app.py. Nothing heavy is imported at module level: torch and ray load inside the commands.
 """
 
 from __future__ import annotations
@@ -163,6 +163,7 @@ def train_localiser(
     name: Optional[str] = typer.Option(None, help="Run name (default: localiser-CONFIGHASH)."),
     seed: int = typer.Option(0, help="Seed."),
     n_boot: int = typer.Option(1000, help="Patient-bootstrap resamples of the test metrics."),
+    benign: Optional[str] = typer.Option(None, "--benign", help="Benignly re-processed reals (cxr-ray benign): false alarms per condition on their test rows, at the localiser's threshold (added to a finished run too)."),
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,
     address: Optional[str] = RAY_ADDRESS,
@@ -174,9 +175,11 @@ def train_localiser(
         from cxr_ray.train.localiser import train_localiser as run
 
         return LocaliserConfig(data=data, tampered=tampered, storage=storage, epochs=epochs, batch_size=batch_size, lr=lr,
-                               width=width, num_workers=workers, use_gpu=gpu, name=name, seed=seed, n_boot=n_boot), run  # fmt: skip
+                               width=width, num_workers=workers, use_gpu=gpu, name=name, seed=seed, n_boot=n_boot, benign=benign), run  # fmt: skip
 
     t = run_stage(build, s3_endpoint, s3_region, address)["test"]
+    for condition, (rate, _, high) in (t.get("benign_fpr") or {}).items():
+        typer.echo(f"  benign {condition}: {rate:.1%} flagged (95% upper {high:.1%})")
     typer.echo(f"image AUC {t['image_auc']:.3f} [{t['image_auc_ci'][0]:.3f}, {t['image_auc_ci'][1]:.3f}]; "
                f"caught at 1% of val reals {t['tpr_at_1pct']:.1%} (test reals flagged {t['test_fpr']:.1%}); "
                f"pixel AUC {t['pixel_auc']:.3f}; IoU {t['iou']:.3f} [{t['iou_ci'][0]:.3f}, {t['iou_ci'][1]:.3f}]")

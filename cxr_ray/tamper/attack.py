@@ -52,24 +52,6 @@ class AttackConfig:
         at_least(self, 0, "seed")
 
 
-def patient_mean_ci(values: np.ndarray, groups: Sequence[Any], n_boot: int, seed: int, alpha: float = 0.05) -> tuple[float, float, float]:
-    """(mean, low, high) of per-image values, patients resampled with replacement (each with all its images)."""
-    from cxr_ray.metrics import percentile_interval
-
-    v = np.asarray(values, np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    _, patient_of = np.unique(np.asarray(groups), return_inverse=True)
-    n_patients = int(patient_of.max()) + 1
-    draws = np.random.default_rng(seed).integers(0, n_patients, size=(n_boot, n_patients))
-    per_patient = np.stack([np.bincount(d, minlength=n_patients) for d in draws])  # (n_boot, patients)
-    weights = per_patient[:, patient_of]  # each image weighs as often as its patient was drawn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        replicates = (weights @ v) / weights.sum(axis=1)
-    low, high = percentile_interval(replicates, alpha)
-    return float(v.mean()), low, high
-
-
 def paired_calls(predictions: pa.Table, run: str, threshold: float) -> dict[str, dict[str, np.ndarray]]:
     """Per direction: each edited test image's call and its original's (1 = PNEUMONIA), and the patient ids."""
     from cxr_ray.tamper.job import DIRECTIONS, original_of
@@ -93,6 +75,8 @@ def paired_calls(predictions: pa.Table, run: str, threshold: float) -> dict[str,
 
 def attack_rows(run: Any, calls: dict[str, dict[str, np.ndarray]], n_boot: int, seed: int) -> list[dict[str, Any]]:
     """One row per direction: unedited and edited rate of the class the edit wants, their difference, flips."""
+    from cxr_ray.metrics import patient_mean_interval
+
     rows = []
     for direction, cell in calls.items():
         if not len(cell["edited"]):
@@ -101,10 +85,10 @@ def attack_rows(run: Any, calls: dict[str, dict[str, np.ndarray]], n_boot: int, 
         said_edited = (cell["edited"] == wanted).astype(np.float64)
         said_original = (cell["original"] == wanted).astype(np.float64)
         right = cell["original"] == cell["label"]  # the unedited image called right: the edit can flip it
-        edited = patient_mean_ci(said_edited, cell["patient"], n_boot, seed)
-        original = patient_mean_ci(said_original, cell["patient"], n_boot, seed)
-        difference = patient_mean_ci(said_edited - said_original, cell["patient"], n_boot, seed)
-        flipped = patient_mean_ci(said_edited[right], cell["patient"][right], n_boot, seed)
+        edited = patient_mean_interval(said_edited, cell["patient"], n_boot, seed, rate=True)
+        original = patient_mean_interval(said_original, cell["patient"], n_boot, seed, rate=True)
+        difference = patient_mean_interval(said_edited - said_original, cell["patient"], n_boot, seed)
+        flipped = patient_mean_interval(said_edited[right], cell["patient"][right], n_boot, seed, rate=True)
         rows.append({
             "run": run.run, "model": run.model, "train_source": run.train_source, "direction": direction,
             "n": int(len(said_edited)), "threshold": float(run.threshold),

@@ -44,11 +44,14 @@ def load_localiser_run(uri: str, s3: S3Settings | None) -> LocaliserRun:
     record = storage.read_json(record_uri, s3)
     if record.get("task") != "tamper-localiser":
         raise ConfigError(f"{uri}: not a localiser run (task {record.get('task')!r})")
-    state_uri = storage.join(str(record["checkpoint"]), STATE_FILE)
-    from cxr_ray.checkpoint import load_state
+    from cxr_ray.checkpoint import CheckpointError, load_state
 
-    size = int(load_state(state_uri, s3)["model_kwargs"]["image_size"])
-    return LocaliserRun(uri, state_uri, float(record["test"]["threshold"]), float(record["test"]["map_threshold"]), size)
+    try:
+        state_uri = storage.join(str(record["checkpoint"]), STATE_FILE)
+        size = int(load_state(state_uri, s3)["model_kwargs"]["image_size"])
+        return LocaliserRun(uri, state_uri, float(record["test"]["threshold"]), float(record["test"]["map_threshold"]), size)
+    except (KeyError, TypeError, CheckpointError) as exc:
+        raise ConfigError(f"{record_uri}: not a complete localiser record ({type(exc).__name__}: {exc})") from None
 
 
 def region_box(prob_map: np.ndarray, threshold: float) -> tuple[int, int, int, int]:

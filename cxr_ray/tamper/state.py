@@ -75,8 +75,9 @@ def resolve_tamper_state_uri(uri: str, s3: S3Settings | None) -> str:
         return direct
     summary = storage.join(uri, TAMPER_SUMMARY_FILE)
     if storage.exists(summary, s3):
-        named = storage.join(str(storage.read_json(summary, s3)["checkpoint"]), STATE_FILE)
-        if storage.exists(named, s3):
+        checkpoint = storage.read_json(summary, s3).get("checkpoint")
+        named = storage.join(str(checkpoint), STATE_FILE) if checkpoint else ""
+        if named and storage.exists(named, s3):
             return named
     found = newest_checkpoint_state(uri, s3)
     if found is None:

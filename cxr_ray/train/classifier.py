@@ -130,7 +130,7 @@ class ClassifierConfig:
             raise ConfigError("resample_fakes makes fakes out of reals: it is for task 'deepfake' only")
         if self.resample_stored and not self.resample_fakes:
             raise ConfigError("resample_stored stores the fakes resample_fakes makes: set resample_fakes above 0")
-        from cxr_ray.train.loop import ALL_UPSAMPLERS
+        from cxr_ray.upsamplers import ALL_UPSAMPLERS
 
         unknown_modes = sorted(set(self.resample_modes) - set(ALL_UPSAMPLERS))
         if unknown_modes or not self.resample_modes:

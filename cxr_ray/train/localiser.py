@@ -36,7 +36,7 @@ from cxr_ray.storage import S3Settings
 LOCALISER_FORMAT = "cxr_ray.localiser/1"
 MAP_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.95, 0.05), 2))  # candidates for the region's pixel threshold
 MAX_FPR = 0.01
-_EXECUTION = {"storage", "name", "num_workers", "use_gpu", "max_failures", "n_boot", "inject_failure"}
+_EXECUTION = {"storage", "name", "num_workers", "use_gpu", "max_failures", "n_boot", "inject_failure", "benign"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,10 @@ class LocaliserConfig:
     name: str | None = None
     max_failures: int = 2
     n_boot: int = 1000
+    # Benignly re-processed reals (cxr-ray benign): the localiser's false alarms per condition on their test rows, at its
+    # threshold (evaluation only, not part of the run's identity). "resave" (the archive's own format) is the control
+    # for edits stored that way: a localiser that flags re-saving, not editing, shows there.
+    benign: str | None = None
     inject_failure: dict | None = None
 
     def __post_init__(self) -> None:
@@ -166,6 +170,7 @@ def score_maps(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 2
     """(image scores (N,), probability maps (N, S, S)) of uint8 (N, 1, S, S) images."""
     from cxr_ray.models.localiser import image_logit
 
+    was_training = model.training
     model.eval()
     scores, maps = [], []
     for start in range(0, len(images), batch_size):
@@ -174,7 +179,7 @@ def score_maps(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 2
             logits = model(x).float()
         scores.append(torch.sigmoid(image_logit(logits)).cpu().numpy())
         maps.append(torch.sigmoid(logits)[:, 0].cpu().numpy())
-    model.train()
+    model.train(was_training)
     return np.concatenate(scores), np.concatenate(maps)
 
 
@@ -200,7 +205,7 @@ def localiser_worker(config: dict[str, Any]) -> None:
     cfg = from_dict(LocaliserConfig, {k: v for k, v in config.items() if not k.startswith("_")})
     rank, world_size = loop.world()
     device = loop.device_for_worker(bool(config.get("_use_gpu")))
-    gen = loop.seed_everything(cfg.seed, rank)
+    loop.seed_everything(cfg.seed, rank)
     x, m, y = _load("train", device)
     n = loop.agree_on_count(len(x), device)
     x, m, y = x[:n], m[:n], y[:n]
@@ -220,6 +225,8 @@ def localiser_worker(config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         total = torch.zeros((), device=device)
         steps = max(1, n // batch)
+        # Batch order from (seed, epoch, rank) alone: a resumed attempt draws what an uninterrupted one would have.
+        gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch * 1009 + rank) % 2**31)
         for index in loop.batches(n, batch, steps, gen):
             index = index.to(device)
             with autocast(device):
@@ -265,8 +272,7 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def evaluate_localiser(state: dict[str, Any], val: dict[str, np.ndarray], test: dict[str, np.ndarray],
                        n_boot: int, seed: int) -> dict[str, Any]:  # fmt: skip
     """Test metrics of a localiser from its val and test rows (images, masks, targets, patient ids); thresholds from val."""
-    from cxr_ray.metrics import bootstrap_ci, roc_auc, threshold_at_fpr
-    from cxr_ray.tamper.attack import patient_mean_ci
+    from cxr_ray.metrics import bootstrap_ci, patient_mean_interval, roc_auc, threshold_at_fpr
 
     model = localiser_from_state(state)
     v_scores, v_maps = score_maps(model, torch.from_numpy(val["images"]).unsqueeze(1))
@@ -278,10 +284,10 @@ def evaluate_localiser(state: dict[str, Any], val: dict[str, np.ndarray], test: 
     map_threshold = max(mean_iou, key=lambda t: (mean_iou[t], -t))  # best on val; the higher one on a tie
     y, groups = test["targets"], test["patients"]
     auc_low, auc_high = bootstrap_ci(y, t_scores, roc_auc, n_boot=n_boot, seed=seed, groups=groups)
-    caught = patient_mean_ci((t_scores[t_edit] >= threshold).astype(float), groups[t_edit], n_boot, seed)
-    flagged = patient_mean_ci((t_scores[~t_edit] >= threshold).astype(float), groups[~t_edit], n_boot, seed)
+    caught = patient_mean_interval((t_scores[t_edit] >= threshold).astype(float), groups[t_edit], n_boot, seed, rate=True)
+    flagged = patient_mean_interval((t_scores[~t_edit] >= threshold).astype(float), groups[~t_edit], n_boot, seed, rate=True)
     ious = iou(t_maps[t_edit] >= map_threshold, t_truth)
-    test_iou = patient_mean_ci(ious, groups[t_edit], n_boot, seed)
+    test_iou = patient_mean_interval(ious, groups[t_edit], n_boot, seed)
     pixel_auc = roc_auc(t_truth.ravel().astype(np.int64), t_maps[t_edit].ravel())
     return {
         "n_edited": int(t_edit.sum()), "n_real": int((~t_edit).sum()),
@@ -294,13 +300,53 @@ def evaluate_localiser(state: dict[str, Any], val: dict[str, np.ndarray], test: 
     }  # fmt: skip
 
 
-def split_arrays(cfg: LocaliserConfig, split: str, s3: S3Settings | None) -> dict[str, np.ndarray]:
-    """One split's rows, read on the driver: images, masks, targets, patient ids."""
-    from cxr_ray.scoring.pipeline import collect
+def _read(uri: str, columns: list[str], s3: S3Settings | None) -> pa.Table:
+    import pyarrow.parquet as pq
 
-    table = collect(split_dataset(cfg, [split], s3))
+    from cxr_ray.data.datasets import images_uri
+
+    fs, path = storage.resolve(images_uri(storage.published(uri, s3)), s3)
+    return pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def split_arrays(cfg: LocaliserConfig, split: str, s3: S3Settings | None) -> dict[str, np.ndarray]:
+    """One split's reals and edits, read on the driver (no Ray): images, masks, targets, patient ids."""
+    base = ["image", "split", "path", "patient_id"]
+    table = pa.concat_tables([real_rows(_read(cfg.data, base, s3), [split]),
+                              edited_rows(_read(cfg.tampered, base + ["mask"], s3), [split])])  # fmt: skip
     x, m, y = rows_to_arrays(table.to_pydict())
     return {"images": x, "masks": m, "targets": y, "patients": np.asarray(table.column("patient_id").to_pylist())}
+
+
+def check_edits(cfg: LocaliserConfig, s3: S3Settings | None) -> None:
+    """The tampered table must hold edits in every split: train to learn, val to choose, test to score."""
+    splits = set(_read(cfg.tampered, ["split"], s3).column("split").to_pylist())
+    missing = [split for split in ("train", "val", "test") if split not in splits]
+    if missing:
+        raise ConfigError(f"{cfg.tampered}: no {', '.join(missing)} edits; the localiser needs edits of every split "
+                          "(cxr-ray tamper without --split)")  # fmt: skip
+
+
+def benign_false_alarms(state: dict[str, Any], threshold: float, benign: str, n_boot: int, seed: int,
+                        s3: S3Settings | None) -> dict[str, list[float]]:  # fmt: skip
+    """Per benign condition: the share of its test rows (re-processed real test images) the localiser flags at
+    `threshold`, [rate, low, high] with patient-bootstrap intervals."""
+    import pyarrow.compute as pc
+
+    from cxr_ray.metrics import patient_mean_interval
+
+    table = _read(benign, ["image", "split", "patient_id", "condition"], s3)
+    table = table.filter(pc.equal(table.column("split"), "test"))
+    side = int(round(len(table.column("image")[0].as_py()) ** 0.5))
+    images = np.frombuffer(b"".join(table.column("image").to_pylist()), np.uint8).reshape(-1, side, side).copy()
+    scores, _ = score_maps(localiser_from_state(state), torch.from_numpy(images).unsqueeze(1))
+    conditions = np.asarray(table.column("condition").to_pylist())
+    patients = np.asarray(table.column("patient_id").to_pylist())
+    out = {}
+    for condition in sorted(set(conditions)):
+        pick = conditions == condition
+        out[condition] = list(patient_mean_interval((scores[pick] >= threshold).astype(float), patients[pick], n_boot, seed, rate=True))
+    return out
 
 
 # ---------------------------------------------------------------- driver
@@ -310,16 +356,19 @@ def train_localiser(
     cfg: LocaliserConfig, *, s3: S3Settings | None = None, log: Callable[[str], None] = print, address: str | None = None
 ) -> dict[str, Any]:
     """Train (or resume) the localiser, then evaluate its best checkpoint on the test split once."""
+    from cxr_ray.checkpoint import load_state
     from cxr_ray.data.datasets import require_complete, resolution_of
     from cxr_ray.data.fingerprint import claim_run_name, run_inputs
+    from cxr_ray.filenames import STATE_FILE
     from cxr_ray.runtime import init_ray
     from cxr_ray.train.launch import LaunchSpec, read_state, run_trainer
 
     s3 = s3 or S3Settings.from_env()
     cfg = replace(cfg, name=cfg.run_name(), data=storage.absolute(cfg.data), tampered=storage.absolute(cfg.tampered),
-                  storage=storage.absolute(cfg.storage))  # fmt: skip
-    for table in (cfg.data, cfg.tampered):
+                  storage=storage.absolute(cfg.storage), benign=storage.absolute(cfg.benign) if cfg.benign else None)  # fmt: skip
+    for table in (cfg.data, cfg.tampered, *([cfg.benign] if cfg.benign else [])):
         require_complete(table, s3)
+    check_edits(cfg, s3)
     if resolution_of(cfg.data, s3) != resolution_of(cfg.tampered, s3):
         raise ConfigError(f"{cfg.tampered} and {cfg.data} differ in image size: edits must be of this table")
     cfg = replace(cfg, name=claim_run_name(cfg.storage, cfg.run_name(), run_inputs(cfg.identity(), [cfg.data, cfg.tampered], s3), s3, log))
@@ -327,7 +376,14 @@ def train_localiser(
     done = storage.join(run_uri, TEST_METRICS_FILE)
     if storage.exists(done, s3):
         log(f"[localiser] {cfg.run_name()}: finished earlier on the same inputs; test metrics at {done}")
-        return storage.read_json(done, s3)
+        record = storage.read_json(done, s3)
+        if cfg.benign and record["test"].get("benign") != cfg.benign:
+            # The benign table is scored at the recorded threshold; the test metrics are not computed again.
+            state = load_state(storage.join(str(record["checkpoint"]), STATE_FILE), s3)
+            record["test"]["benign"] = cfg.benign
+            record["test"]["benign_fpr"] = benign_false_alarms(state, record["test"]["threshold"], cfg.benign, cfg.n_boot, cfg.seed, s3)
+            storage.write_json_atomic(done, record, s3)
+        return record
     init_ray(address)
     log(f"[localiser] {cfg.run_name()}: {cfg.num_workers} workers, {cfg.epochs} epochs -> {run_uri}")
     spec = LaunchSpec(name=cfg.run_name(), storage=cfg.storage, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
@@ -340,6 +396,9 @@ def train_localiser(
     best = max(scored, key=lambda cm: (cm[1]["val_auc"], cm[1]["epoch"]))[0] if scored else result.checkpoint
     state = read_state(best)
     metrics = evaluate_localiser(state, split_arrays(cfg, "val", s3), split_arrays(cfg, "test", s3), cfg.n_boot, cfg.seed)
+    if cfg.benign:
+        metrics["benign"] = cfg.benign
+        metrics["benign_fpr"] = benign_false_alarms(state, metrics["threshold"], cfg.benign, cfg.n_boot, cfg.seed, s3)
     record = {"run": cfg.run_name(), "task": "tamper-localiser", "best_epoch": int(state["epoch"]), "test": metrics,
               "checkpoint": storage.uri_for(cfg.storage, best.path), "train_seconds": train_seconds,
               "history": read_state(result.checkpoint)["history"], "config": asdict(replace(cfg, inject_failure=None))}  # fmt: skip
