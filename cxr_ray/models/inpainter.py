@@ -50,16 +50,15 @@ class _Residual(nn.Module):
         return x + self.body(x)
 
 
-class Inpainter(nn.Module):
-    """(image, mask, wanted class) -> the image with the masked region filled as that class."""
+class UNetTrunk(nn.Module):
+    """Three 2x downsamplings, two dilated residual blocks, three nearest + 3x3 conv upsamplings with skips: the
+    body the in-painter and the localiser (cxr_ray.models.localiser) share. `features` returns width channels at
+    the input's size; each network adds its own head."""
 
-    def __init__(self, ngf: int = 32, image_size: int = 64) -> None:
+    def __init__(self, in_channels: int, width: int) -> None:
         super().__init__()
-        if ngf % GROUPS or image_size % 8:
-            raise ValueError(f"ngf must be a multiple of {GROUPS} and image_size of 8, got {ngf} and {image_size}")
-        self.ngf, self.image_size = ngf, image_size
-        c1, c2, c3 = ngf, 2 * ngf, 4 * ngf
-        self.enc1 = _block(3, c1)
+        c1, c2, c3 = width, 2 * width, 4 * width
+        self.enc1 = _block(in_channels, c1)
         self.enc2 = _block(c1, c2, stride=2)
         self.enc3 = _block(c2, c3, stride=2)
         self.enc4 = _block(c3, c3, stride=2)
@@ -67,20 +66,33 @@ class Inpainter(nn.Module):
         self.dec3 = _block(c3 + c3, c3)
         self.dec2 = _block(c3 + c2, c2)
         self.dec1 = _block(c2 + c1, c1)
-        self.out = nn.Conv2d(c1, 1, 3, padding=1)
 
-    def fill(self, x: torch.Tensor, mask: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
-        """The generator's image (every pixel); `composite` keeps only its masked ones."""
-        _check(x, mask)
-        sign = (2 * wanted.to(x.dtype) - 1).view(-1, 1, 1, 1)
-        e1 = self.enc1(torch.cat([x * (1 - mask), mask, mask * sign], dim=1))
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
         e2 = self.enc2(e1)
         e3 = self.enc3(e2)
         h = self.middle(self.enc4(e3))
         up = lambda t: F.interpolate(t, scale_factor=2, mode="nearest")  # noqa: E731
         h = self.dec3(torch.cat([up(h), e3], dim=1))
         h = self.dec2(torch.cat([up(h), e2], dim=1))
-        h = self.dec1(torch.cat([up(h), e1], dim=1))
+        return self.dec1(torch.cat([up(h), e1], dim=1))
+
+
+class Inpainter(UNetTrunk):
+    """(image, mask, wanted class) -> the image with the masked region filled as that class."""
+
+    def __init__(self, ngf: int = 32, image_size: int = 64) -> None:
+        if ngf % GROUPS or image_size % 8:
+            raise ValueError(f"ngf must be a multiple of {GROUPS} and image_size of 8, got {ngf} and {image_size}")
+        super().__init__(3, ngf)
+        self.ngf, self.image_size = ngf, image_size
+        self.out = nn.Conv2d(ngf, 1, 3, padding=1)
+
+    def fill(self, x: torch.Tensor, mask: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+        """The generator's image (every pixel); `composite` keeps only its masked ones."""
+        _check(x, mask)
+        sign = (2 * wanted.to(x.dtype) - 1).view(-1, 1, 1, 1)
+        h = self.features(torch.cat([x * (1 - mask), mask, mask * sign], dim=1))
         return torch.tanh(self.out(h))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
