@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,9 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
         "study/runs/deepfake-cnn-raw-real/test_metrics.json",  # the detector trained on raw fakes
         "study/runs/deepfake-cnn-real/val_predictions.parquet",  # operating points come from these
         f"{inside('claim')}/claim.md",
+        f"{inside('data/tampered-64')}/_SUCCESS",  # local tampering: the edits of every split
+        f"{inside('attack')}/attack.md",  # how often they flip the pneumonia classifiers
+        "study/tamper-examples/examples.npz",  # the report's side-by-side examples
         "study/runs/pneumonia-cnn-real/test_metrics.json",
         "study/runs/pneumonia-cnn-fake/test_metrics.json",
         "study/runs/deepfake-cnn-real/test_metrics.json",
@@ -76,6 +80,9 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
     html = client.get_object(Bucket=s3_bucket, Key="study/report/report.html")["Body"].read().decode()
     assert "data:image/png;base64," in html and "Transfer" in html and "cnn-robust" in html
     assert "Headline" in html and "False alarms on benignly re-processed" in html and "transfer claim" in html
+    assert "Local tampering" in html and "IoU with the true mask" in html
+    assert "Attack success: edits that flip" in html and re.search(r"<td[^>]*>inject</td>", html)  # a row per direction
+    assert "study/report/tamper_examples.png" in keys
     # Credentials reach the workers through the runtime env, never the report.
     assert s3_server.secret_key not in html and s3_server.secret_key not in json.dumps(manifest)
 
@@ -93,7 +100,7 @@ def test_a_job_over_a_study_finished_locally_re_uses_every_stage(ray_local, ray_
 
     root = tmp_path / "study"
     knobs = ["--profile", "quick", "--storage", str(root), "--models", "cnn", "--tune-models", "", "--robust-models", "",
-             "--raw-models", "", "--claim-models", "", "--families", "", "--gan-epochs", "1", "--gan-width", "8", "--fakes-per-class", "16", "--test-fakes-per-class", "8",
+             "--raw-models", "", "--claim-models", "", "--families", "", "--tamper-epochs", "0", "--gan-epochs", "1", "--gan-width", "8", "--fakes-per-class", "16", "--test-fakes-per-class", "8",
              "--n-boot", "20"]
     run_study(study_options(build_parser().parse_args(knobs)), address=ray_cluster["address"], log=lambda _: None)
     cmd = [

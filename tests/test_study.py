@@ -41,6 +41,10 @@ def test_layout_spells_every_folder_of_a_local_root():
     assert layout.fakes(128) == "/studies/a/data/fake-archive-128"
     assert layout.raw_fakes(128) == "/studies/a/data/fake-raw-128"
     assert layout.benign(64) == "/studies/a/data/benign-64"
+    assert layout.tampered(64) == "/studies/a/data/tampered-64"
+    assert (layout.tamper_runs, layout.attack, layout.tamper_examples) == (
+        "/studies/a/tamper-runs", "/studies/a/attack", "/studies/a/tamper-examples",
+    )
     assert (layout.claim, layout.claim_runs) == ("/studies/a/claim", "/studies/a/claim-runs")
     assert (layout.gan, layout.tune, layout.runs) == ("/studies/a/gan", "/studies/a/tune", "/studies/a/runs")
     assert layout.run("deepfake-cnn-real") == "/studies/a/runs/deepfake-cnn-real"
@@ -122,7 +126,8 @@ def test_the_command_line_reports_bad_input_in_one_line(capsys):
 
 # --- stage hashes -------------------------------------------------------------------------------------------
 
-# Issue 15 added the families and generalise stages; every earlier stage's digest stayed as it was.
+# Issue 15 added the families and generalise stages, issue 16 the tamper and attack stages; every earlier stage's digest stayed
+# as it was.
 # Issue 13 changed every stage's identity once (a root made before re-runs its stages once): ingest hashes the
 # source's content fingerprint instead of its path, and the stages below fold in the ingested table's content
 # identity instead of ingest's hash; searches are named after their inputs, and evaluate scores the run dirs the
@@ -134,31 +139,31 @@ DIGESTS = {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
         "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "4c501748c3594bc8",
         "benign": "df89b554028c1977", "evaluate": "b23b4cf54c890370", "claim": "9ef62c2be0b259fc",
-        "families": "d364705f61529be1", "generalise": "e794d5462d00c237",
+        "families": "d364705f61529be1", "generalise": "e794d5462d00c237", "tamper": "4fad8db78cc898a6", "attack": "868e33f0ceca834c",
     },
     "quick-cnn-s3-shared": {
         "ingest": "0eb202cb12770452", "gan": "682ae2622c1b1d4b", "gan_quality": "1ebed1ea88c40241",
         "generate": "4c28be763f8b50e9", "tune": "a0dd538c46d45a8f", "train": "1c90a338b796a000",
         "benign": "ce7454a60476b954", "evaluate": "5e2914e2107d726a", "claim": "bf0ceb7343781c24",
-        "families": "39744fa5b5d51a27", "generalise": "2be34b63117b230f",
+        "families": "39744fa5b5d51a27", "generalise": "2be34b63117b230f", "tamper": "facb71048a83f0b5", "attack": "256629aa29364feb",
     },
     "full-two-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
         "generate": "c5cc620565360501", "tune": "3c472e4bb817ad31", "train": "801b31ba6b625ace",
         "benign": "df89b554028c1977", "evaluate": "9ecee390b91d520b", "claim": "f60f6c2c2a703d9d",
-        "families": "e03c6283081eb1cd", "generalise": "35a04a9d0a209c2c",
+        "families": "e03c6283081eb1cd", "generalise": "35a04a9d0a209c2c", "tamper": "227371dcf5f217c7", "attack": "7377f509aa989918",
     },
     "quick-default-models": {
         "ingest": "0eb202cb12770452", "gan": "648a770f23d73d3f", "gan_quality": "4ee9285c90ab9dfe",
         "generate": "cde1f68ebd7e67e0", "tune": "ab25ac37d6ae76c2", "train": "476f575bd6ded543",
         "benign": "df89b554028c1977", "evaluate": "a0faae3d0a60f69c", "claim": "9ef62c2be0b259fc",
-        "families": "d364705f61529be1", "generalise": "e794d5462d00c237",
+        "families": "d364705f61529be1", "generalise": "e794d5462d00c237", "tamper": "4fad8db78cc898a6", "attack": "231719539e46a9fc",
     },
     "full-default-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
         "generate": "c5cc620565360501", "tune": "12a20b12b192d30d", "train": "f456bfb7766c818c",
         "benign": "df89b554028c1977", "evaluate": "fa8db0594765fe1b", "claim": "3544a10e31e79d3d",
-        "families": "e03c6283081eb1cd", "generalise": "35a04a9d0a209c2c",
+        "families": "e03c6283081eb1cd", "generalise": "35a04a9d0a209c2c", "tamper": "227371dcf5f217c7", "attack": "a45e6404e6cb0724",
     },
 }
 CASES = {  # profile, root, CPU share of a training worker
@@ -200,6 +205,10 @@ def stage_digests(profile, root: str, cpu_share: float | None, source: str = SOU
     planned = plan.planned_family_runs(family_gans)  # what the stage hashes
     h["families"] = plan.families_hash(family_gans, plan.family_generate_configs(profile, layout, planned, ARCHIVE), real)
     h["generalise"] = plan.generalise_hash(plan.generalise_config(profile, layout, cpu_share), h["generate"], h["families"], h["benign"])
+    h["tamper"] = plan.tamper_hash(profile, layout, real, h["benign"])
+    attacked = plan.pneumonia_runs({c.run_name(): {"run_dir": layout.run(c.run_name())} for c in cfgs})
+    assert attacked == sorted(layout.run(c.run_name()) for c in cfgs if c.task == "pneumonia")
+    h["attack"] = plan.attack_hash(plan.attack_config(profile, layout, attacked), h["tamper"], h["train"])
     return h
 
 
@@ -385,7 +394,7 @@ def small_study(data) -> Profile:
     two benign conditions, a tiny GAN."""
     return replace(PROFILES["quick"], data=str(data), models=("cnn",), tune_models=(), robust_models=(), raw_models=(),
                    claim_models=(), families=(), benign_conditions=("ingest", "jpeg85"), gan_epochs=1,
-                   gan_width=8, fakes_per_class=16, test_fakes_per_class=8, n_boot=20)
+                   gan_width=8, fakes_per_class=16, test_fakes_per_class=8, n_boot=20, tamper_epochs=0)
 
 
 def run_logged(data, root, address: str) -> tuple[dict, list[str]]:

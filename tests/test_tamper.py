@@ -269,6 +269,15 @@ def test_the_localiser_trains_on_train_edits_and_is_scored_once_on_test(localise
     state = load_state(str(Path(record["checkpoint"]) / "state.pt"))  # plain data, weights_only
     assert localiser_from_state(state)(torch.zeros(2, 1, 64, 64)).shape == (2, 1, 64, 64)
     assert train_localiser(loc, log=lambda m: None)["checkpoint"] == record["checkpoint"]  # finished: not retrained
+    # The benign folder re-made with other conditions (as a study re-run with other --benign-conditions does): the
+    # finished run's false alarms are scored again on it, at the recorded threshold, without retraining.
+    from cxr_ray.benign import BenignConfig, run_benign
+
+    run_benign(BenignConfig(real=loc.data, dest=loc.benign, conditions=("ingest", "png"), splits=("test",), overwrite=True),
+               log=lambda m: None)  # fmt: skip
+    again = train_localiser(loc, log=lambda m: None)
+    assert set(again["test"]["benign_fpr"]) == {"ingest", "png"} and again["checkpoint"] == record["checkpoint"]
+    assert again["test"]["threshold"] == t["threshold"] and again["test"]["benign_identity"] != t["benign_identity"]
 
 
 def test_a_localiser_needs_edits_of_every_split(tamper_run, real64, tmp_path):
@@ -315,3 +324,37 @@ def test_scan_shows_where_it_suspects_an_edit(real64, edits, localiser_run, tmp_
         if flagged:
             assert Image.open(tmp_path / "scan" / r["overlay"]).size == (256, 256)
     assert summary["overlays"] == sum(r["overlay"] is not None for r in results)
+
+
+def test_the_report_shows_test_edits_beside_their_originals_masks_and_maps(real64, edits, localiser_run, tmp_path):
+    """The tamper stage's examples (plain arrays, loaded without pickle) and the report section drawn from them."""
+    from PIL import Image
+
+    from cxr_ray.report.doc import Doc
+    from cxr_ray.report.tampering import tamper_section
+    from cxr_ray.tamper.examples import read_examples, write_examples
+
+    loc, record = localiser_run
+    loc_dir = str(Path(loc.storage) / loc.run_name())
+    uri = write_examples(real64, edits[0], loc_dir, str(tmp_path / "examples"), None, per_direction=2)
+    ex = read_examples(uri, None)
+    assert ex["direction"].tolist() == ["inject", "inject", "remove", "remove"]
+    assert ex["original"].shape == ex["edited"].shape == ex["mask"].shape == ex["map"].shape == (4, 64, 64)
+    for i in range(4):  # the same image outside the (archive-stored) edit's neighbourhood, a real mask inside
+        assert ex["mask"][i].any() and np.abs(ex["original"][i].astype(int) - ex["edited"][i]).mean() < 20
+    assert float(ex["threshold"]) == record["test"]["threshold"] and (0 <= ex["map"]).all() and (ex["map"] <= 1).all()
+    assert write_examples(real64, edits[0], loc_dir, str(tmp_path / "again"), None, per_direction=2) and \
+        read_examples(str(tmp_path / "again" / "examples.npz"), None)["path"].tolist() == ex["path"].tolist()  # fmt: skip
+
+    doc = Doc(str(tmp_path / "report"), None)
+    tamper = {"model": {"run_dir": "tamper-runs/m", "epochs": 2, "val_l1": 0.2}, "edits": edits[1], "table": edits[0],
+              "localiser": {"run_dir": loc_dir, "test": record["test"]}, "examples": uri}  # fmt: skip
+    tamper_section(doc, {"status": "done", "outputs": tamper}, str(tmp_path / "attack"), None)
+    text = "\n".join(doc.md)
+    assert "Local tampering" in text and "IoU with the true mask" in text and "resave" in text
+    assert "No attack result found" in text  # the attack is its own stage, read from its folder
+    assert Image.open(tmp_path / "report" / "tamper_examples.png").size[1] > 400  # four rows of four panels
+    for entry, says in (({"status": "done", "outputs": {}}, "--tamper-epochs 0"), ({"status": "failed"}, "not finished")):
+        other = Doc(str(tmp_path / "other"), None)
+        tamper_section(other, entry, str(tmp_path / "attack"), None)
+        assert says in "\n".join(other.md)

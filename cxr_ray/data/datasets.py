@@ -196,6 +196,14 @@ def load_arrays(
     return out
 
 
+def read_columns(table_uri: str, columns: list[str], s3: S3Settings | None = None,
+                 splits: Iterable[str] | None = None) -> pa.Table:  # fmt: skip
+    """Some columns of a complete table's rows (of `splits` only, when given), read in this process (no Ray)."""
+    fs, path = storage.resolve(images_uri(require_complete(table_uri, s3)), s3)
+    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    return dataset.to_table(columns=columns, filter=None if splits is None else _split_filter(splits))
+
+
 def images_from_column(table: pa.Table) -> np.ndarray:
     """Binary pixel column -> (N, H, W) uint8, checking every row has the same size."""
     if table.num_rows == 0:

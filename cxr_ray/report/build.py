@@ -31,6 +31,7 @@ from cxr_ray.report.detection import (
 )
 from cxr_ray.report.doc import CSS, Doc, markdown_to_html  # noqa: F401  (markdown_to_html: the report's public helper)
 from cxr_ray.report.families import families_section, generalise_section
+from cxr_ray.report.tampering import tamper_section
 from cxr_ray.storage import S3Settings
 from cxr_ray.study.layout import STAGES, TIMELINE, StudyLayout
 
@@ -75,6 +76,7 @@ def build_report(layout: StudyLayout, s3: S3Settings | None = None, log: Callabl
     detection = _detection_inputs(layout, out("train"), s3)
     detection_sections(doc, detection)
     generalise_section(doc, out("generalise"), layout.generalise, s3)
+    tamper_section(doc, manifest.get("tamper", {}), layout.attack, s3)
     _data_section(doc, out("ingest"))
     real_uri = out("ingest").get("table")
     fake_uri = out("generate").get("table")

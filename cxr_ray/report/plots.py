@@ -158,3 +158,28 @@ def quality_curves(results: list[dict[str, Any]], title: str) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _png(plt, fig)
+
+
+def tamper_examples(examples: dict[str, np.ndarray]) -> bytes:
+    """One row per test edit: the original, the edit, the true mask, the localiser's map (its region outlined at
+    the map threshold chosen on val), titled with its direction and image score."""
+    n = len(examples["edited"])
+    plt, fig, _ = _figure(4 * 1.6, max(1, n) * 1.7 + 0.3)
+    fig.clf()
+    titles = ("original", "edited", "true mask", "localiser's map")
+    for i in range(n):
+        panels = (examples["original"][i], examples["edited"][i], examples["mask"][i], examples["map"][i])
+        for j, (panel, title) in enumerate(zip(panels, titles)):
+            ax = fig.add_subplot(n, 4, 4 * i + j + 1)
+            ax.axis("off")
+            if j == 3:
+                ax.imshow(panel, cmap="magma", vmin=0, vmax=1)
+                region = panel >= float(examples["map_threshold"])
+                if region.any() and not region.all():  # a contour of a constant image warns
+                    ax.contour(region, levels=[0.5], colors="cyan", linewidths=0.7)
+                flagged = "flagged" if examples["score"][i] >= float(examples["threshold"]) else "missed"
+                ax.set_title(f"{title}: {examples['score'][i]:.2f}, {flagged}", fontsize=7)
+            else:
+                ax.imshow(panel, cmap="gray", vmin=0, vmax=1 if j == 2 else 255)
+                ax.set_title(f"{examples['direction'][i]}: {title}" if j == 0 else title, fontsize=7)
+    return _png(plt, fig)

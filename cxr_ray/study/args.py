@@ -16,7 +16,8 @@ from cxr_ray.study.profile import MODEL_FIELDS, PROFILES, StudyOptions
 VALUE_FIELDS: tuple[str, ...] = (
     "data", "resolution", "gan_epochs", "gan_width", "fakes_per_class", "test_fakes_per_class", "epochs",
     "batch_size", "workers", "tune_samples", "tune_max_epochs", "robust_aug", "window_aug", "claim_per_class",
-    "claim_seeds", "claim_epochs", "generalise_model", "n_boot", "seed",
+    "claim_seeds", "claim_epochs", "generalise_model", "tamper_epochs", "tamper_width", "localiser_epochs",
+    "localiser_width", "n_boot", "seed",
 )
 
 

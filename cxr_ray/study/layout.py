@@ -14,7 +14,8 @@ from cxr_ray import storage
 
 # The manifest's stage entries, in the order the study runs them (the report lists them so).
 STAGES: tuple[str, ...] = (
-    "ingest", "gan", "gan_quality", "generate", "families", "tune", "train", "benign", "evaluate", "generalise", "claim",
+    "ingest", "gan", "gan_quality", "generate", "families", "tune", "train", "benign", "evaluate", "generalise", "tamper",
+    "attack", "claim",
 )
 TIMELINE = "timeline"  # the manifest entry that keeps every training's start and end
 
@@ -60,6 +61,25 @@ class StudyLayout:
     def benign(self, resolution: int) -> str:
         """Real val and test images after a hospital's own re-processing (an image table with a `condition` column)."""
         return self._under("data", f"benign-{resolution}")
+
+    def tampered(self, resolution: int) -> str:
+        """Real images with a finding injected or removed by the tamper model (an image table with masks)."""
+        return self._under("data", f"tampered-{resolution}")
+
+    @property
+    def tamper_runs(self) -> str:
+        """Runs root of the tamper model and the localiser that finds its edits."""
+        return self._under("tamper-runs")
+
+    @property
+    def attack(self) -> str:
+        """How often the edits flip the pneumonia classifiers: the attack's output folder."""
+        return self._under("attack")
+
+    @property
+    def tamper_examples(self) -> str:
+        """The report's side-by-side tampering examples (original, edited, true mask, localiser's map)."""
+        return self._under("tamper-examples")
 
     @property
     def gan(self) -> str:

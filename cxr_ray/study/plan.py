@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
+from cxr_ray import storage
 from cxr_ray.data.fingerprint import INPUTS_SUFFIX
 from cxr_ray.data.layout import CLASS_NAMES
 from cxr_ray.manifest import stage_hash
@@ -30,7 +31,11 @@ if TYPE_CHECKING:
     from cxr_ray.evaluate import EvaluateConfig
     from cxr_ray.generalise import GeneraliseConfig
     from cxr_ray.generate import GenerateConfig
+    from cxr_ray.tamper.attack import AttackConfig
+    from cxr_ray.tamper.job import TamperConfig
     from cxr_ray.train.classifier import ClassifierConfig
+    from cxr_ray.train.localiser import LocaliserConfig
+    from cxr_ray.train.tamper_model import TamperModelConfig
     from cxr_ray.train.gan import GanConfig
     from cxr_ray.transfer import TransferConfig
     from cxr_ray.tune import SearchConfig
@@ -75,8 +80,6 @@ def family_gan_configs(p: Profile, layout: StudyLayout) -> dict[str, dict[str, G
 def planned_family_runs(gan_cfgs: dict[str, dict[str, GanConfig]]) -> dict[str, dict[str, dict[str, str]]]:
     """family -> class -> {"run_dir"}: where each generator will train (its default name), for the stage's hash
     before training; the tables are then generated from the runs training really used."""
-    from cxr_ray import storage
-
     return {family: {cls: {"run_dir": storage.join(cfg.storage, cfg.run_name())} for cls, cfg in by_class.items()}
             for family, by_class in gan_cfgs.items()}  # fmt: skip
 
@@ -297,3 +300,58 @@ def generalise_config(p: Profile, layout: StudyLayout, cpu_share: float | None) 
 
 def generalise_hash(cfg: GeneraliseConfig, h_gen: str, h_families: str, h_benign: str) -> str:
     return stage_hash(asdict(cfg), [h_gen, h_families, h_benign])
+
+
+def tamper_model_config(p: Profile, layout: StudyLayout) -> TamperModelConfig:
+    """The in-painter that injects and removes findings, trained on the real table's train split."""
+    from cxr_ray.train.tamper_model import TamperModelConfig
+
+    return TamperModelConfig(data=layout.real(p.resolution), storage=layout.tamper_runs, epochs=p.tamper_epochs,
+                             batch_size=p.batch_size, ngf=p.tamper_width, ndf=p.tamper_width, num_workers=p.workers,
+                             seed=p.seed)  # fmt: skip
+
+
+def tamper_job_config(p: Profile, layout: StudyLayout, model_run: str) -> TamperConfig:
+    """Every split's reals edited once (train/val teach the localiser, test scores it and the attack), archive format."""
+    from cxr_ray.tamper.job import TamperConfig
+
+    return TamperConfig(real=layout.real(p.resolution), model=model_run, dest=layout.tampered(p.resolution), seed=p.seed,
+                        overwrite=True)  # fmt: skip
+
+
+def attack_config(p: Profile, layout: StudyLayout, classifier_runs: Sequence[str]) -> AttackConfig:
+    """The pneumonia classifiers the train stage handed on, scored on the test edits and their originals."""
+    from cxr_ray.tamper.attack import AttackConfig
+
+    return AttackConfig(tampered=layout.tampered(p.resolution), real=layout.real(p.resolution),
+                        runs=tuple(sorted(classifier_runs)), dest=layout.attack, n_boot=p.n_boot, seed=p.seed,
+                        overwrite=True)  # fmt: skip
+
+
+def localiser_config(p: Profile, layout: StudyLayout) -> LocaliserConfig:
+    """The tamper detector that marks where: trained on train-split edits, thresholds on val, false alarms on the
+    benignly re-processed test reals."""
+    from cxr_ray.train.localiser import LocaliserConfig
+
+    return LocaliserConfig(data=layout.real(p.resolution), tampered=layout.tampered(p.resolution),
+                           storage=layout.tamper_runs, epochs=p.localiser_epochs, batch_size=p.batch_size,
+                           width=p.localiser_width, num_workers=p.workers, seed=p.seed, n_boot=p.n_boot,
+                           benign=layout.benign(p.resolution))  # fmt: skip
+
+
+def tamper_hash(p: Profile, layout: StudyLayout, real_identity: str, h_benign: str) -> str:
+    """The tamper model, the job over its planned run folder and the localiser; the data and the benign table."""
+    model = tamper_model_config(p, layout)
+    planned = tamper_job_config(p, layout, storage.join(model.storage, model.run_name()))
+    configs = {"model": asdict(model), "job": asdict(planned), "localiser": asdict(localiser_config(p, layout))}
+    return stage_hash(configs, [real_identity, h_benign])
+
+
+def pneumonia_runs(trained: dict[str, Any]) -> list[str]:
+    """The run folders of the pneumonia classifiers among the train stage's outputs (run name -> {"run_dir"}), by
+    the task that opens every study run name (`classifier_config`)."""
+    return sorted(run["run_dir"] for name, run in trained.items() if name.split("-", 1)[0] == "pneumonia")
+
+
+def attack_hash(cfg: AttackConfig, h_tamper: str, h_train: str) -> str:
+    return stage_hash(asdict(cfg), [h_tamper, h_train])

@@ -58,6 +58,12 @@ class Profile:
     # cxr_ray.generalise.DESIGNS: the study's detector as it was, the first design built to generalise, and the
     # deployed one (generalise.DEPLOYED_DESIGN), which scan uses.
     generalise_designs: tuple[str, ...] = ("plain", "upsampling", "residual_upsampling_stored")
+    # Local tampering (cxr_ray.tamper, issue 16): the in-painting tamper model's epochs (0 skips the stage) and
+    # width, and the localiser that finds the edits.
+    tamper_epochs: int = 10
+    tamper_width: int = 32
+    localiser_epochs: int = 10
+    localiser_width: int = 16
     n_boot: int = 1000
     seed: int = 0
 
@@ -69,6 +75,7 @@ PROFILES = {
         epochs=1, batch_size=32, tune_models=("cnn",), tune_samples=2, tune_max_epochs=1, tune_batch_sizes=None,
         robust_models=("cnn",), raw_models=("cnn",), claim_models=("cnn",), claim_seeds=1, claim_epochs=1, n_boot=200,
         families=("vae",), generalise_model="cnn", generalise_designs=("residual_upsampling_stored",),
+        tamper_epochs=1, tamper_width=8, localiser_epochs=1, localiser_width=8,
     ),
     # GPU defaults, the whole dataset.
     "full": Profile(name="full", data=None),
@@ -96,7 +103,8 @@ def registered_models() -> tuple[str, ...]:
 MINIMUMS: dict[str, float] = {
     "gan_epochs": 1, "gan_width": 1, "fakes_per_class": 2, "test_fakes_per_class": 1, "epochs": 1, "batch_size": 1,
     "workers": 1, "tune_samples": 1, "tune_max_epochs": 1, "robust_aug": 0, "window_aug": 0, "n_boot": 1, "seed": 0,
-    "claim_per_class": 1, "claim_seeds": 1, "claim_epochs": 1,
+    "claim_per_class": 1, "claim_seeds": 1, "claim_epochs": 1, "tamper_epochs": 0, "tamper_width": 8,
+    "localiser_epochs": 1, "localiser_width": 8,
 }
 
 
@@ -120,6 +128,9 @@ def check_profile(profile: Profile) -> None:
     for key in ("robust_aug", "window_aug"):
         if getattr(profile, key) > 1:
             raise ConfigError(f"{option(key)} must be in [0, 1], got {getattr(profile, key)}")
+    for key in ("tamper_width", "localiser_width"):
+        if getattr(profile, key) % 8:
+            raise ConfigError(f"{option(key)} must be a multiple of 8 (GroupNorm groups), got {getattr(profile, key)}")
     if profile.tune_batch_sizes is not None and (not profile.tune_batch_sizes or min(profile.tune_batch_sizes) < 1):
         raise ConfigError(f"tune_batch_sizes must be positive, got {profile.tune_batch_sizes}")
 

@@ -1,5 +1,6 @@
 """The full study as one job: ingest -> GAN per class -> GAN quality -> generate (archive-format and raw fakes)
--> tune -> train -> benign re-processing of reals -> evaluate -> the seed's transfer claim -> report.
+-> tune -> train -> benign re-processing of reals -> evaluate -> leave-one-family-out -> local tampering -> the attack
+on the pneumonia classifiers -> the seed's transfer claim -> report.
 
 Shared by `jobs/full_study.py` (for `ray job submit`) and `cxr-ray study`.
 Every stage is recorded in the study manifest (cxr_ray/manifest.py): a
@@ -43,6 +44,9 @@ def check_stages(profile: Profile, layout: StudyLayout) -> None:
     plan.benign_config(profile, layout)
     plan.evaluate_configs(profile, layout)
     plan.claim_trainings(profile, layout, plan.fake_train_per_class(generated["raw"]), None)
+    if profile.tamper_epochs:
+        plan.tamper_hash(profile, layout, "", "")  # the tamper model, job and localiser configs
+        plan.attack_config(profile, layout, [layout.run("pneumonia-check")])  # a stand-in classifier run
 
 
 def check_training_fits(profile: Profile) -> None:
@@ -91,6 +95,8 @@ def run_study(
     reprocessed = stages.benign(ctx, ingested)
     stages.evaluate(ctx, trained, reprocessed)
     stages.generalise(ctx, fakes, families, reprocessed)
+    tampered = stages.tamper(ctx, ingested, reprocessed)
+    stages.attack(ctx, tampered, trained)
     stages.claim(ctx, fakes)
     report = stages.report(ctx, t_study)
     log(f"study finished in {time.time() - t_study:.0f} s; report: {report['html']}")

@@ -261,6 +261,45 @@ def generalise(ctx: StudyContext, fakes: StageResult, families: StageResult, rep
     return ctx.stage("generalise", plan.generalise_hash(cfg, fakes.digest, families.digest, reprocessed.digest), run)
 
 
+def tamper(ctx: StudyContext, ingested: StageResult, reprocessed: StageResult) -> StageResult:
+    """Local tampering (issue 16): the tamper model, every split's reals edited (inject into NORMAL, remove from
+    PNEUMONIA), the localiser that finds and marks the edits (false alarms on the benign table), and the report's
+    side-by-side examples. --tamper-epochs 0 skips it (and the attack)."""
+    from cxr_ray.tamper.examples import write_examples
+    from cxr_ray.tamper.job import run_tamper
+    from cxr_ray.train.localiser import train_localiser
+    from cxr_ray.train.tamper_model import train_tamper_model
+
+    p, layout = ctx.profile, ctx.layout
+    if not p.tamper_epochs:
+        return ctx.stage("tamper", stage_hash("no tampering", [ingested.digest]), lambda: {})
+    model_cfg, localiser_cfg = plan.tamper_model_config(p, layout), plan.localiser_config(p, layout)
+
+    def run() -> dict[str, Any]:
+        model = ctx.timed("tamper", "tamper-model", lambda: train_tamper_model(model_cfg, **ctx.stage_args()))()
+        model_run = storage.join(model_cfg.storage, model["run"])
+        edits = run_tamper(plan.tamper_job_config(p, layout, model_run), **ctx.stage_args())
+        localiser = ctx.timed("tamper", "localiser", lambda: train_localiser(localiser_cfg, **ctx.stage_args()))()
+        localiser_run = storage.join(localiser_cfg.storage, localiser["run"])
+        examples = write_examples(layout.real(p.resolution), edits["dest"], localiser_run, layout.tamper_examples, ctx.s3)
+        return {"model": {"run_dir": model_run, "val_l1": model["val_l1"], "epochs": model["epochs"]},
+                "table": edits["dest"], "edits": edits, "localiser": {"run_dir": localiser_run, "test": localiser["test"]},
+                "examples": examples}  # fmt: skip
+
+    return ctx.stage("tamper", plan.tamper_hash(p, layout, ingested.digest, reprocessed.digest), run)
+
+
+def attack(ctx: StudyContext, tampered: StageResult, trained: StageResult) -> StageResult:
+    """How often the test edits flip the pneumonia classifiers the train stage handed on, against the same images
+    unedited: its own stage, so a retrained classifier re-runs the attack, not the edits."""
+    from cxr_ray.tamper.attack import run_attack
+
+    if not tampered.outputs:
+        return ctx.stage("attack", stage_hash("no tampering", [tampered.digest]), lambda: {})
+    cfg = plan.attack_config(ctx.profile, ctx.layout, plan.pneumonia_runs(trained.outputs))
+    return ctx.stage("attack", plan.attack_hash(cfg, tampered.digest, trained.digest), lambda: run_attack(cfg, **ctx.stage_args()))
+
+
 def claim(ctx: StudyContext, fakes: StageResult) -> StageResult:
     """The seed's transfer claim in both readings: per model and seed a classifier trained on fakes and a real
     control matched in images per class and steps, side by side, then scored on real and fake test images."""

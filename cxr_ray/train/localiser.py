@@ -34,7 +34,7 @@ from cxr_ray.pixels import autocast, to_input
 from cxr_ray.storage import S3Settings
 
 LOCALISER_FORMAT = "cxr_ray.localiser/1"
-MAP_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.95, 0.05), 2))  # candidates for the region's pixel threshold
+MAP_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.99, 0.025), 3))  # the region's pixel threshold: candidates
 MAX_FPR = 0.01
 _EXECUTION = {"storage", "name", "num_workers", "use_gpu", "max_failures", "n_boot", "inject_failure", "benign"}
 
@@ -301,12 +301,9 @@ def evaluate_localiser(state: dict[str, Any], val: dict[str, np.ndarray], test: 
 
 
 def _read(uri: str, columns: list[str], s3: S3Settings | None) -> pa.Table:
-    import pyarrow.parquet as pq
+    from cxr_ray.data.datasets import read_columns
 
-    from cxr_ray.data.datasets import images_uri
-
-    fs, path = storage.resolve(images_uri(storage.published(uri, s3)), s3)
-    return pq.read_table(path, filesystem=fs, columns=columns)
+    return read_columns(uri, columns, s3)
 
 
 def split_arrays(cfg: LocaliserConfig, split: str, s3: S3Settings | None) -> dict[str, np.ndarray]:
@@ -349,6 +346,19 @@ def benign_false_alarms(state: dict[str, Any], threshold: float, benign: str, n_
     return out
 
 
+def benign_identity(test: dict[str, Any]) -> tuple[Any, Any]:
+    """(path, content identity) of the benign table a record's false alarms were scored on."""
+    return test.get("benign"), test.get("benign_identity")
+
+
+def score_benign(state: dict[str, Any], threshold: float, cfg: LocaliserConfig, s3: S3Settings | None) -> dict[str, Any]:
+    """The test record's benign fields: the table, its content identity, and the false alarms per condition."""
+    from cxr_ray.data.fingerprint import table_identity
+
+    return {"benign": cfg.benign, "benign_identity": table_identity(cfg.benign, s3),
+            "benign_fpr": benign_false_alarms(state, threshold, cfg.benign, cfg.n_boot, cfg.seed, s3)}  # fmt: skip
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -358,7 +368,7 @@ def train_localiser(
     """Train (or resume) the localiser, then evaluate its best checkpoint on the test split once."""
     from cxr_ray.checkpoint import load_state
     from cxr_ray.data.datasets import require_complete, resolution_of
-    from cxr_ray.data.fingerprint import claim_run_name, run_inputs
+    from cxr_ray.data.fingerprint import claim_run_name, run_inputs, table_identity
     from cxr_ray.filenames import STATE_FILE
     from cxr_ray.runtime import init_ray
     from cxr_ray.train.launch import LaunchSpec, read_state, run_trainer
@@ -377,11 +387,11 @@ def train_localiser(
     if storage.exists(done, s3):
         log(f"[localiser] {cfg.run_name()}: finished earlier on the same inputs; test metrics at {done}")
         record = storage.read_json(done, s3)
-        if cfg.benign and record["test"].get("benign") != cfg.benign:
-            # The benign table is scored at the recorded threshold; the test metrics are not computed again.
+        if cfg.benign and benign_identity(record["test"]) != (cfg.benign, table_identity(cfg.benign, s3)):
+            # Another benign table (or the same folder re-made with other conditions) is scored at the recorded
+            # threshold; the test metrics are not computed again.
             state = load_state(storage.join(str(record["checkpoint"]), STATE_FILE), s3)
-            record["test"]["benign"] = cfg.benign
-            record["test"]["benign_fpr"] = benign_false_alarms(state, record["test"]["threshold"], cfg.benign, cfg.n_boot, cfg.seed, s3)
+            record["test"].update(score_benign(state, record["test"]["threshold"], cfg, s3))
             storage.write_json_atomic(done, record, s3)
         return record
     init_ray(address)
@@ -397,8 +407,7 @@ def train_localiser(
     state = read_state(best)
     metrics = evaluate_localiser(state, split_arrays(cfg, "val", s3), split_arrays(cfg, "test", s3), cfg.n_boot, cfg.seed)
     if cfg.benign:
-        metrics["benign"] = cfg.benign
-        metrics["benign_fpr"] = benign_false_alarms(state, metrics["threshold"], cfg.benign, cfg.n_boot, cfg.seed, s3)
+        metrics.update(score_benign(state, metrics["threshold"], cfg, s3))
     record = {"run": cfg.run_name(), "task": "tamper-localiser", "best_epoch": int(state["epoch"]), "test": metrics,
               "checkpoint": storage.uri_for(cfg.storage, best.path), "train_seconds": train_seconds,
               "history": read_state(result.checkpoint)["history"], "config": asdict(replace(cfg, inject_failure=None))}  # fmt: skip
