@@ -36,6 +36,7 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
         # Every knob is overridable: the smallest study that still runs every stage.
         "--models", "cnn", "--gan-epochs", "1", "--fakes-per-class", "24", "--test-fakes-per-class", "12",
         "--tune-samples", "1", "--n-boot", "50",
+        "--claim-models", "",  # the claim's trainings end to end: tests/test_claim.py (local Ray)
     ]
     proc = submit(cmd)
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
@@ -59,7 +60,6 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
         f"study/generalise-runs/lofo-{DEPLOYED_DESIGN}-cnn-all/test_metrics.json",  # the deployed detector
         "study/runs/deepfake-cnn-raw-real/test_metrics.json",  # the detector trained on raw fakes
         "study/runs/deepfake-cnn-real/val_predictions.parquet",  # operating points come from these
-        f"{inside('claim')}/claim.md",
         f"{inside('data/tampered-64')}/_SUCCESS",  # local tampering: the edits of every split
         f"{inside('attack')}/attack.md",  # how often they flip the pneumonia classifiers
         "study/tamper-examples/examples.npz",  # the report's side-by-side examples
@@ -79,7 +79,7 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
         assert stages[stage]["status"] == "done", stage
     html = client.get_object(Bucket=s3_bucket, Key="study/report/report.html")["Body"].read().decode()
     assert "data:image/png;base64," in html and "Transfer" in html and "cnn-robust" in html
-    assert "Headline" in html and "False alarms on benignly re-processed" in html and "transfer claim" in html
+    assert "Headline" in html and "False alarms on benignly re-processed" in html and "transfer claim, tested as written" in html
     assert "Local tampering" in html and "IoU with the true mask" in html
     assert "Attack success: edits that flip" in html and re.search(r"<td[^>]*>inject</td>", html)  # a row per direction
     assert "study/report/tamper_examples.png" in keys
@@ -116,6 +116,7 @@ def test_a_job_over_a_study_finished_locally_re_uses_every_stage(ray_local, ray_
 
 
 def submit(cmd: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    # The quick study's 20-odd trainings cost about 45 s each of fixed cost on 2 CPUs (issue 18).
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
