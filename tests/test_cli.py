@@ -132,6 +132,9 @@ def test_study_is_a_typer_command_with_every_option_of_the_job_entrypoint():
     opts = study_options(build_parser().parse_args(to_argv(values)))
     assert (opts.profile.name, opts.profile.data, opts.profile.epochs, opts.profile.robust_aug) == ("full", "d", 3, 0.25)
     assert opts.profile.families == () and opts.sequential and not opts.overwrite
+    # The job entrypoint's own help (argparse %-formats help text: a bare "95%" once broke it).
+    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "full_study.py"), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and all(o.flag in proc.stdout for o in STUDY_OPTIONS) and "95% intervals" in proc.stdout
 
 
 def test_study_bad_option_is_one_line_before_ray():

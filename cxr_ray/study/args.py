@@ -29,10 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=STUDY_EPILOG,
     )
     for option in STUDY_OPTIONS:
+        text = option.help.replace("%", "%%")  # argparse %-formats help ("95% intervals" broke --help)
         if option.kind is bool:
-            p.add_argument(option.flag, action="store_true", help=option.help)
+            p.add_argument(option.flag, action="store_true", help=text)
         else:
-            p.add_argument(option.flag, type=option.kind, choices=option.choices, default=option.default, help=option.help)
+            p.add_argument(option.flag, type=option.kind, choices=option.choices, default=option.default, help=text)
     return p
 
 
