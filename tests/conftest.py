@@ -58,7 +58,8 @@ def ray_cluster():
 
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
+        # Seen after a whole suite: `ray start --block` sat out the whole wait on SIGTERM; its group is killed sooner.
+        proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
 
@@ -73,6 +74,17 @@ def ray_local(ray_cluster):
     init_ray(ray_cluster["address"])
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample64(ray_local, tmp_path_factory) -> str:
+    """The embedded sample ingested once at 64 px, for every test that only reads it (ingest has its own tests)."""
+    from cxr_ray.config import IngestConfig
+    from cxr_ray.data.ingest import run_ingest
+
+    dest = tmp_path_factory.mktemp("sample") / "real-64"
+    run_ingest(IngestConfig(src=str(SAMPLE), dest=str(dest), resolution=64), log=lambda m: None)
+    return str(dest)
 
 
 @pytest.fixture(scope="session")

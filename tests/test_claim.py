@@ -196,17 +196,13 @@ def test_reading_b_drop_on_fakes_and_equal_to_the_independent_bootstrap():
 
 
 @pytest.fixture(scope="module")
-def pair(ray_local, tmp_path_factory) -> dict[str, str]:
+def pair(sample64, tmp_path_factory) -> dict[str, str]:
     """The sample's reals, blurred stand-in fakes, and one matched pair: 16 fakes / 16 reals per class, 1 epoch."""
-    from conftest import SAMPLE
-    from cxr_ray.config import IngestConfig
-    from cxr_ray.data.ingest import run_ingest
     from cxr_ray.train.classifier import train_classifier
     from test_classifier import blurred_fakes
 
     root = tmp_path_factory.mktemp("claim")
-    real, fakes = str(root / "real-64"), str(root / "fakes-64")
-    run_ingest(IngestConfig(src=str(SAMPLE), dest=real, resolution=64), log=quiet)
+    real, fakes = sample64, str(root / "fakes-64")
     blurred_fakes(real, fakes)
     runs = {}
     for source in ("fake", "real"):

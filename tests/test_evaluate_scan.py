@@ -18,10 +18,9 @@ from typer.testing import CliRunner
 from conftest import SAMPLE, upload_tree
 from cxr_ray import storage
 from cxr_ray.checkpoint import load_state
-from cxr_ray.config import ConfigError, IngestConfig
+from cxr_ray.config import ConfigError
 from cxr_ray.storage import StorageError
 from cxr_ray.data import schema
-from cxr_ray.data.ingest import run_ingest
 from cxr_ray.evaluate import EvaluateConfig, run_evaluate
 from cxr_ray.filenames import STATE_FILE, SUMMARY_FILE, TEST_METRICS_FILE, VAL_PREDICTIONS_FILE
 from cxr_ray.generate import GenerateConfig, run_generate
@@ -68,11 +67,10 @@ def assert_same_rows(left: list[dict], right: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def study(ray_local, tmp_path_factory) -> dict[str, str]:
+def study(sample64, tmp_path_factory) -> dict[str, str]:
     """Reals, fakes and three finished runs: pneumonia on real, pneumonia on fake, a deepfake detector."""
     root = tmp_path_factory.mktemp("study")
-    real = str(root / "real-64")
-    run_ingest(IngestConfig(src=str(SAMPLE), dest=real, resolution=64), log=quiet)
+    real = sample64
     gans = (
         save_untrained_gan(str(root / "gans" / "dcgan-normal"), "NORMAL", seed=1),
         save_untrained_gan(str(root / "gans" / "dcgan-pneumonia"), "PNEUMONIA", seed=2),

@@ -39,13 +39,8 @@ GRID_PX = GRID_SIDE * 64 + (GRID_SIDE + 1) * 2  # make_grid: 2 px padding around
 
 
 @pytest.fixture(scope="module")
-def table(ray_local, tmp_path_factory) -> str:
-    from cxr_ray.config import IngestConfig
-    from cxr_ray.data.ingest import run_ingest
-
-    dest = tmp_path_factory.mktemp("gan-data") / "ingest-64"
-    run_ingest(IngestConfig(src=str(SAMPLE), dest=str(dest), resolution=64), log=lambda m: None)
-    return str(dest)
+def table(sample64) -> str:
+    return sample64
 
 
 def quiet(_message: str) -> None:

@@ -26,7 +26,6 @@ from cxr_ray.models import dcgan, sngan, vae
 from cxr_ray.models.generators import GENERATOR_FAMILIES, build_family, fresh_generator, generator_class
 from cxr_ray.train.gan import GanConfig, claim_run, make_optimizers, sample, train_epoch, train_gan
 from cxr_ray.train.gan_steps import RealFakeDiscriminator, StepModels, hinge_d_loss, hinge_g_loss, vae_step
-from conftest import SAMPLE
 
 NZ = 16
 TINY = dict(batch_size=16, nz=NZ, ngf=8, ndf=8, num_workers=2, max_failures=1, seed=3, epochs=1)
@@ -236,13 +235,8 @@ def test_cli_takes_the_family_and_refuses_an_unknown_one():
 
 
 @pytest.fixture(scope="module")
-def table(ray_local, tmp_path_factory) -> str:
-    from cxr_ray.config import IngestConfig
-    from cxr_ray.data.ingest import run_ingest
-
-    dest = tmp_path_factory.mktemp("family-data") / "ingest-64"
-    run_ingest(IngestConfig(src=str(SAMPLE), dest=str(dest), resolution=64), log=quiet)
-    return str(dest)
+def table(sample64) -> str:
+    return sample64
 
 
 def test_sngan_and_vae_train_on_ray_and_their_checkpoints_generate_fakes(table, tmp_path):

@@ -19,13 +19,8 @@ from conftest import SAMPLE
 
 
 @pytest.fixture(scope="module")
-def table(ray_local, tmp_path_factory) -> str:
-    from cxr_ray.config import IngestConfig
-    from cxr_ray.data.ingest import run_ingest
-
-    dest = tmp_path_factory.mktemp("quality-data") / "ingest-64"
-    run_ingest(IngestConfig(src=str(SAMPLE), dest=str(dest), resolution=64), log=lambda m: None)
-    return str(dest)
+def table(sample64) -> str:
+    return sample64
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SAMPLE
 from cxr_ray import storage
-from cxr_ray.config import ConfigError, IngestConfig
-from cxr_ray.data.ingest import run_ingest
+from cxr_ray.config import ConfigError
 from cxr_ray.generalise import (
     ALL_FAMILIES, BENIGN_ROBUST, DEPLOYED_DESIGN, POINT, GeneraliseConfig, held_out_summary, run_generalise, training_sets,
 )
@@ -60,10 +58,9 @@ def test_config_errors_name_the_field():
 
 
 @pytest.fixture(scope="module")
-def families(ray_local, tmp_path_factory) -> dict[str, str]:
+def families(sample64, tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("lofo")
-    real = str(root / "real-64")
-    run_ingest(IngestConfig(src=str(SAMPLE), dest=real, resolution=64), log=quiet)
+    real = sample64
     tables = {}
     for family, seed in (("alpha", 1), ("beta", 7)):
         gans = tuple(

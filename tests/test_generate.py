@@ -14,13 +14,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import SAMPLE
 from cxr_ray import storage
 from cxr_ray.checkpoint import save_state
-from cxr_ray.config import ConfigError, IngestConfig
+from cxr_ray.config import ConfigError
 from cxr_ray.data import schema
 from cxr_ray.data.datasets import TaskData, load_arrays, require_complete, resolution_of
-from cxr_ray.data.ingest import run_ingest
 from cxr_ray.data.layout import CLASS_NAMES
 from cxr_ray.filenames import GAN_SUMMARY_FILE, STATE_FILE
 from cxr_ray.generate import MICRO_BATCH, GenerateConfig, load_generator, noise_for_seeds, run_generate
@@ -66,10 +64,8 @@ def by_class_seed(table) -> dict[tuple[str, int], bytes]:
 
 
 @pytest.fixture(scope="module")
-def real64(ray_local, tmp_path_factory):
-    dest = tmp_path_factory.mktemp("gen") / "real-64"
-    run_ingest(IngestConfig(src=str(SAMPLE), dest=str(dest), resolution=64), log=lambda m: None)
-    return str(dest)
+def real64(sample64):
+    return sample64
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLE, boto3_client
+from conftest import boto3_client
 from cxr_ray import search
 from cxr_ray.tune import SearchConfig, search_space
 
@@ -78,13 +78,8 @@ def test_a_tune_pickle_is_named_once_and_never_read(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real64(ray_local, tmp_path_factory):
-    from cxr_ray.config import IngestConfig
-    from cxr_ray.data.ingest import run_ingest
-
-    dest = tmp_path_factory.mktemp("search") / "real-64"
-    run_ingest(IngestConfig(src=str(SAMPLE), dest=str(dest), resolution=64), log=lambda m: None)
-    return str(dest)
+def real64(sample64):
+    return sample64
 
 
 def test_cli_tune_ignores_a_planted_tuner_pickle(ray_cluster, real64, tmp_path):

@@ -1,8 +1,8 @@
 """The study: its folder layout, its options, the stage hashes that let a re-run skip finished stages, and
 content identity (issue 13): the same data anywhere re-uses every stage, other data retrains every model.
 
-Only the last test starts Ray (a reduced study on the session's cluster, three times); everything else is pure,
-or reads a local tree or moto's S3.
+Nothing here starts Ray: everything is pure, or reads a local tree or moto's S3. The end-to-end check of content
+identity (a study, a job over it from Ray's copy of the working dir, a changed image) is in tests/test_job_submit.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from conftest import make_kaggle_tree, upload_tree
 from cxr_ray.config import ConfigError
 from cxr_ray.data.fingerprint import claim_run_name, source_fingerprint, table_identity
 from cxr_ray.manifest import Manifest
-from cxr_ray.study import PROFILES, Profile, StudyLayout, StudyOptions, run_study, run_study_cli
+from cxr_ray.study import PROFILES, Profile, StudyLayout, StudyOptions, run_study_cli
 from cxr_ray.study import plan
 from cxr_ray.study.args import build_parser, study_options
 from cxr_ray.study.concurrency import Timeline
@@ -384,64 +384,6 @@ def test_a_run_folder_is_re_used_only_for_the_inputs_it_recorded(tmp_path):
     (tmp_path / "runs" / "pneumonia-cnn-real").mkdir(parents=True)
     (tmp_path / "runs" / "pneumonia-cnn-real" / "test_metrics.json").write_text("{}")
     assert claim_run_name(runs, "pneumonia-cnn-real", old, log=quiet).startswith("pneumonia-cnn-real-inputs-")
-
-
-# --- content identity, end to end on a real cluster ----------------------------------------------------------
-
-
-def small_study(data) -> Profile:
-    """The cheapest study that still runs every stage: one model, no search, no robust, raw or claim trainings,
-    two benign conditions, a tiny GAN."""
-    return replace(PROFILES["quick"], data=str(data), models=("cnn",), tune_models=(), robust_models=(), raw_models=(),
-                   claim_models=(), families=(), benign_conditions=("ingest", "jpeg85"), gan_epochs=1,
-                   gan_width=8, fakes_per_class=16, test_fakes_per_class=8, n_boot=20, tamper_epochs=0)
-
-
-def run_logged(data, root, address: str) -> tuple[dict, list[str]]:
-    lines: list[str] = []
-    run_study(StudyOptions(profile=small_study(data), storage=str(root)), log=lines.append, address=address)
-    return Manifest.load(str(root)).stages, lines
-
-
-def trained_inputs(manifest: dict) -> dict[str, tuple[str, list[str]]]:
-    """Run dir and recorded table identities of every GAN and classifier the study handed on."""
-    runs = {**{f"gan-{cls}": g["run_dir"] for cls, g in manifest["gan"]["outputs"].items()},
-            **{name: r["run_dir"] for name, r in manifest["train"]["outputs"].items()}}
-    return {name: (d, json.loads((Path(d) / "inputs.json").read_text())["tables"]) for name, d in runs.items()}
-
-
-@pytest.mark.slow  # three reduced studies: about 6 minutes on 2 CPUs
-def test_same_data_elsewhere_re_uses_everything_and_a_changed_image_retrains_all(ray_local, ray_cluster, tmp_path):
-    a, b, root, address = tmp_path / "a" / "chest_xray", tmp_path / "b" / "chest_xray", tmp_path / "study", ray_cluster["address"]
-    shutil.copytree(SAMPLE_DATA, a)  # the whole sample: GAN quality needs a few val images per class
-    shutil.copytree(a, b)
-    first, _ = run_logged(a, root, address)
-    before = trained_inputs(first)
-    reads_real = [name for name in before if name != "pneumonia-cnn-fake"]  # that one reads the fakes only
-    assert {before[name][1][0] for name in reads_real} == {first["ingest"]["outputs"]["identity"]}
-
-    # The same files under another path (as under `ray job submit`'s working dir): every stage is skipped.
-    second, lines = run_logged(b, root, address)
-    for stage in STAGES:
-        assert f"[{stage}] done earlier with the same config; skipping" in lines, stage
-        assert second[stage]["config_hash"] == first[stage]["config_hash"]
-
-    # One changed image: ingest and every stage below it run again, and no model trained on the old data is used.
-    touch_one_image(b)
-    third, lines = run_logged(b, root, address)
-    reused = [line for line in lines if any(w in line for w in ("skipping", "finished earlier", "nothing to do"))]
-    assert not reused, reused
-    identity = third["ingest"]["outputs"]["identity"]
-    assert identity != first["ingest"]["outputs"]["identity"]
-    assert all(third[stage]["config_hash"] != first[stage]["config_hash"] for stage in STAGES)
-    after = trained_inputs(third)
-    for name, (run_dir, tables) in after.items():
-        assert run_dir != before[name][0] and tables != before[name][1], name
-        assert identity == tables[0] or name not in reads_real, name
-    scored = {r["run_dir"] for r in third["evaluate"]["outputs"]["evaluate"]["runs"]}
-    assert scored == {r["run_dir"] for r in third["train"]["outputs"].values()}  # never the stale runs beside them
-    encoders = {q["feature"]["encoder"] for q in third["gan_quality"]["outputs"].values()}
-    assert encoders.isdisjoint(q["feature"]["encoder"] for q in first["gan_quality"]["outputs"].values())
 
 
 def test_families_and_generalise_are_planned_from_the_profile():

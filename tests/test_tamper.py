@@ -75,13 +75,8 @@ def test_masks_lie_inside_the_lungs_and_are_drawn_from_the_seed():
 
 
 @pytest.fixture(scope="module")
-def real64(ray_local, tmp_path_factory):
-    from cxr_ray.config import IngestConfig
-    from cxr_ray.data.ingest import run_ingest
-
-    dest = tmp_path_factory.mktemp("tamper") / "real-64"
-    run_ingest(IngestConfig(src=str(SAMPLE), dest=str(dest), resolution=64), log=lambda m: None)
-    return str(dest)
+def real64(sample64):
+    return sample64
 
 
 @pytest.fixture(scope="module")

@@ -13,45 +13,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import SAMPLE
-from cxr_ray.config import IngestConfig
-from cxr_ray.data.ingest import run_ingest
 from cxr_ray.tune import SearchConfig, run_search
 
 
 @pytest.fixture(scope="module")
-def real64(ray_local, tmp_path_factory):
-    dest = tmp_path_factory.mktemp("tune") / "real-64"
-    run_ingest(IngestConfig(src=str(SAMPLE), dest=str(dest), resolution=64), log=lambda m: None)
-    return str(dest)
+def real64(sample64):
+    return sample64
 
 
 def records(root: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((root / "records").glob("*.json"))}
 
 
-def test_tiny_search_writes_trials_and_best_config(real64, tmp_path):
-    cfg = SearchConfig(data=real64, num_samples=2, max_epochs=1, batch_sizes=(32,), storage=str(tmp_path))
-    out = run_search(cfg, log=lambda m: None)
-    root = tmp_path / cfg.search_name()
-    best = json.loads((root / "best_config.json").read_text())
-    assert best == json.loads(json.dumps(out))
-    assert best["metric"] == "val_auc" and 0.0 <= best["best_val_auc"] <= 1.0
-    assert set(best["best_config"]) == {"lr", "weight_decay", "batch_size", "aug_strength", "epochs"}
-    trials = pd.read_csv(root / "trials.csv")
-    assert list(trials.columns) == [
-        "trial_id", "lr", "weight_decay", "batch_size", "aug_strength", "epochs", "epochs_run", "val_auc", "val_loss", "error"
-    ]
-    assert len(trials) == 2 and trials["val_auc"].max() == pytest.approx(best["best_val_auc"])
-    assert trials["lr"].between(1e-4, 3e-3).all() and trials["error"].isna().all()
-    # Each trial trained through its own TorchTrainer, named after its planned key, and left a done record.
-    runs = sorted(p.name for p in (root / "trials").iterdir() if p.is_dir())
-    assert runs == sorted(f"trial-{t}" for t in trials["trial_id"])
-    assert {k: r["status"] for k, r in records(root).items()} == {t: "done" for t in trials["trial_id"]}
-    assert best["best_trial"] in set(trials["trial_id"])
-
-
-def test_interrupted_search_resumes_from_its_records(ray_local, real64, tmp_path):
+def test_a_search_killed_mid_way_resumes_from_its_records_and_writes_trials_and_best_config(ray_local, real64, tmp_path):
+    """One search (3 trials, ASHA, 2 epochs) whose driver is killed after its first trial, then run again to the end."""
     storage = tmp_path / "tune"
     root = storage / "resume-me"
     # The killed driver joins the test's own Ray: one Ray instance on the machine,
@@ -93,6 +68,18 @@ def test_interrupted_search_resumes_from_its_records(ray_local, real64, tmp_path
     table = pd.read_csv(root / "trials.csv")
     assert len(table) == 3 and table["error"].isna().all() and table["val_auc"].notna().all()
     assert (table["epochs_run"] <= table["epochs"]).all()
+    # What a finished search writes: the best config, one row per trial, a TorchTrainer run per trial.
+    best = json.loads((root / "best_config.json").read_text())
+    assert best == json.loads(json.dumps(out))
+    assert best["metric"] == "val_auc" and 0.0 <= best["best_val_auc"] <= 1.0
+    assert set(best["best_config"]) == {"lr", "weight_decay", "batch_size", "aug_strength", "epochs"}
+    assert list(table.columns) == [
+        "trial_id", "lr", "weight_decay", "batch_size", "aug_strength", "epochs", "epochs_run", "val_auc", "val_loss", "error"
+    ]
+    assert table["val_auc"].max() == pytest.approx(best["best_val_auc"]) and table["lr"].between(1e-4, 3e-3).all()
+    runs = sorted(p.name for p in (root / "trials").iterdir() if p.is_dir())
+    assert runs == sorted(f"trial-{t}" for t in table["trial_id"])  # each trial named after its planned key
+    assert best["best_trial"] in set(table["trial_id"])
 
 
 def test_small_dcgan_search_scores_trials_on_validation_fd(real64, tmp_path):
