@@ -27,11 +27,6 @@ from cxr_ray.operating import threshold_for_fpr
 from cxr_ray.train.classifier import ClassifierConfig, train_classifier
 
 
-@pytest.fixture(scope="module")
-def real64(sample64):
-    return sample64
-
-
 def blurred_fakes(real_uri: str, dest_uri: str, s3=None) -> None:
     """A stand-in fake table (blurred reals tagged source=fake) in the shared image schema."""
     fs, path = storage.resolve(storage.join(real_uri, schema.IMAGES_DIR), None)
@@ -59,9 +54,9 @@ def load_checkpoint_file(run_dir):
     return [torch.load(path, weights_only=True) for path in checkpoint_files(run_dir)]
 
 
-def test_ddp_training_survives_a_killed_worker_selects_on_val_and_tests_once(real64, tmp_path):
+def test_ddp_training_survives_a_killed_worker_selects_on_val_and_tests_once(sample64, tmp_path):
     marker = tmp_path / "failed-once"
-    cfg = ClassifierConfig(data=real64, model="cnn", epochs=2, batch_size=32, storage=str(tmp_path / "runs"), n_boot=200,
+    cfg = ClassifierConfig(data=sample64, model="cnn", epochs=2, batch_size=32, storage=str(tmp_path / "runs"), n_boot=200,
                            max_failures=1, inject_failure={"epoch": 1, "rank": 1, "marker": str(marker)})  # fmt: skip
     out = train_classifier(cfg, log=lambda m: None)
     assert marker.exists()  # rank 1 died in epoch 1; the group restarted from epoch 0's checkpoint
@@ -110,13 +105,13 @@ def test_ddp_training_survives_a_killed_worker_selects_on_val_and_tests_once(rea
     assert json.dumps(again, sort_keys=True) == json.dumps(out, sort_keys=True)
 
 
-def test_rerun_with_same_name_resumes_interrupted_run(real64, tmp_path):
+def test_rerun_with_same_name_resumes_interrupted_run(sample64, tmp_path):
     """Also from a checkpoint written before the format tag: a study root trained by older code is reused."""
     from ray.train import TrainingFailedError
 
     runs = tmp_path / "runs"
     crash = ClassifierConfig(
-        data=real64, epochs=2, batch_size=32, storage=str(runs), n_boot=100, max_failures=0, name="resume-me",
+        data=sample64, epochs=2, batch_size=32, storage=str(runs), n_boot=100, max_failures=0, name="resume-me",
         inject_failure={"epoch": 1, "rank": 0, "marker": str(tmp_path / "crash")},
     )
     with pytest.raises(TrainingFailedError):
@@ -128,7 +123,7 @@ def test_rerun_with_same_name_resumes_interrupted_run(real64, tmp_path):
         del legacy["format"]
         save_state(legacy, str(path))
 
-    out = train_classifier(ClassifierConfig(data=real64, epochs=2, batch_size=32, storage=str(runs), n_boot=100, name="resume-me"), log=lambda m: None)
+    out = train_classifier(ClassifierConfig(data=sample64, epochs=2, batch_size=32, storage=str(runs), n_boot=100, name="resume-me"), log=lambda m: None)
     history = json.loads((runs / "resume-me" / HISTORY_FILE).read_text())
     assert [h["epoch"] for h in history] == [0, 1]
     # Epoch 0 was not retrained: its record is the one from the interrupted attempt.
@@ -136,11 +131,11 @@ def test_rerun_with_same_name_resumes_interrupted_run(real64, tmp_path):
     assert out["best_epoch"] in (0, 1)
 
 
-def test_deepfake_detector_on_s3_storage(real64, s3_server, s3_bucket, tmp_path):
+def test_deepfake_detector_on_s3_storage(sample64, s3_server, s3_bucket, tmp_path):
     fakes = f"s3://{s3_bucket}/fakes-64"
-    blurred_fakes(real64, fakes, s3_server)
+    blurred_fakes(sample64, fakes, s3_server)
     cfg = ClassifierConfig(
-        data=real64, fakes=fakes, task="deepfake", model="cnn", epochs=1, batch_size=32,
+        data=sample64, fakes=fakes, task="deepfake", model="cnn", epochs=1, batch_size=32,
         storage=f"s3://{s3_bucket}/runs", n_boot=100, robust_aug=0.5,  # blur/JPEG-augmented (robust) detector
         input_filter="npr", real_novelty=True,  # that sees neighbouring-pixel residuals and models the reals (issue 15)
         resample_fakes=0.3, resample_stored=True,  # and upsampled reals stored in the archive's format (read from S3)
@@ -197,7 +192,7 @@ def test_robust_aug_is_checked_and_named():
     assert "real_novelty" not in residual.identity() and novelty.run_name() != residual.run_name()
 
 
-def test_every_worker_trains_on_reals_and_fakes_alike(real64, tmp_path):
+def test_every_worker_trains_on_reals_and_fakes_alike(sample64, tmp_path):
     """The train rows are shuffled before Ray Train splits them: as read (reals, then fakes) one worker got reals only,
     and BatchNorm learnt the batch's make-up instead of the image (issue 15's residual detectors failed at eval)."""
     import threading
@@ -205,8 +200,8 @@ def test_every_worker_trains_on_reals_and_fakes_alike(real64, tmp_path):
     from cxr_ray.train.classifier import training_datasets
 
     fakes = str(tmp_path / "fakes-64")
-    blurred_fakes(real64, fakes)
-    datasets = training_datasets(ClassifierConfig(data=real64, fakes=fakes, task="deepfake"), None)
+    blurred_fakes(sample64, fakes)
+    datasets = training_datasets(ClassifierConfig(data=sample64, fakes=fakes, task="deepfake"), None)
     shards = datasets["train"].streaming_split(2, equal=True)  # as Ray Train's default DataConfig splits it
     targets: dict[int, np.ndarray] = {}
 

@@ -38,11 +38,6 @@ TINY = dict(batch_size=16, nz=16, ngf=8, ndf=8, num_workers=2, max_failures=1, s
 GRID_PX = GRID_SIDE * 64 + (GRID_SIDE + 1) * 2  # make_grid: 2 px padding around every tile
 
 
-@pytest.fixture(scope="module")
-def table(sample64) -> str:
-    return sample64
-
-
 def quiet(_message: str) -> None:
     pass
 
@@ -179,10 +174,10 @@ def assert_replicas_identical(history: list[dict]) -> None:
                 assert len(digests) == 2 and digests[0] == digests[1], (entry["epoch"], net, kind, digests)
 
 
-def test_two_workers_stay_identical_survive_a_killed_worker_and_resume(table, tmp_path):
+def test_two_workers_stay_identical_survive_a_killed_worker_and_resume(sample64, tmp_path):
     marker = tmp_path / "killed-once"
     cfg = GanConfig(
-        data=table, storage=str(tmp_path / "runs"), class_name="NORMAL", epochs=3,
+        data=sample64, storage=str(tmp_path / "runs"), class_name="NORMAL", epochs=3,
         inject_failure={"epoch": 1, "rank": 1, "marker": str(marker)}, **TINY,
     )
     summary = train_gan(cfg, log=quiet)
@@ -221,9 +216,9 @@ def test_two_workers_stay_identical_survive_a_killed_worker_and_resume(table, tm
     assert again["checkpoint"] == longer["checkpoint"] and time.perf_counter() - t0 < 10
 
 
-def test_conditional_gan_writes_checkpoints_and_grids_to_s3(table, s3_server, s3_bucket):
+def test_conditional_gan_writes_checkpoints_and_grids_to_s3(sample64, s3_server, s3_bucket):
     storage_uri = f"s3://{s3_bucket}/gan"
-    cfg = GanConfig(data=table, storage=storage_uri, class_name="all", conditional=True, epochs=1, **TINY)
+    cfg = GanConfig(data=sample64, storage=storage_uri, class_name="all", conditional=True, epochs=1, **TINY)
     summary = train_gan(cfg, s3=s3_server, log=quiet)
 
     prefix = f"gan/{summary['run']}/"
@@ -241,9 +236,9 @@ def test_conditional_gan_writes_checkpoints_and_grids_to_s3(table, s3_server, s3
     assert_replicas_identical(state["history"])
 
 
-def test_refusals_happen_before_training(table, tmp_path):
+def test_refusals_happen_before_training(sample64, tmp_path):
     storage_root = tmp_path / "runs"
-    train_kwargs = dict(data=table, storage=str(storage_root), name="taken", epochs=1, **TINY)
+    train_kwargs = dict(data=sample64, storage=str(storage_root), name="taken", epochs=1, **TINY)
     (storage_root / "taken").mkdir(parents=True)
     (storage_root / "taken" / GAN_CONFIG_FILE).write_text(json.dumps({"ngf": 64}))
     with pytest.raises(ConfigError, match="trained with different"):

@@ -234,17 +234,12 @@ def test_cli_takes_the_family_and_refuses_an_unknown_one():
 # ---------------------------------------------------------------- Ray Train + generation
 
 
-@pytest.fixture(scope="module")
-def table(sample64) -> str:
-    return sample64
-
-
-def test_sngan_and_vae_train_on_ray_and_their_checkpoints_generate_fakes(table, tmp_path):
+def test_sngan_and_vae_train_on_ray_and_their_checkpoints_generate_fakes(sample64, tmp_path):
     from cxr_ray.generate import GenerateConfig, run_generate
 
     runs = {}
     for family, class_name in (("sngan", "PNEUMONIA"), ("vae", "NORMAL")):
-        cfg = GanConfig(data=table, storage=str(tmp_path / "runs"), family=family, class_name=class_name, **TINY)
+        cfg = GanConfig(data=sample64, storage=str(tmp_path / "runs"), family=family, class_name=class_name, **TINY)
         summary = train_gan(cfg, log=quiet)
         assert summary["run"].startswith(f"{family}-{class_name.lower()}-64px-") and summary["family"] == family
         run = tmp_path / "runs" / summary["run"]

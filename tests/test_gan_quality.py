@@ -19,15 +19,10 @@ from conftest import SAMPLE
 
 
 @pytest.fixture(scope="module")
-def table(sample64) -> str:
-    return sample64
-
-
-@pytest.fixture(scope="module")
-def encoder_file(table, tmp_path_factory) -> str:
+def encoder_file(sample64, tmp_path_factory) -> str:
     """A briefly trained encoder, cached like the CLI caches it."""
     uri = str(tmp_path_factory.mktemp("encoder") / "encoder.pt")
-    save_state(q.train_encoder(table, epochs=2, log=lambda m: None), uri)
+    save_state(q.train_encoder(sample64, epochs=2, log=lambda m: None), uri)
     return uri
 
 
@@ -69,13 +64,13 @@ def perturbed(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor
     return (images.float() + noise).round().clamp(0, 255).to(torch.uint8)
 
 
-def test_metric_orders_real_perturbed_and_untrained_generator_images(table, encoder_file):
+def test_metric_orders_real_perturbed_and_untrained_generator_images(sample64, encoder_file):
     encoder = q.encoder_from_state(torch.load(encoder_file, weights_only=True))
-    reference, _ = q.real_images(table, "test", "NORMAL", None)
-    train_images, train_labels = q.real_images(table, "train", "NORMAL", None)
+    reference, _ = q.real_images(sample64, "test", "NORMAL", None)
+    train_images, train_labels = q.real_images(sample64, "train", "NORMAL", None)
     real = q.subsample(train_images, train_labels, len(reference), seed=0)[0]
     generator, discriminator = build_dcgan(64, nz=16, ngf=8, ndf=8)
-    cfg = GanConfig(data=table, image_size=64, nz=16, ngf=8, ndf=8)
+    cfg = GanConfig(data=sample64, image_size=64, nz=16, ngf=8, ndf=8)
     untrained = q.fake_images(q.untrained_generator(build_gan_state(cfg, 0, generator, discriminator, None, None, []), 0), len(reference), None, 0)
 
     features = q.encode(encoder, reference)
@@ -92,9 +87,9 @@ def test_metric_orders_real_perturbed_and_untrained_generator_images(table, enco
     assert kid["real"] + 3 * rows["untrained"]["kid_std"] < kid["untrained"], rows["untrained"]
 
 
-def test_evaluate_generator_reports_rows_sizes_and_feature_dimension(table, encoder_file, tmp_path):
+def test_evaluate_generator_reports_rows_sizes_and_feature_dimension(sample64, encoder_file, tmp_path):
     generator, discriminator = build_dcgan(64, nz=16, ngf=8, ndf=8)
-    cfg = GanConfig(data=table, image_size=64, nz=16, ngf=8, ndf=8, class_name="PNEUMONIA")
+    cfg = GanConfig(data=sample64, image_size=64, nz=16, ngf=8, ndf=8, class_name="PNEUMONIA")
     checkpoint = tmp_path / STATE_FILE
     save_state(build_gan_state(cfg, 5, generator, discriminator, None, None, []), str(checkpoint))
     out = tmp_path / "quality.json"
@@ -117,13 +112,13 @@ def test_evaluate_generator_reports_rows_sizes_and_feature_dimension(table, enco
     assert "128-d" in result.output and "KID" in result.output
 
 
-def test_inception_features_from_a_local_weights_file(table, encoder_file, tmp_path):
+def test_inception_features_from_a_local_weights_file(sample64, encoder_file, tmp_path):
     from torchvision.models import inception_v3
 
     weights = tmp_path / "inception.pth"
     torch.save(inception_v3(weights=None, aux_logits=False, init_weights=False).state_dict(), weights)
     generator, discriminator = build_dcgan(64, nz=16, ngf=8, ndf=8)
-    cfg = GanConfig(data=table, image_size=64, nz=16, ngf=8, ndf=8)
+    cfg = GanConfig(data=sample64, image_size=64, nz=16, ngf=8, ndf=8)
     checkpoint = tmp_path / STATE_FILE
     save_state(build_gan_state(cfg, 1, generator, discriminator, None, None, []), str(checkpoint))
 
@@ -150,7 +145,7 @@ def test_grid_tiles_give_back_the_grid_images_exactly():
     assert np.array_equal(tiles, to_uint8(images)[:, 0].numpy())
 
 
-def test_quality_curve_reads_every_epoch_grid_and_ranks_them(table, encoder_file, tmp_path):
+def test_quality_curve_reads_every_epoch_grid_and_ranks_them(sample64, encoder_file, tmp_path):
     from cxr_ray import storage
     from cxr_ray.gan_curve import quality_curve
     from cxr_ray.report.plots import quality_curves
@@ -158,8 +153,8 @@ def test_quality_curve_reads_every_epoch_grid_and_ranks_them(table, encoder_file
 
     run = tmp_path / "dcgan-normal-64px-test"
     (run / SAMPLES_DIR).mkdir(parents=True)
-    storage.write_json_atomic(str(run / GAN_CONFIG_FILE), {"data": table, "class_name": "NORMAL", "image_size": 64})
-    train, _ = q.real_images(table, "train", "NORMAL", None)
+    storage.write_json_atomic(str(run / GAN_CONFIG_FILE), {"data": sample64, "class_name": "NORMAL", "image_size": 64})
+    train, _ = q.real_images(sample64, "train", "NORMAL", None)
     real = train[:64].float().div(127.5).sub(1).unsqueeze(1)
     noise = torch.rand(64, 1, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
     # Epoch 0: noise (the untrained end); epoch 1: real X-rays (what a perfect generator would draw).

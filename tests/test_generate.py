@@ -64,11 +64,6 @@ def by_class_seed(table) -> dict[tuple[str, int], bytes]:
 
 
 @pytest.fixture(scope="module")
-def real64(sample64):
-    return sample64
-
-
-@pytest.fixture(scope="module")
 def gan_runs(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("gans")
     return [
@@ -85,12 +80,12 @@ def fakes64(ray_local, gan_runs, tmp_path_factory) -> str:
     return dest
 
 
-def test_fakes_share_the_reals_schema_and_pixel_pipeline(real64, fakes64, gan_runs):
-    reals, fakes = read_images(real64), read_images(fakes64)
+def test_fakes_share_the_reals_schema_and_pixel_pipeline(sample64, fakes64, gan_runs):
+    reals, fakes = read_images(sample64), read_images(fakes64)
     assert fakes.schema.equals(reals.schema, check_metadata=False)
     assert fakes.schema.equals(schema.IMAGE_SCHEMA, check_metadata=False)
     require_complete(fakes64, None)
-    assert resolution_of(fakes64) == resolution_of(real64) == 64
+    assert resolution_of(fakes64) == resolution_of(sample64) == 64
 
     summary = storage.read_json(storage.join(fakes64, schema.SUMMARY_FILE))
     # 40 train-range seeds per class: the last quarter is val; 20 held-out test seeds per class.
@@ -122,7 +117,7 @@ def test_fakes_share_the_reals_schema_and_pixel_pipeline(real64, fakes64, gan_ru
     assert float((to_input(stored) - tanh.clamp(-1, 1)).abs().max()) <= 0.5 / 127.5 + 1e-6
 
     # Reals and fakes load together for the detector: targets by source.
-    arrays = load_arrays(TaskData(task="deepfake", real=real64, fake=fakes64), ["test"])
+    arrays = load_arrays(TaskData(task="deepfake", real=sample64, fake=fakes64), ["test"])
     assert arrays["image"].shape == (65 + 40, 64, 64) and int(arrays["target"].sum()) == 40
 
 
@@ -152,14 +147,14 @@ def test_same_seed_same_bytes_whatever_the_batching(fakes64, gan_runs, tmp_path)
     assert len(set(first.values())) == len(first)
 
 
-def test_ingest_records_the_archive_format_and_archive_fakes_are_raw_fakes_stored_that_way(real64, fakes64, gan_runs, tmp_path):
+def test_ingest_records_the_archive_format_and_archive_fakes_are_raw_fakes_stored_that_way(sample64, fakes64, gan_runs, tmp_path):
     from cxr_ray.data.archive import ArchiveFormat, encode_as_archive, read_archive_format, to_archive_pixels
     from cxr_ray.data.ingest import format_summary as ingest_summary_text
     from cxr_ray.generate import format_summary
 
     # Ingest read the sample's headers: 224 px RGB JPEGs, quality 75 (from the quantisation tables), 4:2:0.
-    summary = storage.read_json(storage.join(real64, schema.SUMMARY_FILE))
-    fmt = read_archive_format(real64)
+    summary = storage.read_json(storage.join(sample64, schema.SUMMARY_FILE))
+    fmt = read_archive_format(sample64)
     assert fmt == ArchiveFormat("JPEG", 224, 224, "RGB", 75, "4:2:0", files_sampled=256, agreement=1.0)
     assert summary["archive_format"] == fmt.to_dict()
     assert "archive format: JPEG 224x224 RGB q75 4:2:0 (256 files, 100% agree)" in ingest_summary_text(summary)
@@ -224,10 +219,10 @@ def test_output_overlapping_a_generator_is_refused_before_writing(gan_runs):
     assert {p: p.read_bytes() for p in sorted(run.parent.rglob("*")) if p.is_file()} == before
 
 
-def test_frequency_baseline_separates_untrained_fakes_and_names_bands(real64, fakes64):
+def test_frequency_baseline_separates_untrained_fakes_and_names_bands(sample64, fakes64):
     from cxr_ray.freq_baseline import BAND_NAMES, run_freq_baseline
 
-    out = run_freq_baseline(real64, fakes64, perturbations=("none", "blur1"), n_boot=100)
+    out = run_freq_baseline(sample64, fakes64, perturbations=("none", "blur1"), n_boot=100)
     clean = {(r["operating_point"], r["metric"]): r for r in out["rows"] if r["perturbation"] == "none"}
     # Threshold-free metrics, then the rates at each operating point fixed on the baseline's own validation split.
     assert {m for p, m in clean if p == ""} == {"auc", "ap", "ece", "brier"}

@@ -77,17 +77,12 @@ def test_a_tune_pickle_is_named_once_and_never_read(tmp_path):
 # ---------------------------------------------------------------- the commands, on a local Ray
 
 
-@pytest.fixture(scope="module")
-def real64(sample64):
-    return sample64
-
-
-def test_cli_tune_ignores_a_planted_tuner_pickle(ray_cluster, real64, tmp_path):
+def test_cli_tune_ignores_a_planted_tuner_pickle(ray_cluster, sample64, tmp_path):
     storage, marker = tmp_path / "tune", tmp_path / "pwned"
     (storage / "evil").mkdir(parents=True)
     (storage / "evil" / "tuner.pkl").write_bytes(evil_pickle(marker, tmp_path))
     (tmp_path / "search.yaml").write_text("batch_sizes: [32]\n")
-    cmd = [str(Path(sys.executable).with_name("cxr-ray")), "tune", "--data", real64, "--storage", str(storage),
+    cmd = [str(Path(sys.executable).with_name("cxr-ray")), "tune", "--data", sample64, "--storage", str(storage),
            "--name", "evil", "--num-samples", "1", "--max-epochs", "1", "--config", str(tmp_path / "search.yaml")]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}
     for attempt in range(2):  # the first run plans and runs the trial; the re-run resumes from its record
@@ -100,12 +95,12 @@ def test_cli_tune_ignores_a_planted_tuner_pickle(ray_cluster, real64, tmp_path):
     assert "best val AUC" in proc.stdout and (storage / "evil" / "best_config.json").is_file()
 
 
-def test_search_on_s3_ignores_a_planted_tuner_pickle(real64, s3_server, s3_bucket, tmp_path):
+def test_search_on_s3_ignores_a_planted_tuner_pickle(sample64, s3_server, s3_bucket, tmp_path):
     from cxr_ray.tune import run_search
 
     marker = tmp_path / "pwned"
     boto3_client(s3_server).put_object(Bucket=s3_bucket, Key="tune/evil/tuner.pkl", Body=evil_pickle(marker, tmp_path))
-    cfg = SearchConfig(data=real64, num_samples=1, max_epochs=1, batch_sizes=(32,), storage=f"s3://{s3_bucket}/tune",
+    cfg = SearchConfig(data=sample64, num_samples=1, max_epochs=1, batch_sizes=(32,), storage=f"s3://{s3_bucket}/tune",
                        name="evil")
     messages = []
     out = run_search(cfg, s3=s3_server, log=messages.append)

@@ -75,18 +75,13 @@ def test_masks_lie_inside_the_lungs_and_are_drawn_from_the_seed():
 
 
 @pytest.fixture(scope="module")
-def real64(sample64):
-    return sample64
-
-
-@pytest.fixture(scope="module")
-def tamper_run(real64, tmp_path_factory):
+def tamper_run(sample64, tmp_path_factory):
     """A tiny tamper model trained once with Ray Train on the sample (2 workers, 2 epochs, rank 1 killed in epoch 2)."""
     from cxr_ray.train.tamper_model import TamperModelConfig, train_tamper_model
 
     root = tmp_path_factory.mktemp("tamper-runs")
     marker = root / "failed-once"
-    cfg = TamperModelConfig(data=real64, storage=str(root / "runs"), epochs=2, batch_size=16, ngf=8, ndf=8,
+    cfg = TamperModelConfig(data=sample64, storage=str(root / "runs"), epochs=2, batch_size=16, ngf=8, ndf=8,
                             num_workers=2, max_failures=1, inject_failure={"epoch": 1, "rank": 1, "marker": str(marker)})  # fmt: skip
     return cfg, train_tamper_model(cfg, log=lambda m: None), marker
 
@@ -123,31 +118,31 @@ def test_the_tamper_model_trains_with_ddp_resumes_after_a_failure_and_edits_only
 
 
 @pytest.fixture(scope="module")
-def edits(tamper_run, real64, tmp_path_factory):
+def edits(tamper_run, sample64, tmp_path_factory):
     """Every split of the sample edited once, stored in the archive's format (the default), seed 3."""
     from cxr_ray.tamper.job import TamperConfig, run_tamper
 
     cfg, _, _ = tamper_run
     dest = str(tmp_path_factory.mktemp("edits") / "stored")
-    summary = run_tamper(TamperConfig(real=real64, model=str(Path(cfg.storage) / cfg.run_name()), dest=dest, seed=3),
+    summary = run_tamper(TamperConfig(real=sample64, model=str(Path(cfg.storage) / cfg.run_name()), dest=dest, seed=3),
                          log=lambda m: None)  # fmt: skip
     return dest, summary
 
 
 @pytest.fixture(scope="module")
-def localiser_run(real64, edits, tmp_path_factory):
+def localiser_run(sample64, edits, tmp_path_factory):
     from cxr_ray.benign import BenignConfig, run_benign
     from cxr_ray.train.localiser import LocaliserConfig, train_localiser
 
     root = tmp_path_factory.mktemp("loc")
     benign = str(root / "benign")  # the re-saved control among the conditions: edits are stored that way too
-    run_benign(BenignConfig(real=real64, dest=benign, conditions=("ingest", "resave", "jpeg85"), splits=("test",)), log=lambda m: None)
-    loc = LocaliserConfig(data=real64, tampered=edits[0], storage=str(root / "runs"), epochs=2, batch_size=32, width=8,
+    run_benign(BenignConfig(real=sample64, dest=benign, conditions=("ingest", "resave", "jpeg85"), splits=("test",)), log=lambda m: None)
+    loc = LocaliserConfig(data=sample64, tampered=edits[0], storage=str(root / "runs"), epochs=2, batch_size=32, width=8,
                           n_boot=50, benign=benign)  # fmt: skip
     return loc, train_localiser(loc, log=lambda m: None)
 
 
-def test_the_tamper_job_edits_inside_the_lungs_both_ways_and_leaves_the_originals(tamper_run, edits, real64, tmp_path):
+def test_the_tamper_job_edits_inside_the_lungs_both_ways_and_leaves_the_originals(tamper_run, edits, sample64, tmp_path):
     import pyarrow.parquet as pq
 
     from cxr_ray.config import ConfigError
@@ -156,13 +151,13 @@ def test_the_tamper_job_edits_inside_the_lungs_both_ways_and_leaves_the_original
 
     cfg, _, _ = tamper_run
     model = str(Path(cfg.storage) / cfg.run_name())
-    before = {p: p.read_bytes() for p in Path(real64).rglob("*") if p.is_file()}
-    raw = run_tamper(TamperConfig(real=real64, model=model, dest=str(tmp_path / "raw"), splits=("test",),
+    before = {p: p.read_bytes() for p in Path(sample64).rglob("*") if p.is_file()}
+    raw = run_tamper(TamperConfig(real=sample64, model=model, dest=str(tmp_path / "raw"), splits=("test",),
                                   storage_format="raw", seed=3), log=lambda m: None)  # fmt: skip
     stored_dest, stored = edits
-    assert {p: p.read_bytes() for p in Path(real64).rglob("*") if p.is_file()} == before  # originals untouched
+    assert {p: p.read_bytes() for p in Path(sample64).rglob("*") if p.is_file()} == before  # originals untouched
 
-    real = pq.read_table(Path(real64) / "images").to_pylist()
+    real = pq.read_table(Path(sample64) / "images").to_pylist()
     by_path = {r["path"]: r for r in real}
     assert stored["rows"] == len(real) and raw["rows"] == sum(r["split"] == "test" for r in real)
     assert set(stored["by_split_direction"]["test"]) == {"inject", "remove"}
@@ -182,11 +177,11 @@ def test_the_tamper_job_edits_inside_the_lungs_both_ways_and_leaves_the_original
         # Seeded by the image's path: the archive-format run edited the same region.
         assert archived[edit["original_path"]]["mask"] == edit["mask"]
     with pytest.raises(ConfigError, match="splits"):
-        TamperConfig(real=real64, model=model, dest=str(tmp_path / "x"), splits=("holdout",))
+        TamperConfig(real=sample64, model=model, dest=str(tmp_path / "x"), splits=("holdout",))
     from cxr_ray.storage import StorageError
 
     with pytest.raises(StorageError):
-        run_tamper(TamperConfig(real=real64, model=model, dest=str(Path(real64) / "edits")), log=lambda m: None)
+        run_tamper(TamperConfig(real=sample64, model=model, dest=str(Path(sample64) / "edits")), log=lambda m: None)
 
 
 def test_attack_rows_count_flips_of_images_called_right_with_patient_intervals():
@@ -211,18 +206,18 @@ def test_attack_rows_count_flips_of_images_called_right_with_patient_intervals()
     assert none == 0.0 and low == 0.0 and 0.05 < high < 0.07  # no hits: the exact one-sided bound, not [0, 0]
 
 
-def test_attack_success_scores_edits_and_originals_with_each_classifier(edits, real64, tmp_path):
+def test_attack_success_scores_edits_and_originals_with_each_classifier(edits, sample64, tmp_path):
     import pyarrow.parquet as pq
 
     from cxr_ray.tamper.attack import AttackConfig, run_attack
     from cxr_ray.train.classifier import ClassifierConfig, train_classifier
 
     edits = edits[0]
-    train_classifier(ClassifierConfig(data=real64, model="cnn", epochs=1, batch_size=32, storage=str(tmp_path / "runs"),
+    train_classifier(ClassifierConfig(data=sample64, model="cnn", epochs=1, batch_size=32, storage=str(tmp_path / "runs"),
                                       n_boot=50), log=lambda m: None)  # fmt: skip
-    summary = run_attack(AttackConfig(tampered=edits, real=real64, runs=(str(tmp_path / "runs"),), dest=str(tmp_path / "attack"),
+    summary = run_attack(AttackConfig(tampered=edits, real=sample64, runs=(str(tmp_path / "runs"),), dest=str(tmp_path / "attack"),
                                       n_boot=100), log=lambda m: None)  # fmt: skip
-    real = pq.read_table(Path(real64) / "images", columns=["split", "label"]).to_pylist()
+    real = pq.read_table(Path(sample64) / "images", columns=["split", "label"]).to_pylist()
     n_test = {label: sum(r["split"] == "test" and r["label"] == label for r in real) for label in (0, 1)}
     rows = {r["direction"]: r for r in summary["rows"]}
     assert rows["inject"]["n"] == n_test[0] and rows["remove"]["n"] == n_test[1]
@@ -275,20 +270,20 @@ def test_the_localiser_trains_on_train_edits_and_is_scored_once_on_test(localise
     assert again["test"]["threshold"] == t["threshold"] and again["test"]["benign_identity"] != t["benign_identity"]
 
 
-def test_a_localiser_needs_edits_of_every_split(tamper_run, real64, tmp_path):
+def test_a_localiser_needs_edits_of_every_split(tamper_run, sample64, tmp_path):
     from cxr_ray.config import ConfigError
     from cxr_ray.tamper.job import TamperConfig, run_tamper
     from cxr_ray.train.localiser import LocaliserConfig, train_localiser
 
     cfg, _, _ = tamper_run
     only_test = str(tmp_path / "test-edits")
-    run_tamper(TamperConfig(real=real64, model=str(Path(cfg.storage) / cfg.run_name()), dest=only_test, splits=("test",)),
+    run_tamper(TamperConfig(real=sample64, model=str(Path(cfg.storage) / cfg.run_name()), dest=only_test, splits=("test",)),
                log=lambda m: None)  # fmt: skip
     with pytest.raises(ConfigError, match="no train, val edits"):
-        train_localiser(LocaliserConfig(data=real64, tampered=only_test, storage=str(tmp_path / "runs")), log=lambda m: None)
+        train_localiser(LocaliserConfig(data=sample64, tampered=only_test, storage=str(tmp_path / "runs")), log=lambda m: None)
 
 
-def test_scan_shows_where_it_suspects_an_edit(real64, edits, localiser_run, tmp_path):
+def test_scan_shows_where_it_suspects_an_edit(sample64, edits, localiser_run, tmp_path):
     """A folder of edited and original images: every image gets an edited-probability and a box; each one called
     edited or fake an overlay PNG, at the path the results table names."""
     import pyarrow.parquet as pq
@@ -297,13 +292,13 @@ def test_scan_shows_where_it_suspects_an_edit(real64, edits, localiser_run, tmp_
     from cxr_ray.scan import ScanConfig, run_scan
     from cxr_ray.train.classifier import ClassifierConfig, train_classifier
 
-    detector = ClassifierConfig(data=real64, fakes=edits[0], task="deepfake", model="cnn", epochs=1, batch_size=32,
+    detector = ClassifierConfig(data=sample64, fakes=edits[0], task="deepfake", model="cnn", epochs=1, batch_size=32,
                                 storage=str(tmp_path / "det"), n_boot=50)  # fmt: skip
     out = train_classifier(detector, log=lambda m: None)  # a whole-image detector, trained on the same edits
     folder = tmp_path / "archive"
     folder.mkdir()
     rows = [r for r in pq.read_table(Path(edits[0]) / "images").to_pylist() if r["split"] == "test"][:6]
-    rows += [r for r in pq.read_table(Path(real64) / "images").to_pylist() if r["split"] == "test"][:6]
+    rows += [r for r in pq.read_table(Path(sample64) / "images").to_pylist() if r["split"] == "test"][:6]
     for i, r in enumerate(rows):
         Image.fromarray(np.frombuffer(r["image"], np.uint8).reshape(64, 64)).save(folder / f"img{i:02d}.png")
     loc_dir = str(Path(localiser_run[0].storage) / localiser_run[0].run_name())
@@ -321,7 +316,7 @@ def test_scan_shows_where_it_suspects_an_edit(real64, edits, localiser_run, tmp_
     assert summary["overlays"] == sum(r["overlay"] is not None for r in results)
 
 
-def test_the_report_shows_test_edits_beside_their_originals_masks_and_maps(real64, edits, localiser_run, tmp_path):
+def test_the_report_shows_test_edits_beside_their_originals_masks_and_maps(sample64, edits, localiser_run, tmp_path):
     """The tamper stage's examples (plain arrays, loaded without pickle) and the report section drawn from them."""
     from PIL import Image
 
@@ -331,14 +326,14 @@ def test_the_report_shows_test_edits_beside_their_originals_masks_and_maps(real6
 
     loc, record = localiser_run
     loc_dir = str(Path(loc.storage) / loc.run_name())
-    uri = write_examples(real64, edits[0], loc_dir, str(tmp_path / "examples"), None, per_direction=2)
+    uri = write_examples(sample64, edits[0], loc_dir, str(tmp_path / "examples"), None, per_direction=2)
     ex = read_examples(uri, None)
     assert ex["direction"].tolist() == ["inject", "inject", "remove", "remove"]
     assert ex["original"].shape == ex["edited"].shape == ex["mask"].shape == ex["map"].shape == (4, 64, 64)
     for i in range(4):  # the same image outside the (archive-stored) edit's neighbourhood, a real mask inside
         assert ex["mask"][i].any() and np.abs(ex["original"][i].astype(int) - ex["edited"][i]).mean() < 20
     assert float(ex["threshold"]) == record["test"]["threshold"] and (0 <= ex["map"]).all() and (ex["map"] <= 1).all()
-    assert write_examples(real64, edits[0], loc_dir, str(tmp_path / "again"), None, per_direction=2) and \
+    assert write_examples(sample64, edits[0], loc_dir, str(tmp_path / "again"), None, per_direction=2) and \
         read_examples(str(tmp_path / "again" / "examples.npz"), None)["path"].tolist() == ex["path"].tolist()  # fmt: skip
 
     doc = Doc(str(tmp_path / "report"), None)

@@ -16,16 +16,11 @@ import pytest
 from cxr_ray.tune import SearchConfig, run_search
 
 
-@pytest.fixture(scope="module")
-def real64(sample64):
-    return sample64
-
-
 def records(root: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((root / "records").glob("*.json"))}
 
 
-def test_a_search_killed_mid_way_resumes_from_its_records_and_writes_trials_and_best_config(ray_local, real64, tmp_path):
+def test_a_search_killed_mid_way_resumes_from_its_records_and_writes_trials_and_best_config(ray_local, sample64, tmp_path):
     """One search (3 trials, ASHA, 2 epochs) whose driver is killed after its first trial, then run again to the end."""
     storage = tmp_path / "tune"
     root = storage / "resume-me"
@@ -37,7 +32,7 @@ def test_a_search_killed_mid_way_resumes_from_its_records_and_writes_trials_and_
         "import os; os.environ.setdefault('RAY_AUTH_MODE', 'disabled')\n"
         "from cxr_ray.runtime import init_ray; init_ray()\n"
         "from cxr_ray.tune import SearchConfig, run_search\n"
-        f"run_search(SearchConfig(data={real64!r}, **{cfg!r}))\n"
+        f"run_search(SearchConfig(data={sample64!r}, **{cfg!r}))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": gcs})
@@ -56,7 +51,7 @@ def test_a_search_killed_mid_way_resumes_from_its_records_and_writes_trials_and_
     assert not (root / "best_config.json").exists()
 
     messages = []
-    out = run_search(SearchConfig(data=real64, **cfg), log=messages.append)
+    out = run_search(SearchConfig(data=sample64, **cfg), log=messages.append)
     assert any(f"{len(before)} of 3 trial(s) finished earlier" in m for m in messages), messages
     assert not any("tuner.pkl" in m for m in messages)
     after = records(root)
@@ -82,10 +77,10 @@ def test_a_search_killed_mid_way_resumes_from_its_records_and_writes_trials_and_
     assert best["best_trial"] in set(table["trial_id"])
 
 
-def test_small_dcgan_search_scores_trials_on_validation_fd(real64, tmp_path):
+def test_small_dcgan_search_scores_trials_on_validation_fd(sample64, tmp_path):
     from cxr_ray.tune_gan import GanSearchConfig, run_gan_search
 
-    cfg = GanSearchConfig(data=real64, class_name="NORMAL", num_samples=2, epochs=1, width_choices=(8, 16),
+    cfg = GanSearchConfig(data=sample64, class_name="NORMAL", num_samples=2, epochs=1, width_choices=(8, 16),
                           n_fake=64, storage=str(tmp_path))
     out = run_gan_search(cfg, log=lambda m: None)
     root = tmp_path / cfg.search_name()
