@@ -180,6 +180,7 @@ class BenignConfig:
     splits: tuple[str, ...] = ("val", "test")
     batch_size: int = 32  # source files per actor call
     max_actors: int | None = None  # None: one per CPU less one
+    resources: dict | None = None  # what each actor asks of a node, and the pool's bounds (cxr_ray.resources)
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
 
@@ -292,7 +293,8 @@ def run_benign(
     The table, its rows and the destination are checked before Ray starts.
     """
     from cxr_ray.data.datasets import require_complete, resolution_of
-    from cxr_ray.runtime import actor_pool_options, init_ray, pool_size
+    from cxr_ray.resources import actor_pool_options, pool_size
+    from cxr_ray.runtime import init_ray
 
     t0 = time.perf_counter()
     s3 = s3 or S3Settings.from_env()
@@ -305,7 +307,7 @@ def run_benign(
     resolution = resolution_of(cfg.real, s3)
     items = real_rows(cfg.real, cfg.splits, s3)
     ray = init_ray(address)
-    pool = actor_pool_options(cfg.max_actors)
+    pool = actor_pool_options(cfg.max_actors, cfg.resources)
     log(
         f"benign: {len(items)} {'+'.join(cfg.splits)} reals x {len(cfg.conditions)} condition(s) at {resolution}px "
         f"on {pool_size(pool)} actor(s) -> {cfg.dest}"
@@ -327,7 +329,7 @@ def _reprocess_all(
     ray: Any, items: list[dict[str, Any]], cfg: BenignConfig, resolution: int, s3: S3Settings, images_dir: str, pool: dict[str, Any]
 ) -> list[dict[str, str]]:
     """Run `BenignWriter` over every source file; the files that failed, with their reasons."""
-    from cxr_ray.runtime import pool_size
+    from cxr_ray.resources import pool_size
 
     blocks = max(2 * pool_size(pool), math.ceil(len(items) / cfg.batch_size))
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), blocks)).map_batches(

@@ -84,6 +84,7 @@ class ClaimConfig:
     overwrite: bool = False
     batch_size: int = 256
     max_actors: int | None = None
+    resources: dict | None = None  # what each actor asks of a node, and the pool's bounds (cxr_ray.resources)
 
     def __post_init__(self) -> None:
         from cxr_ray.config import at_least, check_fields
@@ -453,7 +454,7 @@ def run_claim(
     init_ray(address)
     log(f"claim: {len(pairs)} pair(s) on the test splits of {cfg.real} and {cfg.fakes} -> {cfg.dest}")
     predictions = score_runs(list(runs.values()), {"real": cfg.real, "fakes": cfg.fakes}, ("none",), s3, seed=cfg.seed,
-                             batch_size=cfg.batch_size, max_actors=cfg.max_actors)
+                             batch_size=cfg.batch_size, max_actors=cfg.max_actors, resources=cfg.resources)
     rows, verdicts = claim_rows(cfg, pairs, runs, predictions, designs)
     record = {
         "dest": cfg.dest, "real": cfg.real, "fakes": cfg.fakes, "resolution": resolution, "n_boot": cfg.n_boot,

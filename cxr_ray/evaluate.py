@@ -96,7 +96,8 @@ def run_evaluate(
     )
     t_score = time.perf_counter()
     predictions = score_runs(
-        runs, cfg.tagged_tables(), cfg.perturbations, s3, seed=cfg.seed, batch_size=cfg.batch_size, max_actors=cfg.max_actors
+        runs, cfg.tagged_tables(), cfg.perturbations, s3, seed=cfg.seed, batch_size=cfg.batch_size, max_actors=cfg.max_actors,
+        resources=cfg.resources,
     )
     score_seconds = time.perf_counter() - t_score
     runs = with_benign_robust_points(predictions, runs)

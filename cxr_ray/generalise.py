@@ -153,6 +153,7 @@ class GeneraliseConfig:
     train_per_class: int | None = None  # at most N train images per class (real / fake) per detector; None: all
     num_workers: int = 1
     cpus_per_worker: float | None = None
+    resources: dict | None = None  # what each worker asks of a node (cxr_ray.resources); None: "auto"
     seed: int = 0
     n_boot: int = 1000
     freq_baseline: bool = True
@@ -198,7 +199,7 @@ class GeneraliseConfig:
                     data=self.real, task="deepfake", model=self.model, fakes=tuple(self.table_of(f) for f in tset.families),
                     epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, storage=self.runs,
                     name=tset.run_name(design, self.model), num_workers=self.num_workers,
-                    cpus_per_worker=self.cpus_per_worker, n_boot=self.n_boot, train_per_class=self.train_per_class,
+                    cpus_per_worker=self.cpus_per_worker, resources=self.resources, n_boot=self.n_boot, train_per_class=self.train_per_class,
                     **design_options(design, tset.families, self.families),
                 )  # fmt: skip
                 out.append((design, tset, cfg))
@@ -264,7 +265,7 @@ def score_families(
     benign_runs = [r for r in runs if meta[r.run][0] in designs]
     if cfg.benign and benign_runs:
         # First, so that the benign-robust 1% point (fixed on the re-processed validation reals) is scored too.
-        predictions = score_runs(benign_runs, {"benign": cfg.benign}, ("none",), s3, seed=cfg.seed)
+        predictions = score_runs(benign_runs, {"benign": cfg.benign}, ("none",), s3, seed=cfg.seed, resources=cfg.resources)
         robust = {r.run: r for r in with_benign_robust_points(predictions, benign_runs)}
         runs = [robust.get(r.run, r) for r in runs]
         rows = metrics_table(predictions, list(robust.values()), cfg.n_boot, cfg.seed)
@@ -272,7 +273,7 @@ def score_families(
     parts = []
     for family in cfg.families:
         tables = {"real": cfg.real, "fakes": cfg.table_of(family)}
-        rows = metrics_table(score_runs(runs, tables, ("none",), s3, seed=cfg.seed), runs, cfg.n_boot, cfg.seed)
+        rows = metrics_table(score_runs(runs, tables, ("none",), s3, seed=cfg.seed, resources=cfg.resources), runs, cfg.n_boot, cfg.seed)
         parts.append(tagged(rows.filter(pc.equal(rows.column("eval_set"), DETECTION_TEST)), family))
     if cfg.freq_baseline:
         parts.extend(freq_baseline_rows(cfg, s3))

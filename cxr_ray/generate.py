@@ -34,7 +34,7 @@ from cxr_ray import storage
 from cxr_ray.config import ConfigError
 from cxr_ray.data import schema
 from cxr_ray.data.layout import CLASS_NAMES
-from cxr_ray.runtime import pool_size
+from cxr_ray.resources import pool_size
 from cxr_ray.storage import S3Settings, StorageError
 
 TEST_SEED_START = 1_000_000
@@ -56,6 +56,7 @@ class GenerateConfig:
     val_fraction: float = 0.1  # share of the train seed range that becomes val
     batch_size: int = 64  # rows per actor call
     max_actors: int | None = None  # None: one per GPU, else CPUs - 1
+    resources: dict | None = None  # what each actor asks of a node, and the pool's bounds (cxr_ray.resources)
     overwrite: bool = False
     storage_format: str = "raw"  # "raw": the generator's pixels; "archive": stored and decoded as the archive's reals
     archive_format: dict | None = None  # ArchiveFormat.to_dict() (e.g. read_archive_format(real table)); for "archive" only
@@ -357,7 +358,8 @@ def run_generate(
 
     Generators and destination are checked before Ray starts.
     """
-    from cxr_ray.runtime import actor_pool_options, init_ray
+    from cxr_ray.resources import actor_pool_options
+    from cxr_ray.runtime import init_ray
 
     t0 = time.perf_counter()
     s3 = s3 or S3Settings.from_env()
@@ -368,7 +370,7 @@ def run_generate(
     _check_archive_size(cfg, specs[0].image_size)
     items = plan_items(specs, cfg)
     ray = init_ray(address)
-    pool = actor_pool_options(cfg.max_actors)
+    pool = actor_pool_options(cfg.max_actors, cfg.resources)
     log(
         f"generate: {len(items)} fakes of {', '.join(c for s in specs for c in s.classes)} at {specs[0].image_size}px "
         f"on {pool_size(pool)} actor(s), {storage_label(cfg.storage_format, cfg.archive_format)} -> {cfg.dest}"

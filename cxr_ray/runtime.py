@@ -112,31 +112,3 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, progress_b
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ray
-
-
-def actor_pool_options(max_actors: int | None = None) -> dict[str, Any]:
-    """map_batches arguments (compute=ActorPoolStrategy, resources) for an actor pool that fits now.
-
-    One actor per free GPU when there are GPUs. On CPUs the pool takes what is
-    free *now* (earlier stages may still hold some) less one CPU, so the
-    read/perturb/write tasks around the actors can always be scheduled; with
-    every CPU held by actors they never could, and the job would hang.
-    """
-    import ray
-
-    free = ray.available_resources()
-    gpus = int(free.get("GPU", 0))
-    if gpus >= 1:
-        size, options = gpus, {"num_gpus": 1, "num_cpus": 1}
-    else:
-        spare = max(float(free.get("CPU", 1.0)) - 1.0, 0.5)
-        size = max(1, int(spare))
-        options = {"num_cpus": round(min(1.0, spare / size), 2)}
-    if max_actors:
-        size = min(size, max_actors)
-    return {"compute": ray.data.ActorPoolStrategy(size=size), **options}
-
-
-def pool_size(options: dict[str, Any]) -> int:
-    """How many actors an `actor_pool_options` pool holds."""
-    return int(options["compute"].max_size)

@@ -70,6 +70,7 @@ class ScanConfig:
     out: str  # output folder: results.csv, results.parquet, summary.json
     batch_size: int = 256
     max_actors: int | None = None
+    resources: dict | None = None  # what each actor asks of a node, and the pool's bounds (cxr_ray.resources)
     progress: bool = True
     overwrite: bool = False
     # Larger images are listed as unreadable, never decoded (= data.decode.DEFAULT_MAX_PIXELS).
@@ -217,7 +218,8 @@ def with_benign_threshold(
 
     run = ModelRun(run=detector.run, run_dir="", state_uri=detector.state_uri, task="deepfake", model=detector.model,
                    train_source="", threshold=detector.youden_threshold, image_size=detector.resolution)  # fmt: skip
-    scored = score_runs([run], {BENIGN_VAL_TABLE: table}, ("none",), s3, batch_size=cfg.batch_size, max_actors=cfg.max_actors)
+    scored = score_runs([run], {BENIGN_VAL_TABLE: table}, ("none",), s3, batch_size=cfg.batch_size, max_actors=cfg.max_actors,
+                        resources=cfg.resources)
     by_condition = benign_val_scores(scored, run.run)
     threshold = benign_robust_threshold(detector.threshold, by_condition, cfg.fpr)
     n_val = len(next(iter(by_condition.values())))
@@ -424,7 +426,8 @@ def run_scan(
     address: str | None = None,
 ) -> dict[str, Any]:
     """Scan cfg.src with the detector; write results (CSV + Parquet) and summary.json to cfg.out."""
-    from cxr_ray.runtime import actor_pool_options, init_ray, pool_size
+    from cxr_ray.resources import actor_pool_options, pool_size
+    from cxr_ray.runtime import init_ray
     from cxr_ray.scoring import collect, write_output_folder
 
     s3 = s3 or S3Settings.from_env()
@@ -444,7 +447,7 @@ def run_scan(
     ray = init_ray(address)
     if benign:
         detector = with_benign_threshold(detector, benign, cfg, s3, log)
-    pool = actor_pool_options(cfg.max_actors)
+    pool = actor_pool_options(cfg.max_actors, cfg.resources)
     log(
         f"scan: {len(files)} file(s) under {cfg.src} with detector {detector.run} ({detector.model}, "
         f"{detector.resolution}px, threshold {detector.threshold:.4f} at {detector.operating_point}) on {pool_size(pool)} actor(s)"

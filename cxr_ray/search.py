@@ -245,12 +245,18 @@ def _attempt_storage(root: str, s3: S3Settings | None) -> tuple[str, Any]:
     return ray_storage(storage.join(root, ATTEMPTS_DIR), s3)
 
 
-def concurrent_trials(workers_per_trial: int, requested: int = 0) -> int:
-    """Trials side by side: as asked, else as many as the cluster's CPUs fit."""
+def concurrent_trials(workers_per_trial: int, requested: int = 0, declared: dict | None = None) -> int:
+    """Trials side by side: as asked, else the declared pool's size (cxr_ray.resources), else as many as the
+    cluster's CPUs fit now (an autoscaling cluster's CPUs now are not what it can grow to)."""
     import ray
+
+    from cxr_ray.resources import of
 
     if requested:
         return requested
+    res = of(declared)
+    if res.declared:
+        return res.max_actors or res.min_actors
     cpus = float(ray.cluster_resources().get("CPU", 1))
     return max(1, int(cpus // (workers_per_trial + TRIAL_DRIVER_CPU)))
 

@@ -219,7 +219,8 @@ def run_transfer(
     init_ray(address)
     log(f"transfer: {len(runs)} pneumonia run(s) on the real and fake test splits -> {cfg.dest}")
     predictions = score_runs(
-        runs, cfg.tagged_tables(), ("none",), s3, seed=cfg.seed, batch_size=cfg.batch_size, max_actors=cfg.max_actors
+        runs, cfg.tagged_tables(), ("none",), s3, seed=cfg.seed, batch_size=cfg.batch_size, max_actors=cfg.max_actors,
+        resources=cfg.resources,
     )
     matrix = metrics_table(predictions, runs, cfg.n_boot, cfg.seed).drop_columns(["perturbation", "task"])
     per_class = per_class_table(predictions, runs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
-from cxr_ray import search, storage
+from cxr_ray import resources, search, storage
 from cxr_ray.config import ConfigError
 from cxr_ray.filenames import BEST_CONFIG_FILE
 from cxr_ray.storage import S3Settings
@@ -35,7 +35,8 @@ class SearchConfig:
     batch_sizes: tuple[int, ...] = (32, 64, 128)
     aug_range: tuple[float, float] = (0.0, 1.0)
     workers_per_trial: int = 1
-    max_concurrent_trials: int = 0  # 0: as many as the cluster fits
+    resources: dict | None = None  # what each worker asks of a node (cxr_ray.resources); None: "auto"
+    max_concurrent_trials: int = 0  # 0: as many as the cluster fits (declared resources: their pool size)
     storage: str = "runs/tune"
     name: str | None = None
     seed: int = 0
@@ -44,6 +45,7 @@ class SearchConfig:
         from cxr_ray.config import at_least, check_fields, check_name, positive_bounds, positive_choices
 
         check_fields(self)
+        resources.of(self.resources)
         at_least(self, 1, "num_samples", "max_epochs", "grace_period", "workers_per_trial")
         at_least(self, 2, "reduction_factor")
         at_least(self, 0, "max_concurrent_trials", "seed")
@@ -81,6 +83,7 @@ def trial_base(cfg: SearchConfig) -> dict[str, Any]:
         "fakes": storage.absolute(cfg.fakes) if cfg.fakes else None,
         "source": cfg.source,
         "num_workers": cfg.workers_per_trial,
+        "resources": cfg.resources,
         "storage": storage.absolute(storage.join(cfg.storage, cfg.search_name(), "trials")),
         "seed": cfg.seed,
         "max_failures": 1,
@@ -125,7 +128,7 @@ def run_search(
     plan = search.plan_trials(search_space(cfg), cfg.num_samples, cfg.seed)
     run = search.SearchRun(
         root=storage.join(cfg.storage, cfg.search_name()), metric="val_auc", mode="max",
-        max_concurrent_trials=search.concurrent_trials(cfg.workers_per_trial, cfg.max_concurrent_trials),
+        max_concurrent_trials=search.concurrent_trials(cfg.workers_per_trial, cfg.max_concurrent_trials, cfg.resources),
         scheduler=_scheduler(cfg),
     )
     trainable = tune.with_parameters(trial_driver, plan=plan, base=base, s3=s3.to_dict())

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from cxr_ray import search, storage
+from cxr_ray import resources, search, storage
 from cxr_ray.config import ConfigError
 from cxr_ray.filenames import BEST_CONFIG_FILE
 from cxr_ray.storage import S3Settings
@@ -36,7 +36,8 @@ class GanSearchConfig:
     beta1_choices: tuple[float, ...] = (0.5, 0.7)
     width_choices: tuple[int, ...] = (32, 64)  # ngf = ndf
     workers_per_trial: int = 1
-    max_concurrent_trials: int = 0  # 0: as many as the cluster fits
+    resources: dict | None = None  # what each worker asks of a node (cxr_ray.resources); None: "auto"
+    max_concurrent_trials: int = 0  # 0: as many as the cluster fits (declared resources: their pool size)
     n_fake: int = 500
     storage: str = "runs/tune"
     name: str | None = None
@@ -47,6 +48,7 @@ class GanSearchConfig:
 
         check_fields(self)
         at_least(self, 0, "max_concurrent_trials", "seed")
+        resources.of(self.resources)
         check_name("name", self.name)
         if self.class_name not in ("NORMAL", "PNEUMONIA"):
             raise ConfigError(f"class_name must be NORMAL or PNEUMONIA, got {self.class_name!r}")
@@ -125,13 +127,14 @@ def run_gan_search(
 
     base = {
         "data": data, "class_name": cfg.class_name, "epochs": cfg.epochs, "num_workers": cfg.workers_per_trial,
+        "resources": cfg.resources,
         "storage": storage.absolute(storage.join(root, "trials")), "seed": cfg.seed,
         "_encoder": encoder_uri, "_n_fake": cfg.n_fake,
     }
     plan = search.plan_trials(gan_search_space(cfg), cfg.num_samples, cfg.seed)
     run = search.SearchRun(
         root=root, metric="val_fd", mode="min",
-        max_concurrent_trials=search.concurrent_trials(cfg.workers_per_trial, cfg.max_concurrent_trials),
+        max_concurrent_trials=search.concurrent_trials(cfg.workers_per_trial, cfg.max_concurrent_trials, cfg.resources),
     )
     trainable = tune.with_parameters(gan_trial_driver, plan=plan, base=base, s3=s3.to_dict())
     log(f"[tune-gan] {name}: {cfg.num_samples} trial(s) of {cfg.epochs} epoch(s), {cfg.class_name}, -> {root}")

@@ -53,6 +53,13 @@ STUDY_OPTIONS: tuple[StudyOption, ...] = (
     StudyOption("--epochs", int, "classifier/detector epochs (when not tuned)"),
     StudyOption("--batch-size", int, "classifier/detector batch size per worker"),
     StudyOption("--workers", int, "Ray Train workers per training"),
+    StudyOption("--accelerator", str, "what each training worker and Ray Data actor asks for: gpu (full), cpu, or auto "
+                "(quick: what the local node has; not for an autoscaling cluster)", None, ("auto", "cpu", "gpu")),
+    StudyOption("--gpus-per-worker", float, "GPUs per training worker and Ray Data actor, with --accelerator gpu (default 1)"),
+    StudyOption("--cpus-per-worker", float, "CPUs per training worker and Ray Data actor (full default 4; 0: 1, shared on CPU nodes)"),
+    StudyOption("--custom-resources", str, _comma("NAME=AMOUNT resources each worker and actor also asks for (a node type's own)")),
+    StudyOption("--pool-min", int, "Ray Data actor pools start at this many actors (default 1)"),
+    StudyOption("--pool-max", int, "...and grow to this many; also the most trainings side by side (full default 4; 0: what fits)"),
     StudyOption("--tune-models", str, _comma("models to tune ('' for none)")),
     StudyOption("--robust-models", str, _comma("models whose detector is also trained with blur/JPEG and window/level augmentation ('' for none)")),
     StudyOption("--robust-aug", float, "per-image probability of the blur/JPEG augmentation"),

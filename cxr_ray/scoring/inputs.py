@@ -29,6 +29,7 @@ class ScoringConfig:
     seed: int = 0
     batch_size: int = 256
     max_actors: int | None = None
+    resources: dict | None = None  # what each actor asks of a node, and the pool's bounds (cxr_ray.resources)
     overwrite: bool = False
 
     def __post_init__(self) -> None:

@@ -164,19 +164,20 @@ def score_runs(
     seed: int = 0,
     batch_size: int = 256,
     max_actors: int | None = None,
+    resources: dict | None = None,
 ) -> pa.Table:
     """Per-image scores in long form: run, table, source, path, patient_id, label, class_name, perturbation, score.
 
     `tables`: tag -> table URI ("real", "fakes", "raw_fakes", "benign", "benign_val"); a row's `table` is its tag.
     """
-    from cxr_ray.runtime import actor_pool_options
+    from cxr_ray.resources import actor_pool_options
 
     ds = eval_dataset(tables, perturbations, seed, s3).map_batches(
         ModelScorer,
         fn_constructor_kwargs={"state_uris": [r.state_uri for r in runs], "s3": s3.to_dict() if s3 else None},
         batch_size=batch_size,
         batch_format="pyarrow",
-        **actor_pool_options(max_actors),
+        **actor_pool_options(max_actors, resources),
     )
     wide = collect(ds)
     if wide.num_rows == 0:

@@ -17,7 +17,7 @@ VALUE_FIELDS: tuple[str, ...] = (
     "data", "resolution", "gan_epochs", "gan_width", "fakes_per_class", "test_fakes_per_class", "epochs",
     "batch_size", "workers", "tune_samples", "tune_max_epochs", "robust_aug", "window_aug", "claim_per_class",
     "claim_seeds", "claim_epochs", "generalise_model", "tamper_epochs", "tamper_width", "localiser_epochs",
-    "localiser_width", "n_boot", "seed",
+    "localiser_width", "n_boot", "seed", "accelerator", "gpus_per_worker", "cpus_per_worker", "pool_min", "pool_max",
 )
 
 
@@ -46,7 +46,7 @@ def study_options(args: argparse.Namespace) -> StudyOptions:
     """The chosen profile with every option that was given on top."""
     overrides: dict[str, Any] = {key: getattr(args, key) for key in VALUE_FIELDS if getattr(args, key) is not None}
     overrides.update({key: comma_list(getattr(args, key)) for key in MODEL_FIELDS if getattr(args, key) is not None})
-    for key in ("benign_conditions", "perturbations", "families", "generalise_designs"):
+    for key in ("benign_conditions", "perturbations", "families", "generalise_designs", "custom_resources"):
         if getattr(args, key) is not None:
             overrides[key] = comma_list(getattr(args, key))
     return StudyOptions(

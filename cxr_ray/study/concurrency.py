@@ -33,8 +33,20 @@ def parallel(jobs: list[tuple[str, Callable[[], Any]]], max_parallel: int) -> di
         return {name: f.result() for name, f in futures.items()}
 
 
-def slots(ray: Any, workers_per_job: int) -> int:
-    """How many trainings fit on the cluster at once (GPUs if any, else CPUs)."""
+def slots(ray: Any, workers_per_job: int, declared: dict | None = None) -> int:
+    """How many trainings run at once: with declared resources, the pool's maximum (on a local cluster, no more than
+    fit on it); "auto": as many as fit now (GPUs if any, else CPUs)."""
+    from cxr_ray.resources import of
+    from cxr_ray.runtime import cluster_is_fixed
+    from cxr_ray.resources import live_nodes, placement_room, resolve_use_gpu
+
+    res_declared = of(declared)
+    if res_declared.declared:
+        most = res_declared.max_actors or res_declared.min_actors
+        if not cluster_is_fixed():
+            return most
+        worker = res_declared.bundle(resolve_use_gpu(None, res_declared), 1.0)
+        return max(1, min(most, placement_room(worker, live_nodes()) // workers_per_job))
     res = ray.cluster_resources()
     if res.get("GPU", 0) >= 1:
         return max(1, int(res["GPU"] // workers_per_job))

@@ -21,6 +21,7 @@ from cxr_ray import storage
 from cxr_ray.data.fingerprint import INPUTS_SUFFIX
 from cxr_ray.data.layout import CLASS_NAMES
 from cxr_ray.manifest import stage_hash
+from cxr_ray.resources import RESOURCES_FIELD
 from cxr_ray.study.layout import StudyLayout
 from cxr_ray.study.profile import Profile
 
@@ -41,6 +42,22 @@ if TYPE_CHECKING:
     from cxr_ray.tune import SearchConfig
 
 
+def declared(p: Profile) -> dict[str, Any] | None:
+    """What each training worker and Ray Data actor of the study asks of a node (cxr_ray.resources); None: "auto"."""
+    from cxr_ray.resources import parse_custom
+
+    if p.accelerator == "auto" and not p.custom_resources and not p.cpus_per_worker:
+        return None
+    return {"accelerator": p.accelerator, "gpus": p.gpus_per_worker, "cpus": p.cpus_per_worker or None,
+            "custom": parse_custom(p.custom_resources), "min_actors": p.pool_min, "max_actors": p.pool_max or None}
+
+
+def hashed(cfg: Any) -> dict[str, Any]:
+    """A config's fields for a stage hash: where it runs (its resources) is not what it computes."""
+    fields = cfg if isinstance(cfg, dict) else asdict(cfg)
+    return {k: v for k, v in fields.items() if k != RESOURCES_FIELD}
+
+
 def ingest_config(p: Profile, layout: StudyLayout) -> IngestConfig:
     from cxr_ray.config import IngestConfig
 
@@ -59,7 +76,7 @@ def gan_configs(p: Profile, layout: StudyLayout) -> dict[str, GanConfig]:
     return {
         cls: GanConfig(
             data=layout.real(p.resolution), storage=layout.gan, class_name=cls, epochs=p.gan_epochs,
-            ngf=p.gan_width, ndf=p.gan_width, num_workers=p.workers, seed=p.seed,
+            ngf=p.gan_width, ndf=p.gan_width, num_workers=p.workers, seed=p.seed, resources=declared(p),
         )
         for cls in CLASS_NAMES
     }
@@ -99,13 +116,13 @@ def family_generate_configs(
 
 def families_hash(gan_cfgs: dict[str, dict[str, GanConfig]], generate_cfgs: dict[str, dict[str, GenerateConfig]],
                   real_identity: str) -> str:  # fmt: skip
-    gans = {family: {cls: cfg.stage_config() for cls, cfg in by_class.items()} for family, by_class in gan_cfgs.items()}
-    tables = {family: {name: asdict(cfg) for name, cfg in by_name.items()} for family, by_name in generate_cfgs.items()}
+    gans = {family: {cls: hashed(cfg.stage_config()) for cls, cfg in by_class.items()} for family, by_class in gan_cfgs.items()}
+    tables = {family: {name: hashed(cfg) for name, cfg in by_name.items()} for family, by_name in generate_cfgs.items()}
     return stage_hash({"gans": gans, "tables": tables}, [real_identity])
 
 
 def gan_hash(cfgs: dict[str, GanConfig], real_identity: str) -> str:
-    return stage_hash({cls: cfg.stage_config() for cls, cfg in cfgs.items()}, [real_identity])
+    return stage_hash({cls: hashed(cfg.stage_config()) for cls, cfg in cfgs.items()}, [real_identity])
 
 
 def gan_quality_hash(h_gan: str) -> str:
@@ -121,7 +138,7 @@ def generate_configs(
 
     shared = dict(
         generators=tuple(gans[cls]["run_dir"] for cls in CLASS_NAMES), train_seeds=(0, p.fakes_per_class),
-        test_seeds=(TEST_SEED_START, TEST_SEED_START + p.test_fakes_per_class), overwrite=True,
+        test_seeds=(TEST_SEED_START, TEST_SEED_START + p.test_fakes_per_class), overwrite=True, resources=declared(p),
     )
     return {
         "archive": GenerateConfig(dest=layout.fakes(p.resolution), storage_format="archive", archive_format=archive_format, **shared),
@@ -130,7 +147,7 @@ def generate_configs(
 
 
 def generate_hash(cfgs: dict[str, GenerateConfig], h_gan: str) -> str:
-    return stage_hash({name: asdict(cfg) for name, cfg in cfgs.items()}, [h_gan])
+    return stage_hash({name: hashed(cfg) for name, cfg in cfgs.items()}, [h_gan])
 
 
 def fake_train_per_class(cfg: GenerateConfig) -> int:
@@ -151,17 +168,17 @@ def tune_configs(p: Profile, layout: StudyLayout, real_identity: str = "") -> di
         m: SearchConfig(
             data=layout.real(p.resolution), model=m, num_samples=p.tune_samples, max_epochs=p.tune_max_epochs,
             batch_sizes=p.tune_batch_sizes or (p.batch_size,),
-            workers_per_trial=p.workers, storage=layout.tune, seed=p.seed,
+            workers_per_trial=p.workers, storage=layout.tune, seed=p.seed, resources=declared(p),
         )
         for m in p.tune_models
         if m in p.models
     }
-    return {m: replace(cfg, name=f"{cfg.search_name()}{INPUTS_SUFFIX}{stage_hash(asdict(cfg), [real_identity])[:8]}")
+    return {m: replace(cfg, name=f"{cfg.search_name()}{INPUTS_SUFFIX}{stage_hash(hashed(cfg), [real_identity])[:8]}")
             for m, cfg in cfgs.items()}
 
 
 def tune_hash(cfgs: dict[str, SearchConfig], real_identity: str) -> str:
-    return stage_hash({m: asdict(cfg) for m, cfg in cfgs.items()}, [real_identity])
+    return stage_hash({m: hashed(cfg) for m, cfg in cfgs.items()}, [real_identity])
 
 
 def classifier_config(
@@ -180,7 +197,7 @@ def classifier_config(
         data=layout.real(p.resolution), fakes=layout.fakes(p.resolution), task=task, model=model, source=source,
         storage=layout.runs, num_workers=p.workers, seed=p.seed, n_boot=p.n_boot, robust_aug=robust_aug,
         window_aug=p.window_aug if robust_aug else 0.0,
-        cpus_per_worker=cpu_share, name=f"{task}-{label}-{source}", **hp,
+        cpus_per_worker=cpu_share, resources=declared(p), name=f"{task}-{label}-{source}", **hp,
     )
 
 
@@ -205,7 +222,7 @@ def classifier_stage_config(cfg: ClassifierConfig) -> dict[str, Any]:
     """A training's fields for a stage hash; options added later are left out while off, so the digests of study
     roots made before them stay."""
     off = cfg.later_options_off()
-    return {k: v for k, v in asdict(cfg).items() if k not in off}
+    return {k: v for k, v in hashed(cfg).items() if k not in off}
 
 
 def train_hash(cfgs: list[ClassifierConfig], h_gen: str, h_tune: str) -> str:
@@ -218,11 +235,11 @@ def benign_config(p: Profile, layout: StudyLayout) -> BenignConfig:
     from cxr_ray.benign import BenignConfig
 
     return BenignConfig(real=layout.real(p.resolution), dest=layout.benign(p.resolution),
-                        conditions=tuple(p.benign_conditions or ()), overwrite=True)
+                        conditions=tuple(p.benign_conditions or ()), overwrite=True, resources=declared(p))
 
 
 def benign_hash(cfg: BenignConfig, real_identity: str) -> str:
-    return stage_hash(asdict(cfg), [real_identity])
+    return stage_hash(hashed(cfg), [real_identity])
 
 
 def evaluate_configs(
@@ -240,14 +257,14 @@ def evaluate_configs(
 
     runs = tuple(sorted(run_dirs)) if run_dirs else (layout.runs,)
     shared = dict(runs=runs, real=layout.real(p.resolution), fakes=layout.fakes(p.resolution),
-                  n_boot=p.n_boot, seed=p.seed, overwrite=True)
+                  n_boot=p.n_boot, seed=p.seed, overwrite=True, resources=declared(p))
     extra = dict(raw_fakes=layout.raw_fakes(p.resolution), benign=layout.benign(p.resolution))
     return (EvaluateConfig(dest=layout.evaluate, perturbations=tuple(p.perturbations or ()), **extra, **shared),
             TransferConfig(dest=layout.transfer, **shared))
 
 
 def evaluate_hash(eval_cfg: EvaluateConfig, transfer_cfg: TransferConfig, h_train: str, h_benign: str) -> str:
-    return stage_hash({"eval": asdict(eval_cfg), "transfer": asdict(transfer_cfg)}, [h_train, h_benign])
+    return stage_hash({"eval": hashed(eval_cfg), "transfer": hashed(transfer_cfg)}, [h_train, h_benign])
 
 
 def claim_trainings(
@@ -265,7 +282,7 @@ def claim_trainings(
             data=layout.real(p.resolution), fakes=layout.fakes(p.resolution), task="pneumonia", model=model,
             source=source, epochs=p.claim_epochs, batch_size=p.batch_size, train_per_class=per_class,
             storage=layout.claim_runs, num_workers=p.workers, seed=seed, n_boot=p.n_boot,
-            cpus_per_worker=cpu_share, name=f"claim-{model}-{source}-s{seed}",
+            cpus_per_worker=cpu_share, resources=declared(p), name=f"claim-{model}-{source}-s{seed}",
         )
 
     seeds = range(p.seed, p.seed + p.claim_seeds)
@@ -276,7 +293,8 @@ def claim_config(p: Profile, layout: StudyLayout, fake_runs: Sequence[str], real
     from cxr_ray.claim import ClaimConfig
 
     return ClaimConfig(fake_runs=tuple(fake_runs), real_runs=tuple(real_runs), real=layout.real(p.resolution),
-                       fakes=layout.fakes(p.resolution), dest=layout.claim, n_boot=p.n_boot, seed=p.seed, overwrite=True)
+                       fakes=layout.fakes(p.resolution), dest=layout.claim, n_boot=p.n_boot, seed=p.seed, overwrite=True,
+                       resources=declared(p))
 
 
 def claim_hash(pairs: list[tuple[ClassifierConfig, ClassifierConfig]], h_gen: str) -> str:
@@ -295,11 +313,12 @@ def generalise_config(p: Profile, layout: StudyLayout, cpu_share: float | None) 
         dest=layout.generalise, benign=layout.benign(p.resolution), model=p.generalise_model,
         designs=p.generalise_designs, epochs=p.epochs,
         batch_size=p.batch_size, num_workers=p.workers, cpus_per_worker=cpu_share, seed=p.seed, n_boot=p.n_boot,
+        resources=declared(p),
     )  # fmt: skip
 
 
 def generalise_hash(cfg: GeneraliseConfig, h_gen: str, h_families: str, h_benign: str) -> str:
-    return stage_hash(asdict(cfg), [h_gen, h_families, h_benign])
+    return stage_hash(hashed(cfg), [h_gen, h_families, h_benign])
 
 
 def tamper_model_config(p: Profile, layout: StudyLayout) -> TamperModelConfig:
@@ -308,7 +327,7 @@ def tamper_model_config(p: Profile, layout: StudyLayout) -> TamperModelConfig:
 
     return TamperModelConfig(data=layout.real(p.resolution), storage=layout.tamper_runs, epochs=p.tamper_epochs,
                              batch_size=p.batch_size, ngf=p.tamper_width, ndf=p.tamper_width, num_workers=p.workers,
-                             seed=p.seed)  # fmt: skip
+                             seed=p.seed, resources=declared(p))  # fmt: skip
 
 
 def tamper_job_config(p: Profile, layout: StudyLayout, model_run: str) -> TamperConfig:
@@ -316,7 +335,7 @@ def tamper_job_config(p: Profile, layout: StudyLayout, model_run: str) -> Tamper
     from cxr_ray.tamper.job import TamperConfig
 
     return TamperConfig(real=layout.real(p.resolution), model=model_run, dest=layout.tampered(p.resolution), seed=p.seed,
-                        overwrite=True)  # fmt: skip
+                        overwrite=True, resources=declared(p))  # fmt: skip
 
 
 def attack_config(p: Profile, layout: StudyLayout, classifier_runs: Sequence[str]) -> AttackConfig:
@@ -325,7 +344,7 @@ def attack_config(p: Profile, layout: StudyLayout, classifier_runs: Sequence[str
 
     return AttackConfig(tampered=layout.tampered(p.resolution), real=layout.real(p.resolution),
                         runs=tuple(sorted(classifier_runs)), dest=layout.attack, n_boot=p.n_boot, seed=p.seed,
-                        overwrite=True)  # fmt: skip
+                        overwrite=True, resources=declared(p))  # fmt: skip
 
 
 def localiser_config(p: Profile, layout: StudyLayout) -> LocaliserConfig:
@@ -336,14 +355,14 @@ def localiser_config(p: Profile, layout: StudyLayout) -> LocaliserConfig:
     return LocaliserConfig(data=layout.real(p.resolution), tampered=layout.tampered(p.resolution),
                            storage=layout.tamper_runs, epochs=p.localiser_epochs, batch_size=p.batch_size,
                            width=p.localiser_width, num_workers=p.workers, seed=p.seed, n_boot=p.n_boot,
-                           benign=layout.benign(p.resolution))  # fmt: skip
+                           benign=layout.benign(p.resolution), resources=declared(p))  # fmt: skip
 
 
 def tamper_hash(p: Profile, layout: StudyLayout, real_identity: str, h_benign: str) -> str:
     """The tamper model, the job over its planned run folder and the localiser; the data and the benign table."""
     model = tamper_model_config(p, layout)
     planned = tamper_job_config(p, layout, storage.join(model.storage, model.run_name()))
-    configs = {"model": asdict(model), "job": asdict(planned), "localiser": asdict(localiser_config(p, layout))}
+    configs = {"model": hashed(model), "job": hashed(planned), "localiser": hashed(localiser_config(p, layout))}
     return stage_hash(configs, [real_identity, h_benign])
 
 
@@ -354,4 +373,4 @@ def pneumonia_runs(trained: dict[str, Any]) -> list[str]:
 
 
 def attack_hash(cfg: AttackConfig, h_tamper: str, h_train: str) -> str:
-    return stage_hash(asdict(cfg), [h_tamper, h_train])
+    return stage_hash(hashed(cfg), [h_tamper, h_train])

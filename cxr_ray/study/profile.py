@@ -32,6 +32,16 @@ class Profile:
     epochs: int = 10
     batch_size: int = 64
     workers: int = 1  # per training (Ray Train workers; one GPU each on GPU clusters)
+    # What each training worker and Ray Data actor asks of a node (cxr_ray.resources), declared rather than read off
+    # the cluster when a stage starts: an autoscaling cluster's GPU nodes start at zero. "gpu" (the full profile: the
+    # autoscaler starts GPU nodes for it), "cpu", or "auto": what the local node has now (a laptop or one machine,
+    # never an autoscaling cluster).
+    accelerator: str = "auto"
+    gpus_per_worker: float = 1.0  # on "gpu"
+    cpus_per_worker: float = 0.0  # 0: 1 per worker (a share of a CPU-only node when trainings run side by side)
+    custom_resources: tuple[str, ...] = ()  # NAME=AMOUNT each worker and actor also asks for (a node type's own resource)
+    pool_min: int = 1  # Ray Data actor pools (and trainings side by side) grow from this...
+    pool_max: int = 0  # ...to this; 0: what the local node fits ("auto"), pool_min when declared
     tune_models: tuple[str, ...] | None = None
     tune_samples: int = 8
     tune_max_epochs: int = 8
@@ -77,8 +87,9 @@ PROFILES = {
         families=("vae",), generalise_model="cnn", generalise_designs=("residual_upsampling_stored",),
         tamper_epochs=1, tamper_width=8, localiser_epochs=1, localiser_width=8,
     ),
-    # GPU defaults, the whole dataset.
-    "full": Profile(name="full", data=None),
+    # GPU defaults, the whole dataset: every worker and actor asks for one GPU and 4 CPUs (a g5.2xlarge, a KubeRay
+    # gpu-1x pod), up to 4 trainings or actors at once; the autoscaler starts the GPU nodes.
+    "full": Profile(name="full", data=None, accelerator="gpu", cpus_per_worker=4.0, pool_max=4),
 }
 
 
@@ -104,7 +115,8 @@ MINIMUMS: dict[str, float] = {
     "gan_epochs": 1, "gan_width": 1, "fakes_per_class": 2, "test_fakes_per_class": 1, "epochs": 1, "batch_size": 1,
     "workers": 1, "tune_samples": 1, "tune_max_epochs": 1, "robust_aug": 0, "window_aug": 0, "n_boot": 1, "seed": 0,
     "claim_per_class": 1, "claim_seeds": 1, "claim_epochs": 1, "tamper_epochs": 0, "tamper_width": 8,
-    "localiser_epochs": 1, "localiser_width": 8,
+    "localiser_epochs": 1, "localiser_width": 8, "gpus_per_worker": 0.001, "cpus_per_worker": 0, "pool_min": 1,
+    "pool_max": 0,
 }
 
 
@@ -131,6 +143,13 @@ def check_profile(profile: Profile) -> None:
     for key in ("tamper_width", "localiser_width"):
         if getattr(profile, key) % 8:
             raise ConfigError(f"{option(key)} must be a multiple of 8 (GroupNorm groups), got {getattr(profile, key)}")
+    from cxr_ray.resources import ACCELERATORS, parse_custom
+
+    if profile.accelerator not in ACCELERATORS:
+        raise ConfigError(f"--accelerator must be one of {', '.join(ACCELERATORS)}, got {profile.accelerator!r}")
+    if profile.pool_max and profile.pool_max < profile.pool_min:
+        raise ConfigError(f"--pool-max ({profile.pool_max}) must be at least --pool-min ({profile.pool_min})")
+    parse_custom(profile.custom_resources)
     if profile.tune_batch_sizes is not None and (not profile.tune_batch_sizes or min(profile.tune_batch_sizes) < 1):
         raise ConfigError(f"tune_batch_sizes must be positive, got {profile.tune_batch_sizes}")
 

@@ -51,11 +51,13 @@ def check_stages(profile: Profile, layout: StudyLayout) -> None:
 
 def check_training_fits(profile: Profile) -> None:
     """A study's trainings (profile.workers each) that no node set can ever host fail now, not after ingest."""
-    from cxr_ray.train.launch import LaunchSpec, check_resources, cluster_has_gpus, cpus_per_worker
+    from cxr_ray.resources import of
+    from cxr_ray.train.launch import LaunchSpec, check_resources, cpus_per_worker, resolve_use_gpu
 
+    declared = of(plan.declared(profile))
     spec = LaunchSpec(name="study-check", storage=".", num_workers=profile.workers,
-                      cpus_per_worker=cpus_per_worker(profile.workers))
-    check_resources(spec, cluster_has_gpus())
+                      cpus_per_worker=cpus_per_worker(profile.workers), resources=declared)
+    check_resources(spec, resolve_use_gpu(None, declared))
 
 
 def run_study(
@@ -77,10 +79,11 @@ def run_study(
     manifest = Manifest.load(layout.root, s3)
     if options.overwrite:
         manifest.stages.clear()
-    width = 1 if options.sequential else slots(ray, profile.workers)
+    declared = plan.declared(profile)
+    width = 1 if options.sequential else slots(ray, profile.workers, declared)
     ctx = stages.StudyContext(
         profile=profile, layout=layout, manifest=manifest, s3=s3, log=log, timeline=Timeline(), width=width,
-        cpu_share=cpu_share(ray, profile.workers, width), address=address,
+        cpu_share=None if declared else cpu_share(ray, profile.workers, width), address=address,
     )
     t_study = time.time()
     log(f"study {profile.name}: data {profile.data} -> {layout.root}; up to {width} trainings at once")

@@ -41,7 +41,18 @@ class StudyContext:
     address: str | None = None  # Ray address (the driver has joined it already)
 
     def stage(self, name: str, digest: str, fn: Callable[[], dict[str, Any]]) -> StageResult:
-        return StageResult(digest, self.manifest.run(name, digest, fn, self.log))
+        """Run `fn` as stage `name` through the manifest; when it runs, say what it asks of the cluster and ask the
+        autoscaler for that shape until it ends."""
+        from cxr_ray.resources import requested
+        from cxr_ray.study.asks import stage_ask
+
+        def run() -> dict[str, Any]:
+            ask = stage_ask(name, self.profile, plan.declared(self.profile), self.width, self.cpu_share)
+            self.log(f"[{name}] asks for {ask.text}")
+            with requested(ask.bundles, self.log):
+                return fn()
+
+        return StageResult(digest, self.manifest.run(name, digest, run, self.log))
 
     def timed(self, stage: str, name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
         """`fn` as a job whose start and end go into the timeline."""

@@ -39,6 +39,7 @@ class AttackConfig:
     dest: str
     n_boot: int = 1000
     seed: int = 0
+    resources: dict | None = None  # what each scoring actor asks of a node, and the pool's bounds (cxr_ray.resources)
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -143,7 +144,8 @@ def run_attack(
         raise ConfigError(f"no pneumonia classifier runs under {', '.join(cfg.runs)}")
     init_ray(address)
     log(f"attack: {len(runs)} classifier(s) on the test edits of {cfg.tampered} and their originals")
-    predictions = score_runs(runs, {"real": cfg.real, "tampered": cfg.tampered}, ("none",), s3, seed=cfg.seed)
+    predictions = score_runs(runs, {"real": cfg.real, "tampered": cfg.tampered}, ("none",), s3, seed=cfg.seed,
+                             resources=cfg.resources)
     rows = [row for run in runs for row in attack_rows(run, paired_calls(predictions, run.run, run.threshold), cfg.n_boot, cfg.seed)]
     if not rows:
         raise ConfigError(f"{cfg.tampered}: no test edits to score")

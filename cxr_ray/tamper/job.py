@@ -72,6 +72,7 @@ class TamperConfig:
     seed: int = 0
     batch_size: int = 64  # rows per actor call
     max_actors: int | None = None  # None: one per GPU, else CPUs - 1
+    resources: dict | None = None  # what each actor asks of a node, and the pool's bounds (cxr_ray.resources)
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -199,7 +200,8 @@ def run_tamper(
     """Edit every real row of cfg.splits into cfg.dest; returns the summary (also summary.json)."""
     from cxr_ray.data.archive import read_archive_format
     from cxr_ray.data.datasets import images_uri, require_complete, resolution_of
-    from cxr_ray.runtime import actor_pool_options, init_ray, pool_size
+    from cxr_ray.resources import actor_pool_options, pool_size
+    from cxr_ray.runtime import init_ray
     from cxr_ray.tamper.state import load_tamper_state, resolve_tamper_state_uri
 
     t0 = time.perf_counter()
@@ -217,7 +219,7 @@ def run_tamper(
     fs, path = storage.resolve(images_uri(real), s3)
     ds = ray.data.read_parquet(path, filesystem=fs).select_columns(_READ_COLUMNS)
     ds = ds.map_batches(keep_splits, batch_format="pyarrow", batch_size=None, fn_kwargs={"splits": list(cfg.splits)})
-    pool = actor_pool_options(cfg.max_actors)
+    pool = actor_pool_options(cfg.max_actors, cfg.resources)
     log(f"tamper: {', '.join(cfg.splits)} rows of {cfg.real} edited by {state_uri} on {pool_size(pool)} actor(s), "
         f"{'stored as the archive' if archive else 'raw'} -> {cfg.dest}")  # fmt: skip
     ds = ds.map_batches(

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxr_ray import storage
+from cxr_ray import resources, storage
 from cxr_ray.checkpoint import model_state, unwrap_model
 from cxr_ray.classifier_state import build_classifier_state, check_classifier_state
 from cxr_ray.config import ConfigError, config_hash, from_dict
@@ -97,6 +97,8 @@ class ClassifierConfig:
     # CPUs per worker (None: 1). Trainings that share a CPU-only node take less, so
     # the Ray Data tasks that feed each new training's workers still find a CPU.
     cpus_per_worker: float | None = None
+    # What each worker asks of a node (cxr_ray.resources: accelerator, GPUs, CPUs, custom); None: "auto".
+    resources: dict | None = None
     n_boot: int = 1000
     inject_failure: dict | None = field(default=None, compare=False)
 
@@ -105,6 +107,7 @@ class ClassifierConfig:
         from cxr_ray.data.datasets import fake_tables, one_or_many
 
         check_fields(self)
+        resources.of(self.resources)
         object.__setattr__(self, "fakes", one_or_many(fake_tables(self.fakes)))  # a YAML list, a 1-tuple -> one form
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
@@ -165,7 +168,8 @@ class ClassifierConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that change what is learnt (hashed into the default run name)."""
-        skip = {"storage", "name", "num_workers", "use_gpu", "max_failures", "cpus_per_worker", "n_boot", "inject_failure"}
+        skip = {"storage", "name", "num_workers", "use_gpu", "max_failures", "cpus_per_worker", "resources", "n_boot",
+                "inject_failure"}
         skip |= self.later_options_off()
         # Off, these are left out of run names too (not of stage hashes: those always held them).
         if not self.robust_aug:
@@ -466,6 +470,7 @@ def launch_classifier(
         use_gpu=cfg.use_gpu,
         max_failures=cfg.max_failures,
         cpus_per_worker=cfg.cpus_per_worker or 1.0,
+        resources=resources.of(cfg.resources),
         num_to_keep=num_to_keep,
         score_attribute="val_auc",
     )
@@ -574,9 +579,9 @@ def score_splits(cfg: ClassifierConfig, state: dict[str, Any], s3: S3Settings | 
     """{"val", "test"}: {path, patient_id, target, score (P(class 1))}, scored in one Ray task (on a GPU when there is one)."""
     import ray
 
-    use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     settings = (s3 or S3Settings.from_env()).to_dict()
-    return ray.get(_score_splits.options(num_gpus=1 if use_gpu else 0).remote(state, asdict(cfg), settings))
+    options = resources.of(cfg.resources).task_options()
+    return ray.get(_score_splits.options(**options).remote(state, asdict(cfg), settings))
 
 
 def test_record(

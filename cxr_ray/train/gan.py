@@ -62,7 +62,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from cxr_ray import storage
+from cxr_ray import resources, storage
 from cxr_ray.config import ConfigError, config_hash, from_dict, to_dict
 from cxr_ray.data.layout import CLASS_NAMES
 from cxr_ray.filenames import GAN_CONFIG_FILE, GAN_LOSSES_FILE, GAN_SUMMARY_FILE, SAMPLES_DIR
@@ -110,7 +110,8 @@ class GanConfig:
     ngf: int = 64
     ndf: int = 64
     num_workers: int = 2
-    use_gpu: bool | None = None  # None: GPUs when the cluster has them
+    use_gpu: bool | None = None  # None: as `resources` declares ("auto": GPUs when the cluster has them)
+    resources: dict | None = None  # what each worker asks of a node (cxr_ray.resources); None: "auto"
     name: str | None = None  # None: derived from class and config hash (stable, resumable)
     seed: int = 0
     max_failures: int = 2
@@ -121,6 +122,7 @@ class GanConfig:
         from cxr_ray.config import at_least, check_fields, check_name
 
         check_fields(self)
+        resources.of(self.resources)
         at_least(self, 0, "seed")
         if self.family not in GENERATOR_FAMILIES:
             raise ConfigError(f"family must be one of {', '.join(GENERATOR_FAMILIES)}, got {self.family!r}")
@@ -549,13 +551,14 @@ def train_gan(
 ) -> dict[str, Any]:
     """Train (or resume) one generator (any family) with Ray Train; returns the summary also written to {run}/gan_summary.json."""
     from cxr_ray.runtime import init_ray
-    from cxr_ray.train.launch import LaunchSpec, cluster_has_gpus, cpus_per_worker, run_trainer
+    from cxr_ray.train.launch import LaunchSpec, cpus_per_worker, resolve_use_gpu, run_trainer
 
     t0 = time.perf_counter()
     s3 = s3 or S3Settings.from_env()
     cfg = resolve_config(cfg, s3)
     init_ray(address)
-    use_gpu = cluster_has_gpus() if cfg.use_gpu is None else cfg.use_gpu
+    declared = resources.of(cfg.resources)
+    use_gpu = resolve_use_gpu(cfg.use_gpu, declared)
     if cfg.sync_bn and not use_gpu:
         raise ConfigError("sync_bn needs GPU workers: torch's SyncBatchNorm does not run on CPU")
     cfg = replace(cfg, name=claim_inputs(cfg, s3, log))
@@ -571,6 +574,7 @@ def train_gan(
         num_workers=cfg.num_workers,
         use_gpu=use_gpu,
         cpus_per_worker=cpus_per_worker(cfg.num_workers),
+        resources=declared,
         max_failures=cfg.max_failures,
     )
     log(f"train-gan: {cfg.run_name()} ({cfg.family}, {cfg.class_name}, {cfg.image_size}px) on {cfg.num_workers} workers -> {run_uri}")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from cxr_ray import storage
 from cxr_ray.filenames import STATE_FILE
+from cxr_ray.resources import Resources, cluster_has_gpus, live_nodes, placement_room, resolve_use_gpu  # noqa: F401 (re-exported)
 from cxr_ray.storage import S3Settings
 
 
@@ -25,20 +26,15 @@ class LaunchSpec:
     name: str  # stable (no timestamp): the same name resumes the same run
     storage: str  # runs root: path or s3://
     num_workers: int = 2
-    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
-    cpus_per_worker: float = 1.0
+    use_gpu: bool | None = None  # None: as `resources` declares ("auto": GPUs when the cluster has them)
+    cpus_per_worker: float = 1.0  # unless `resources` declares the CPUs
+    resources: Resources = field(default_factory=Resources)  # GPUs and custom resources per worker
     max_failures: int = 2
     # Node preemptions (spot GPU nodes) to recover from, counted apart from max_failures; -1: every one.
     max_preemptions: int = -1
     num_to_keep: int = 2
     score_attribute: str | None = None  # e.g. "val_auc": best-by-score checkpoints are kept
     score_order: str = "max"
-
-
-def cluster_has_gpus() -> bool:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) >= 1
 
 
 def cpus_per_worker(num_workers: int, concurrent: int = 1) -> float:
@@ -122,10 +118,7 @@ def run_config(spec: LaunchSpec, s3: S3Settings, callbacks: list[Any] | None = N
 
 def worker_resources(spec: LaunchSpec, use_gpu: bool) -> dict[str, float]:
     """What one training worker asks of a node (its placement-group bundle)."""
-    resources = {"CPU": spec.cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = 1
-    return resources
+    return spec.resources.bundle(use_gpu, spec.cpus_per_worker)
 
 
 def placement_shortfall(num_workers: int, per_worker: dict[str, float], nodes: list[dict[str, float]]) -> str | None:
@@ -134,11 +127,7 @@ def placement_shortfall(num_workers: int, per_worker: dict[str, float], nodes: l
     Bundles are identical, so counting how many fit on each node and adding up
     is exact: a worker never spans nodes.
     """
-    def room(node: dict[str, float]) -> int:
-        # The small epsilon keeps 0.1 * 10 from counting as 9 bundles.
-        return min(int(node.get(key, 0.0) / amount + 1e-9) for key, amount in per_worker.items() if amount > 0)
-
-    fits = sum(room(node) for node in nodes)
+    fits = placement_room(per_worker, nodes)
     if fits >= num_workers:
         return None
     totals = {key: sum(node.get(key, 0.0) for node in nodes) for key in per_worker}
@@ -146,7 +135,7 @@ def placement_shortfall(num_workers: int, per_worker: dict[str, float], nodes: l
              if totals[key] < amount * num_workers or max((n.get(key, 0.0) for n in nodes), default=0.0) < amount]
     have = ", ".join(f"{totals[key]:g} {key}" for key in per_worker)
     ask = " + ".join(f"{amount:g} {key}" for key, amount in per_worker.items())
-    hint = "; drop --gpu or run on a cluster with GPUs" if "GPU" in short and totals.get("GPU", 0) == 0 else "; lower --workers"
+    hint = "; drop --gpu (a study: --accelerator cpu or auto) or run on a cluster with GPUs" if "GPU" in short and totals.get("GPU", 0) == 0 else "; lower --workers"
     return (
         f"workers: {num_workers} training workers of {ask} each can never run here: the cluster has {have} "
         f"on {len(nodes)} node(s), room for {fits} such worker(s) (short of {', '.join(short) or 'room'}){hint}"
@@ -161,15 +150,12 @@ def check_resources(spec: LaunchSpec, use_gpu: bool, *, fixed: bool | None = Non
     adds nodes (a head with 0 CPUs, GPU groups starting at 0), and public Ray
     APIs do not say whether it does, so its requests are left to Ray.
     """
-    import ray
-
     from cxr_ray.config import ConfigError
     from cxr_ray.runtime import cluster_is_fixed
 
     if not (cluster_is_fixed() if fixed is None else fixed):
         return
-    nodes = [dict(node.get("Resources", {})) for node in ray.nodes() if node.get("Alive")]
-    why = placement_shortfall(spec.num_workers, worker_resources(spec, use_gpu), nodes)
+    why = placement_shortfall(spec.num_workers, worker_resources(spec, use_gpu), live_nodes())
     if why:
         raise ConfigError(why)
 
@@ -210,7 +196,7 @@ def run_trainer(
     from ray.train.torch import TorchTrainer
 
     s3 = s3 or S3Settings.from_env()
-    use_gpu = cluster_has_gpus() if spec.use_gpu is None else spec.use_gpu
+    use_gpu = resolve_use_gpu(spec.use_gpu, spec.resources)
     check_resources(spec, use_gpu)  # before reading any data: an impossible request fails in seconds
     dataset_config = None
     if datasets:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from cxr_ray import storage
+from cxr_ray import resources, storage
 from cxr_ray.config import ConfigError, config_hash, from_dict
 from cxr_ray.filenames import TEST_METRICS_FILE
 from cxr_ray.pixels import autocast, to_input
@@ -36,7 +36,7 @@ from cxr_ray.storage import S3Settings
 LOCALISER_FORMAT = "cxr_ray.localiser/1"
 MAP_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.99, 0.025), 3))  # the region's pixel threshold: candidates
 MAX_FPR = 0.01
-_EXECUTION = {"storage", "name", "num_workers", "use_gpu", "max_failures", "n_boot", "inject_failure", "benign"}
+_EXECUTION = {"storage", "name", "num_workers", "use_gpu", "resources", "max_failures", "n_boot", "inject_failure", "benign"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class LocaliserConfig:
     seed: int = 0
     num_workers: int = 2
     use_gpu: bool | None = None
+    resources: dict | None = None  # what each worker asks of a node (cxr_ray.resources); None: "auto"
     name: str | None = None
     max_failures: int = 2
     n_boot: int = 1000
@@ -65,6 +66,7 @@ class LocaliserConfig:
         from cxr_ray.config import at_least, check_fields, check_name
 
         check_fields(self)
+        resources.of(self.resources)
         for key in ("epochs", "batch_size", "num_workers", "n_boot"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
@@ -397,7 +399,7 @@ def train_localiser(
     init_ray(address)
     log(f"[localiser] {cfg.run_name()}: {cfg.num_workers} workers, {cfg.epochs} epochs -> {run_uri}")
     spec = LaunchSpec(name=cfg.run_name(), storage=cfg.storage, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                      max_failures=cfg.max_failures, score_attribute="val_auc")  # fmt: skip
+                      resources=resources.of(cfg.resources), max_failures=cfg.max_failures, score_attribute="val_auc")  # fmt: skip
     t0 = time.perf_counter()
     datasets = {"train": split_dataset(cfg, ["train"], s3).random_shuffle(seed=cfg.seed), "val": split_dataset(cfg, ["val"], s3)}
     result = run_trainer(localiser_worker, asdict(cfg), spec, s3=s3, datasets=datasets, datasets_to_split=["train"])

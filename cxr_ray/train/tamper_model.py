@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxr_ray import storage
+from cxr_ray import resources, storage
 from cxr_ray.config import ConfigError, config_hash, from_dict, to_dict
 from cxr_ray.filenames import SAMPLES_DIR, TAMPER_SUMMARY_FILE
 from cxr_ray.pixels import autocast, to_input
@@ -61,7 +61,8 @@ class TamperModelConfig:
     rec_weight: float = 10.0  # weight of the masked-pixel L1 of same-class fills
     swap: float = 0.5  # share of fills asked for the other class
     num_workers: int = 2
-    use_gpu: bool | None = None  # None: GPUs when the cluster has them
+    use_gpu: bool | None = None  # None: as `resources` declares ("auto": GPUs when the cluster has them)
+    resources: dict | None = None  # what each worker asks of a node (cxr_ray.resources); None: "auto"
     name: str | None = None  # None: from the identity's hash (stable, resumable)
     seed: int = 0
     max_failures: int = 2
@@ -71,6 +72,7 @@ class TamperModelConfig:
         from cxr_ray.config import at_least, check_fields, check_name
 
         check_fields(self)
+        resources.of(self.resources)
         for key in ("epochs", "batch_size", "ngf", "ndf", "num_workers"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
@@ -363,7 +365,7 @@ def train_tamper_model(
     from cxr_ray.data.datasets import require_complete, resolution_of
     from cxr_ray.data.fingerprint import claim_run_name, run_inputs
     from cxr_ray.runtime import init_ray
-    from cxr_ray.train.launch import LaunchSpec, cluster_has_gpus, cpus_per_worker, read_state, run_trainer
+    from cxr_ray.train.launch import LaunchSpec, cpus_per_worker, read_state, resolve_use_gpu, run_trainer
 
     t0 = time.perf_counter()
     s3 = s3 or S3Settings.from_env()
@@ -374,7 +376,8 @@ def train_tamper_model(
     if size % 8:
         raise ConfigError(f"{cfg.data}: the tamper model needs a size divisible by 8, the table is {size} px")
     init_ray(address)
-    use_gpu = cluster_has_gpus() if cfg.use_gpu is None else cfg.use_gpu
+    declared = resources.of(cfg.resources)
+    use_gpu = resolve_use_gpu(cfg.use_gpu, declared)
     cfg = replace(cfg, name=claim_run_name(cfg.storage, cfg.run_name(), run_inputs(cfg.identity(), [cfg.data], s3), s3, log))
     run_uri = storage.join(cfg.storage, cfg.run_name())
     finished = finished_summary(cfg, run_uri, s3)
@@ -382,7 +385,7 @@ def train_tamper_model(
         log(f"train-tamper: {cfg.run_name()} already has {finished['epochs']} epochs; nothing to do")
         return finished
     spec = LaunchSpec(name=cfg.run_name(), storage=cfg.storage, num_workers=cfg.num_workers, use_gpu=use_gpu,
-                      cpus_per_worker=cpus_per_worker(cfg.num_workers), max_failures=cfg.max_failures)  # fmt: skip
+                      cpus_per_worker=cpus_per_worker(cfg.num_workers), resources=declared, max_failures=cfg.max_failures)  # fmt: skip
     log(f"train-tamper: {cfg.run_name()} ({size}px) on {cfg.num_workers} workers, {cfg.epochs} epochs -> {run_uri}")
     t_fit = time.perf_counter()
     result = run_trainer(tamper_worker, to_dict(cfg), spec, s3=s3, datasets=tamper_datasets(cfg, s3), datasets_to_split=["train"])
