@@ -21,6 +21,11 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "chest_xray"
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+# Set while the session's `ray_cluster` runs: a test that needs the machine's only Ray instance to itself (the
+# autoscaling cluster) runs before it or not at all.
+SESSION_CLUSTER = {"running": False}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,7 +58,9 @@ def ray_cluster():
         except OSError:
             assert proc.poll() is None, "ray start --head exited"
             time.sleep(0.5)
+    SESSION_CLUSTER["running"] = True
     yield {"address": gcs, "dashboard": f"http://127.0.0.1:{dashboard}"}
+    SESSION_CLUSTER["running"] = False
     import signal
 
     os.killpg(proc.pid, signal.SIGTERM)

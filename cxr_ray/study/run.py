@@ -50,7 +50,8 @@ def check_stages(profile: Profile, layout: StudyLayout) -> None:
 
 
 def check_training_fits(profile: Profile) -> None:
-    """A study's trainings (profile.workers each) that no node set can ever host fail now, not after ingest."""
+    """A study's trainings (profile.workers each) that no node set of a local cluster can ever host fail now, not
+    after ingest. A joined cluster's autoscaler may add nodes; public Ray APIs do not say which node types it has."""
     from cxr_ray.resources import of
     from cxr_ray.train.launch import LaunchSpec, check_resources, cpus_per_worker, resolve_use_gpu
 
