@@ -189,6 +189,57 @@ def pool_size(options: dict[str, Any]) -> int:
     return int(options["compute"].max_size)
 
 
+# What Ray's autoscaler says of a demand that no node type of the cluster can ever hold.
+_INFEASIBLE = "No available node types can fulfill resource request"
+
+
+def _autoscaler_events() -> list[dict[str, Any]] | None:
+    """The autoscaler's events, or None where they cannot be read (a minimal Ray without the dashboard).
+
+    No public Ray API reports a demand the autoscaler refuses; its events come through the state API's
+    `list_cluster_events` (a DeveloperAPI), which the dashboard serves.
+    """
+    try:
+        from ray.util.state import list_cluster_events
+
+        return list_cluster_events(filters=[("source_type", "=", "AUTOSCALER")], limit=10_000,
+                                   raise_on_missing_output=False, timeout=10)
+    except Exception:  # no dashboard, or its state API not answering: nothing to read
+        return None
+
+
+def autoscaler_refusal(bundle: dict[str, float], wait_s: float = 30.0) -> str | None:
+    """On a cluster with an autoscaler: its own words when no node type can ever hold `bundle`, else None.
+
+    Ray would wait forever for such a request. A placement group of the one
+    bundle is made (the autoscaler refuses an impossible one within a few of
+    its update intervals; a possible one makes it start a node, the stage's
+    first) and removed again once it is placed, refused, or `wait_s` has
+    passed (nodes still booting: the study goes on and waits for them as Ray
+    does). A cluster without autoscaler events (none runs) is not asked.
+    """
+    import time
+
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    seen = _autoscaler_events()
+    if not seen:
+        return None
+    seen_ids = {event.get("event_id") for event in seen}
+    group = placement_group([dict(bundle)])
+    deadline = time.monotonic() + wait_s
+    try:
+        while time.monotonic() < deadline:
+            if group.wait(timeout_seconds=1):
+                return None
+            for event in _autoscaler_events() or []:
+                if event.get("event_id") not in seen_ids and _INFEASIBLE in str(event.get("message", "")):
+                    return str(event["message"])
+        return None
+    finally:
+        remove_placement_group(group)
+
+
 def autoscaler_can_grow() -> bool:
     """Whether requests to the autoscaler can mean anything: a joined cluster (this process did not start it)."""
     from cxr_ray.runtime import cluster_is_fixed

@@ -1,6 +1,6 @@
 """A study on Ray's own autoscaler (issue 17): a head with 0 CPUs and one worker node type that starts at zero, a
 custom resource standing in for the accelerator. Worker nodes come up for the study's declared resources, every
-stage finishes on them, and they go away after the idle timeout.
+stage finishes on them, and they go away after the idle timeout; a shape no node type offers fails in seconds.
 
 Ray's fake multi-node provider (what `ray.cluster_utils.AutoscalingCluster` starts) runs each "node" as a raylet
 on this machine. AutoscalingCluster itself cannot be used: Ray 2.60's wheel lacks the example config it reads,
@@ -124,3 +124,19 @@ def test_a_study_job_brings_worker_nodes_up_from_zero_finishes_on_them_and_they_
     while worker_nodes(dashboard) and time.time() < deadline:
         time.sleep(3)
     assert worker_nodes(dashboard) == 0, "idle worker nodes were not removed"
+
+
+def test_a_shape_no_node_type_offers_fails_in_seconds_with_one_line(autoscaling_cluster, tmp_path):
+    t0 = time.time()
+    proc = subprocess.run(
+        [sys.executable, "jobs/full_study.py", *SMALL_STUDY, "--custom-resources", "big_accel=1",
+         "--address", autoscaling_cluster["address"], "--storage", str(tmp_path / "study")],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env(),
+    )
+    elapsed = time.time() - t0
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "no node type of this cluster can ever offer a worker of 1 CPU + 1 big_accel" in last, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 60, elapsed
+    assert not (tmp_path / "study" / "manifest.json").exists()  # refused before any stage

@@ -50,15 +50,23 @@ def check_stages(profile: Profile, layout: StudyLayout) -> None:
 
 
 def check_training_fits(profile: Profile) -> None:
-    """A study's trainings (profile.workers each) that no node set of a local cluster can ever host fail now, not
-    after ingest. A joined cluster's autoscaler may add nodes; public Ray APIs do not say which node types it has."""
-    from cxr_ray.resources import of
-    from cxr_ray.train.launch import LaunchSpec, check_resources, cpus_per_worker, resolve_use_gpu
+    """A study's trainings (profile.workers each) that no node set can ever host fail now, not after ingest: on a
+    local cluster from its nodes, on a joined one from what its autoscaler says of one worker."""
+    from cxr_ray.config import ConfigError
+    from cxr_ray.resources import autoscaler_can_grow, autoscaler_refusal, describe, of
+    from cxr_ray.train.launch import LaunchSpec, check_resources, cpus_per_worker, resolve_use_gpu, worker_resources
 
     declared = of(plan.declared(profile))
     spec = LaunchSpec(name="study-check", storage=".", num_workers=profile.workers,
                       cpus_per_worker=cpus_per_worker(profile.workers), resources=declared)
-    check_resources(spec, resolve_use_gpu(None, declared))
+    use_gpu = resolve_use_gpu(None, declared)
+    check_resources(spec, use_gpu)
+    if autoscaler_can_grow():
+        worker = worker_resources(spec, use_gpu)
+        refusal = autoscaler_refusal(worker)
+        if refusal:
+            raise ConfigError(f"resources: no node type of this cluster can ever offer a worker of {describe(worker)} "
+                              f"(its autoscaler: {refusal.split('. ')[0]})")
 
 
 def run_study(
