@@ -24,7 +24,7 @@ SRC=${SRC:-}            # Kaggle-layout JPEGs: ingested into $DATA when it is mi
 MODELS=${MODELS:-resnet18 mobilenet_v2 resnet50}
 STUDY_PROFILE=${STUDY_PROFILE:-quick}  # full needs SRC (the whole dataset)
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 PY=${PY:-python3}
 LOG="$OUT/session.log"
 SMALL=${SMALL:-0}  # 1: tiny sizes, to try the script on a CPU machine first

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}  # Ray's token authentication; tests/conftest.py makes the session's token
 exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "$@"

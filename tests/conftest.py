@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -16,9 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "cxr_ray" / "sample" / "chest_xray"
 SHARED_DATA = REPO.parent / "shared" / "data" / "chest_xray"
 
-# A local Ray and moto share this machine's two cores: keep Ray's own
-# dashboard and metrics agents out of the tests' way.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray's token authentication, as the README and the cluster configs use it: one random token for the session's
+# clusters, drivers and `ray job submit` calls, inherited by every process the tests start.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
 # Set while the session's `ray_cluster` runs: a test that needs the machine's only Ray instance to itself (the
@@ -42,7 +44,7 @@ def ray_cluster():
     """
     port, dashboard = free_port(), free_port()
     # Started from the project's venv: a submitted job's `python` is then the venv's.
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--num-cpus=2",

@@ -47,7 +47,7 @@ def cluster_config() -> dict:
 
 
 def env() -> dict[str, str]:
-    out = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    out = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     out.pop("RAY_ADDRESS", None)
     return out
 

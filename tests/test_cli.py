@@ -71,7 +71,7 @@ def test_ingest_error_is_one_clear_line(tmp_path):
         [sys.executable, "-m", "cxr_ray.cli.app", "ingest", str(missing), str(dest)],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", "RAY_AUTH_MODE": "disabled", "HOME": str(tmp_path)},
+        env={"PATH": "/usr/bin:/bin", "RAY_AUTH_MODE": "token", "HOME": str(tmp_path)},
     )
     assert proc.returncode == 2
     assert f"error: {missing}: source folder does not exist" in proc.stderr

@@ -531,6 +531,12 @@ def test_aws_start_commands_and_region():
     assert f"AWS_REGION={cfg['provider']['region']}" in env
 
 
+def test_aws_nodes_use_rays_token_authentication():
+    cfg = aws()
+    assert "--env RAY_AUTH_MODE=token" in cfg["docker"]["run_options"]
+    assert cfg["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}, "only the token file is copied to the nodes"
+
+
 # ---------------------------------------------------------------- KubeRay
 
 
@@ -569,6 +575,15 @@ def test_rayjob_lifecycle_and_autoscaling():
     assert cluster["enableInTreeAutoscaling"] is True
     ray_version, _ = base_versions()
     assert cluster["rayVersion"] == str(ray_version), "rayVersion must equal the image's Ray"
+
+
+def test_rayjob_uses_token_auth_and_submits_without_a_second_image_pull():
+    spec = rayjob()["spec"]
+    assert spec["rayClusterSpec"]["authOptions"] == {"mode": "token"}
+    assert spec["submissionMode"] == "HTTPMode"  # no submitter pod
+    assert "KubeRay operator v1.5.1 or newer" in RAYJOB.read_text(), "state the KubeRay version authOptions needs"
+    readme = (REPO / "README.md").read_text()
+    assert "RAY_AUTH_MODE=disabled" not in readme and "export RAY_AUTH_MODE=token" in readme
 
 
 def test_rayjob_entrypoint_runs_the_full_study_on_s3():
@@ -752,7 +767,8 @@ def test_docs_commands_name_existing_files():
         "ray up cluster/aws.yaml",
         "ray down cluster/aws.yaml",
         "kubectl apply -f cluster/kuberay-rayjob.yaml",
-        "RAY_AUTH_MODE=disabled ray start --head",
+        "RAY_AUTH_MODE=token ray start --head",
+        "ray get-auth-token --generate",
     ):
         assert cmd in text, f"docs/cluster.md lacks `{cmd}`"
     for ref in set(re.findall(r"\bcluster/[\w.-]+\.yaml\b", text)):

@@ -27,7 +27,6 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
         "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
         "AWS_REGION": s3_server.region,
         "CXR_RAY_S3_ENDPOINT": s3_server.endpoint_url,
-        "RAY_AUTH_MODE": "disabled",
     }
     storage = f"s3://{s3_bucket}/study"
     cmd = [
@@ -165,6 +164,6 @@ def test_the_same_data_anywhere_re_uses_every_stage_and_a_changed_image_retrains
 
 def submit(cmd: list[str]) -> subprocess.CompletedProcess:
     # A training costs about 30 s of fixed cost on 2 CPUs (issue 18): the S3 study's dozen take about 10 minutes.
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=dict(os.environ))  # token auth: RAY_AUTH_MODE and the token
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc

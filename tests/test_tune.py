@@ -29,7 +29,6 @@ def test_a_search_killed_mid_way_resumes_from_its_records_and_writes_trials_and_
     gcs = ray_local.get_runtime_context().gcs_address
     cfg = dict(num_samples=3, max_epochs=2, batch_sizes=(32,), max_concurrent_trials=1, storage=str(storage), name="resume-me")
     code = (
-        "import os; os.environ.setdefault('RAY_AUTH_MODE', 'disabled')\n"
         "from cxr_ray.runtime import init_ray; init_ray()\n"
         "from cxr_ray.tune import SearchConfig, run_search\n"
         f"run_search(SearchConfig(data={sample64!r}, **{cfg!r}))\n"

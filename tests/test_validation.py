@@ -88,7 +88,7 @@ def test_study_with_a_bad_value_refuses_before_anything_runs(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "cxr_ray.cli.app", "study", "--epochs", "-1", "--storage", str(root)],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RAY_AUTH_MODE": "disabled"},
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RAY_AUTH_MODE": "token"},
     )
     assert proc.returncode == 2, proc.stderr
     assert "--epochs must be at least 1, got -1" in one_error_line(proc.stderr)
@@ -106,7 +106,7 @@ def test_unreachable_address_fails_in_seconds_with_one_line(kaggle_tree, tmp_pat
     proc = subprocess.run(
         [sys.executable, "-m", "cxr_ray.cli.app", "ingest", str(kaggle_tree), str(dest), "--address", f"127.0.0.1:{port}"],
         capture_output=True, text=True, timeout=120,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RAY_AUTH_MODE": "disabled"},
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RAY_AUTH_MODE": "token"},
     )
     assert proc.returncode == 2, proc.stderr
     assert f"address: cannot reach a Ray cluster at 127.0.0.1:{port}" in one_error_line(proc.stderr)
