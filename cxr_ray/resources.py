@@ -21,7 +21,7 @@ and withdraws the request when the stage ends.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 from cxr_ray.config import ConfigError
@@ -71,9 +71,6 @@ class Resources:
             shape["GPU"] = self.gpus
         return {**shape, **{k: float(v) for k, v in self.custom.items()}}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "custom": dict(self.custom)}
-
     def task_options(self, cpus: float = 1.0) -> dict[str, Any]:
         """`.options(...)` for one Ray task or actor of this shape ("auto": a GPU when the cluster has one)."""
         use_gpu = resolve_use_gpu(None, self)
@@ -90,7 +87,10 @@ def of(value: Mapping[str, Any] | None, *, where: str = "resources") -> Resource
     unknown = sorted(set(value) - set(Resources.__dataclass_fields__))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(Resources.__dataclass_fields__)}")
-    return Resources(**{**value, "custom": dict(value.get("custom") or {})})
+    try:
+        return Resources(**{**value, "custom": dict(value.get("custom") or {})})
+    except (TypeError, ValueError) as exc:  # a string where a number belongs, a list for custom
+        raise ConfigError(f"{where}: {exc}; got {dict(value)!r}") from None
 
 
 def parse_custom(items: tuple[str, ...] | list[str]) -> dict[str, float]:

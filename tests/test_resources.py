@@ -24,6 +24,7 @@ def full_profile(**changes):
     ({"custom": {"accel": -1}}, "custom"),
     ({"min_actors": 3, "max_actors": 2}, "min_actors"),
     ({"gpu": 1}, "unknown key"),
+    ({"gpus": "one"}, "resources"),
 ])
 def test_a_bad_declaration_is_one_line_naming_the_key(value, word):
     with pytest.raises(ConfigError, match=word):
