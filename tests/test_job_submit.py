@@ -124,6 +124,8 @@ def test_the_same_data_anywhere_re_uses_every_stage_and_a_changed_image_retrains
         return Manifest.load(str(root)).stages, lines
 
     first, _ = study()
+    plan = dry_run(*knobs)
+    assert all(f"  skip    {stage:<11}  done earlier with the same settings and inputs" in plan for stage in STAGES), plan
     before = trained_inputs(first)
     reads_real = [name for name in before if name != "pneumonia-cnn-fake"]  # that one reads the fakes only
     assert {before[name][1][0] for name in reads_real} == {first["ingest"]["outputs"]["identity"]}
@@ -146,6 +148,9 @@ def test_the_same_data_anywhere_re_uses_every_stage_and_a_changed_image_retrains
     changed = tmp_path / "changed" / "chest_xray"
     shutil.copytree(SAMPLE_DATA, changed)
     touch_one_image(changed)
+    plan = dry_run(*knobs, "--data", str(changed))
+    assert "  run     ingest       its settings or inputs changed since it ran" in plan, plan
+    assert "  run     train        after generate, tune (takes their results)" in plan, plan
     third, lines = study("--data", str(changed))
     reused = [line for line in lines if any(w in line for w in ("skipping", "finished earlier", "nothing to do"))]
     assert not reused, reused
@@ -160,6 +165,14 @@ def test_the_same_data_anywhere_re_uses_every_stage_and_a_changed_image_retrains
     assert scored == {r["run_dir"] for r in third["train"]["outputs"].values()}  # never the stale runs beside them
     encoders = {q["feature"]["encoder"] for q in third["gan_quality"]["outputs"].values()}
     assert encoders.isdisjoint(q["feature"]["encoder"] for q in first["gan_quality"]["outputs"].values())
+
+
+def dry_run(*args: str) -> str:
+    """`jobs/full_study.py --dry-run` as a process that could not reach Ray if it tried (issue 18)."""
+    proc = subprocess.run([sys.executable, "jobs/full_study.py", *args, "--dry-run"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
+    assert proc.returncode == 0 and "Ray not started" in proc.stdout, proc.stdout + proc.stderr
+    return proc.stdout
 
 
 def submit(cmd: list[str]) -> subprocess.CompletedProcess:

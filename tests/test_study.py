@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
-from conftest import make_kaggle_tree, upload_tree
+from conftest import REPO, make_kaggle_tree, upload_tree
 
 from cxr_ray.config import ConfigError
 from cxr_ray.data.fingerprint import claim_run_name, source_fingerprint, table_identity
@@ -408,3 +410,22 @@ def test_an_unknown_family_is_one_line(value, word, capsys):
     assert run_study_cli(["--families", value]) == 2
     err = capsys.readouterr().err
     assert word in err and "Traceback" not in err
+
+
+def test_a_dry_run_of_a_fresh_root_plans_every_stage_without_ray(tmp_path):
+    """`--dry-run` reads the manifest and the source's fingerprint only: a process that could not reach Ray if it
+    tried prints the plan (issue 18)."""
+    from cxr_ray.study.layout import STAGES
+    from cxr_ray.study.stages import PIPELINE
+
+    proc = subprocess.run([sys.executable, "jobs/full_study.py", "--storage", str(tmp_path / "study"), "--dry-run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"study {tmp_path / 'study'}: the plan (dry run; Ray not started)"
+    assert "  run     ingest       never run under this study root" in lines
+    assert "  run     evaluate     after train, benign (takes their results)" in lines
+    assert [line.split()[1] for line in lines[1:]] == [*STAGES, "report"]
+    assert [name for name, _, _ in PIPELINE] == list(STAGES)  # the study runs the stages its layout lists
+    assert not (tmp_path / "study").exists()

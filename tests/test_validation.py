@@ -238,7 +238,7 @@ def test_direct_construction_is_checked_too():
 def test_every_stage_config_is_built_before_ray(tmp_path):
     from cxr_ray.study.layout import StudyLayout
     from cxr_ray.study.profile import PROFILES, resolve_profile
-    from cxr_ray.study.run import check_stages
+    from cxr_ray.study.plan import check_stages
 
     layout = StudyLayout.at(str(tmp_path / "study"))
     check_stages(resolve_profile(PROFILES["quick"]), layout)  # the defaults pass

@@ -83,6 +83,8 @@ STUDY_OPTIONS: tuple[StudyOption, ...] = (
     StudyOption("--n-boot", int, "bootstrap replicates for the 95% intervals"),
     StudyOption("--seed", int, "seed of every split, generator, training and bootstrap"),
     StudyOption("--sequential", bool, "run trainings one after another (for timing)"),
+    StudyOption("--dry-run", bool, "print the plan from the study's manifest (each stage: run, resume or skip, and why) "
+                "without starting Ray"),
     StudyOption("--overwrite", bool, "redo every stage"),
     StudyOption("--s3-endpoint", str, "S3-compatible endpoint URL (else CXR_RAY_S3_ENDPOINT / AWS_ENDPOINT_URL)"),
     StudyOption("--s3-region", str, "S3 region (else AWS_REGION)"),

@@ -7,6 +7,7 @@
 - stages.py: one function per stage
 - concurrency.py: trainings side by side, and their timeline
 - run.py: run_study and run_study_cli
+- dry_run.py: the plan from the manifest (--dry-run), without Ray
 """
 
 from cxr_ray.study.layout import StudyLayout

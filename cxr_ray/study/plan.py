@@ -374,3 +374,29 @@ def pneumonia_runs(trained: dict[str, Any]) -> list[str]:
 
 def attack_hash(cfg: AttackConfig, h_tamper: str, h_train: str) -> str:
     return stage_hash(hashed(cfg), [h_tamper, h_train])
+
+
+def check_stages(profile: Profile, layout: StudyLayout) -> None:
+    """Build every stage's configs now (pure, no Ray): a value one of them refuses fails the study in seconds,
+    not after the stages before it have run. Tuned hyperparameters, GAN run folders and the archive's format are not
+    known yet: the profile's values, placeholder run folders and a lossless format stand in for them.
+    """
+    ingest_config(profile, layout)
+    gans = gan_configs(profile, layout)
+    # The archive format is ingest's finding; a lossless stand-in of the study's size checks the rest.
+    stand_in = {"format": "PNG", "width": profile.resolution, "height": profile.resolution, "mode": "L"}
+    generated = generate_configs(profile, layout, {cls: {"run_dir": storage.join(layout.gan, cls)} for cls in gans}, stand_in)
+    family_gans = family_gan_configs(profile, layout)
+    family_generate_configs(
+        profile, layout, {f: {cls: {"run_dir": storage.join(layout.gan, f, cls)} for cls in gans} for f in family_gans}, stand_in
+    )
+    if profile.families:
+        generalise_config(profile, layout, None)
+    tune_configs(profile, layout)
+    classifier_configs(profile, layout, {}, None)
+    benign_config(profile, layout)
+    evaluate_configs(profile, layout)
+    claim_trainings(profile, layout, fake_train_per_class(generated["raw"]), None)
+    if profile.tamper_epochs:
+        tamper_hash(profile, layout, "", "")  # the tamper model, job and localiser configs
+        attack_config(profile, layout, [layout.run("pneumonia-check")])  # a stand-in classifier run

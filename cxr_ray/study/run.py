@@ -14,39 +14,12 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Sequence
 
-from cxr_ray import storage
 from cxr_ray.manifest import Manifest
 from cxr_ray.storage import S3Settings
 from cxr_ray.study import plan, stages
 from cxr_ray.study.concurrency import Timeline, cpu_share, slots
 from cxr_ray.study.layout import StudyLayout
 from cxr_ray.study.profile import Profile, StudyOptions, resolve_profile
-
-
-def check_stages(profile: Profile, layout: StudyLayout) -> None:
-    """Build every stage's configs now (pure, no Ray): a value one of them refuses fails the study in seconds,
-    not after the stages before it have run. Tuned hyperparameters, GAN run folders and the archive's format are not
-    known yet: the profile's values, placeholder run folders and a lossless format stand in for them.
-    """
-    plan.ingest_config(profile, layout)
-    gans = plan.gan_configs(profile, layout)
-    # The archive format is ingest's finding; a lossless stand-in of the study's size checks the rest.
-    stand_in = {"format": "PNG", "width": profile.resolution, "height": profile.resolution, "mode": "L"}
-    generated = plan.generate_configs(profile, layout, {cls: {"run_dir": storage.join(layout.gan, cls)} for cls in gans}, stand_in)
-    family_gans = plan.family_gan_configs(profile, layout)
-    plan.family_generate_configs(
-        profile, layout, {f: {cls: {"run_dir": storage.join(layout.gan, f, cls)} for cls in gans} for f in family_gans}, stand_in
-    )
-    if profile.families:
-        plan.generalise_config(profile, layout, None)
-    plan.tune_configs(profile, layout)
-    plan.classifier_configs(profile, layout, {}, None)
-    plan.benign_config(profile, layout)
-    plan.evaluate_configs(profile, layout)
-    plan.claim_trainings(profile, layout, plan.fake_train_per_class(generated["raw"]), None)
-    if profile.tamper_epochs:
-        plan.tamper_hash(profile, layout, "", "")  # the tamper model, job and localiser configs
-        plan.attack_config(profile, layout, [layout.run("pneumonia-check")])  # a stand-in classifier run
 
 
 def check_training_fits(profile: Profile) -> None:
@@ -81,7 +54,7 @@ def run_study(
 
     profile = resolve_profile(options.profile)
     layout = StudyLayout.at(options.storage)
-    check_stages(profile, layout)
+    plan.check_stages(profile, layout)
     s3 = s3 or S3Settings.from_env()
     ray = init_ray(address)
     check_training_fits(profile)
@@ -97,19 +70,9 @@ def run_study(
     t_study = time.time()
     log(f"study {profile.name}: data {profile.data} -> {layout.root}; up to {width} trainings at once")
 
-    ingested = stages.ingest(ctx)
-    gans = stages.gan(ctx, ingested)
-    stages.gan_quality(ctx, gans)
-    fakes = stages.generate(ctx, gans, ingested)
-    families = stages.families(ctx, ingested)
-    tuned = stages.tune(ctx, ingested)
-    trained = stages.train(ctx, fakes, tuned)
-    reprocessed = stages.benign(ctx, ingested)
-    stages.evaluate(ctx, trained, reprocessed)
-    stages.generalise(ctx, fakes, families, reprocessed)
-    tampered = stages.tamper(ctx, ingested, reprocessed)
-    stages.attack(ctx, tampered, trained)
-    stages.claim(ctx, fakes)
+    results: dict[str, stages.StageResult] = {}
+    for name, stage, inputs in stages.PIPELINE:
+        results[name] = stage(ctx, *(results[i] for i in inputs))
     report = stages.report(ctx, t_study)
     log(f"study finished in {time.time() - t_study:.0f} s; report: {report['html']}")
     return {"root": layout.root, "report": report}
@@ -123,9 +86,15 @@ def run_study_cli(argv: Sequence[str] | None = None) -> int:
     from cxr_ray.study.args import build_parser, study_options
 
     args = build_parser().parse_args(argv)
+    s3 = s3_settings(args.s3_endpoint, args.s3_region)
     try:
-        guarded(lambda: run_study(study_options(args), s3=s3_settings(args.s3_endpoint, args.s3_region),
-                                  address=args.address))
+        if args.dry_run:
+            from cxr_ray.study.dry_run import dry_run, format_plan
+
+            options = study_options(args)
+            guarded(lambda: print(format_plan(dry_run(options, s3=s3), StudyLayout.at(options.storage).root)))
+        else:
+            guarded(lambda: run_study(study_options(args), s3=s3, address=args.address))
     except typer.Exit as exc:
         return exc.exit_code
     return 0

@@ -333,6 +333,24 @@ def claim(ctx: StudyContext, fakes: StageResult) -> StageResult:
     return ctx.stage("claim", plan.claim_hash(pairs, fakes.digest), run)
 
 
+# Every stage in the order the study runs it, with the stages whose results it takes (run.run_study, dry_run).
+PIPELINE: tuple[tuple[str, Callable[..., StageResult], tuple[str, ...]], ...] = (
+    ("ingest", ingest, ()),
+    ("gan", gan, ("ingest",)),
+    ("gan_quality", gan_quality, ("gan",)),
+    ("generate", generate, ("gan", "ingest")),
+    ("families", families, ("ingest",)),
+    ("tune", tune, ("ingest",)),
+    ("train", train, ("generate", "tune")),
+    ("benign", benign, ("ingest",)),
+    ("evaluate", evaluate, ("train", "benign")),
+    ("generalise", generalise, ("generate", "families", "benign")),
+    ("tamper", tamper, ("ingest", "benign")),
+    ("attack", attack, ("tamper", "train")),
+    ("claim", claim, ("generate",)),
+)
+
+
 def report(ctx: StudyContext, t_study: float) -> dict[str, str]:
     """The timeline, then the report (always rebuilt: cheap, and it should show this run's timeline)."""
     from cxr_ray.report.build import build_report
