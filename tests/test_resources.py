@@ -83,8 +83,10 @@ def test_each_stage_says_what_it_asks_for(ray_local):
     assert train.bundles == [{"CPU": 4.0, "GPU": 1.0}] * 4
     generate = stage_ask("generate", full, declared, 4, None)
     assert generate.text == "an actor pool of 1-4 x (4 CPU + 1 GPU)" and len(generate.bundles) == 1
-    assert stage_ask("report", full, declared, 4, None).bundles == []
-    assert "auto" in stage_ask("train", resolve_profile(PROFILES["quick"]), None, 1, 0.5).text
+    assert stage_ask("report", full, declared, 4, None) == ("nothing: it runs in the driver", [])
+    auto = stage_ask("train", resolve_profile(PROFILES["quick"]), None, 1, 0.5)
+    assert auto.text == "1 training(s) at once x 1 worker(s) of (0.5 CPU) [auto: sized from the local node]"
+    assert auto.bundles == []  # nothing asked of an autoscaler
 
 
 @pytest.mark.parametrize("flag, value, word", [

@@ -4,7 +4,8 @@ asks the autoscaler for up front (cxr_ray.resources.requested).
 Trainings ask for `width` trainings of `workers` workers each; Ray Data
 stages for their actor pool's minimum (the pool grows on its own as nodes
 come); ingest for read tasks; the quality metric and the report run in the
-driver and ask for nothing.
+driver and ask for nothing. Only declared resources are asked of the
+autoscaler: "auto" sizes itself from the local node.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def stage_ask(stage: str, profile: Profile, declared: dict | None, width: int, c
     if stage == "ingest":
         parts.append("Ray Data read tasks of 1 CPU")
     if stage in DRIVER_STAGES or not parts:
-        parts.append("nothing: it runs in the driver")
-    where = "" if res.declared else " [auto: sized from the local node]"
-    return StageAsk("; ".join(parts) + where, bundles)
+        return StageAsk("nothing: it runs in the driver", [])
+    if not res.declared:  # "auto" is for one machine: nothing to ask an autoscaler for
+        return StageAsk("; ".join(parts) + " [auto: sized from the local node]", [])
+    return StageAsk("; ".join(parts), bundles)
