@@ -9,7 +9,7 @@ import pytest
 from cxr_ray.config import ConfigError
 from cxr_ray.resources import Resources, actor_pool_options, of, parse_custom, pool_size
 from cxr_ray.study import plan
-from cxr_ray.study.asks import stage_ask
+from cxr_ray.study.asks import StageAsk, stage_ask
 from cxr_ray.study.layout import StudyLayout
 from cxr_ray.study.profile import PROFILES, resolve_profile
 
@@ -83,7 +83,7 @@ def test_each_stage_says_what_it_asks_for(ray_local):
     assert train.bundles == [{"CPU": 4.0, "GPU": 1.0}] * 4
     generate = stage_ask("generate", full, declared, 4, None)
     assert generate.text == "an actor pool of 1-4 x (4 CPU + 1 GPU)" and len(generate.bundles) == 1
-    assert stage_ask("report", full, declared, 4, None) == ("nothing: it runs in the driver", [])
+    assert stage_ask("report", full, declared, 4, None) == StageAsk("nothing: it runs in the driver", [])
     auto = stage_ask("train", resolve_profile(PROFILES["quick"]), None, 1, 0.5)
     assert auto.text == "1 training(s) at once x 1 worker(s) of (0.5 CPU) [auto: sized from the local node]"
     assert auto.bundles == []  # nothing asked of an autoscaler
