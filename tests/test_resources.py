@@ -73,6 +73,12 @@ def test_where_a_stage_runs_is_not_what_it_computes():
         plan.train_hash(plan.classifier_configs(on_cpu, layout, {}, None), "g", "t")
     assert plan.tamper_hash(on_gpu, layout, "r", "b") == plan.tamper_hash(on_cpu, layout, "r", "b")
     assert plan.tune_configs(on_gpu, layout)["cnn"].name == plan.tune_configs(on_cpu, layout)["cnn"].name
+    # Nor how many trainings the cluster fits side by side (the CPU share each gets): a study resumed on another
+    # cluster, or planned by --dry-run, keeps its trainings.
+    assert plan.train_hash(plan.classifier_configs(on_cpu, layout, {}, 0.5), "g", "t") == \
+        plan.train_hash(plan.classifier_configs(on_cpu, layout, {}, None), "g", "t")
+    assert plan.generalise_hash(plan.generalise_config(on_cpu, layout, 0.25), "g", "f", "b") == \
+        plan.generalise_hash(plan.generalise_config(on_cpu, layout, None), "g", "f", "b")
 
 
 def test_each_stage_says_what_it_asks_for(ray_local):

@@ -52,10 +52,19 @@ def declared(p: Profile) -> dict[str, Any] | None:
             "custom": parse_custom(p.custom_resources), "min_actors": p.pool_min, "max_actors": p.pool_max or None}
 
 
+# Execution settings that do not change what a stage computes: its resources are left out of the hash, and a
+# training's CPU share (how many trainings the cluster fits side by side) is hashed as unset, its value before
+# shares existed, so a study resumed on a bigger or smaller cluster, or planned by --dry-run, keeps its stages.
+_UNHASHED_SHARE = "cpus_per_worker"
+
+
 def hashed(cfg: Any) -> dict[str, Any]:
-    """A config's fields for a stage hash: where it runs (its resources) is not what it computes."""
+    """A config's fields for a stage hash: where it runs is not what it computes."""
     fields = cfg if isinstance(cfg, dict) else asdict(cfg)
-    return {k: v for k, v in fields.items() if k != RESOURCES_FIELD}
+    out = {k: v for k, v in fields.items() if k != RESOURCES_FIELD}
+    if _UNHASHED_SHARE in out:
+        out[_UNHASHED_SHARE] = None
+    return out
 
 
 def ingest_config(p: Profile, layout: StudyLayout) -> IngestConfig:
