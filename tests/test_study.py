@@ -145,9 +145,9 @@ DIGESTS = {
     },
     "quick-cnn-s3-shared": {
         "ingest": "0eb202cb12770452", "gan": "682ae2622c1b1d4b", "gan_quality": "1ebed1ea88c40241",
-        "generate": "4c28be763f8b50e9", "tune": "a0dd538c46d45a8f", "train": "1c90a338b796a000",
-        "benign": "ce7454a60476b954", "evaluate": "5e2914e2107d726a", "claim": "bf0ceb7343781c24",
-        "families": "39744fa5b5d51a27", "generalise": "2be34b63117b230f", "tamper": "facb71048a83f0b5", "attack": "256629aa29364feb",
+        "generate": "4c28be763f8b50e9", "tune": "a0dd538c46d45a8f", "train": "95d2f081388fec6d",
+        "benign": "ce7454a60476b954", "evaluate": "35a593f9a890bff0", "claim": "c9568504f54bf2ca",
+        "families": "39744fa5b5d51a27", "generalise": "c8673049fcf69ed3", "tamper": "facb71048a83f0b5", "attack": "75c2eeba7eab37db",
     },
     "full-two-models": {
         "ingest": "0eb202cb12770452", "gan": "afd3bb3012f059f1", "gan_quality": "6e5eb898428e8c8b",
@@ -168,7 +168,7 @@ DIGESTS = {
         "families": "e03c6283081eb1cd", "generalise": "35a04a9d0a209c2c", "tamper": "227371dcf5f217c7", "attack": "a45e6404e6cb0724",
     },
 }
-CASES = {  # profile, root, CPU share of a training worker
+CASES = {  # profile, root, CPU share of a training worker (hashed as unset since 2026-12-02: digests repinned)
     "quick-cnn-local": (replace(PROFILES["quick"], data="/data/chest_xray", models=("cnn",)), "/study", None),
     "quick-cnn-s3-shared": (
         replace(PROFILES["quick"], data="s3://bucket/chest_xray", models=("cnn",)), "s3://bucket/study", 0.5,
