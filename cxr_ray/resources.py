@@ -146,13 +146,14 @@ def live_nodes() -> list[dict[str, float]]:
 def actor_pool_options(max_actors: int | None = None, declared: dict | None = None) -> dict[str, Any]:
     """map_batches arguments (an elastic ActorPoolStrategy, each actor's resources) for a stage's actor pool.
 
-    Declared (cxr_ray.resources, accelerator "gpu" or "cpu"): between its
-    min_actors and max_actors, each actor asking what it declares; the pool
-    grows as an autoscaler adds nodes. "auto" (a laptop or fixed local
-    cluster): one actor per free GPU when there are GPUs; on CPUs what is free
-    *now* (earlier stages may still hold some) less one CPU, so the
-    read/perturb/write tasks around the actors can always be scheduled; with
-    every CPU held by actors they never could, and the job would hang.
+    Declared (cxr_ray.resources, accelerator "gpu" or "cpu"): elastic between
+    its min_actors and max_actors, each actor asking what it declares; the
+    pool grows as an autoscaler adds nodes. "auto" (a laptop or one machine,
+    which never grows): a fixed pool of what is free *now*, one actor per free
+    GPU when there are GPUs, on CPUs the free CPUs (earlier stages may still
+    hold some) less one, so the read/perturb/write tasks around the actors can
+    always be scheduled; with every CPU held by actors they never could, and
+    the job would hang; an elastic pool there would only start small.
     `max_actors` caps either.
     """
     import ray
@@ -176,9 +177,9 @@ def actor_pool_options(max_actors: int | None = None, declared: dict | None = No
             spare = max(float(free.get("CPU", 1.0)) - 1.0, 0.5)
             high = max(1, int(spare))
             options = {"num_cpus": round(min(1.0, spare / high), 2)}
-        low = 1
+        low = high
     if max_actors:
-        high = min(high, max_actors)
+        high, low = min(high, max_actors), min(low, max_actors)
     if not options.get("resources"):
         options.pop("resources", None)
     return {"compute": ray.data.ActorPoolStrategy(min_size=min(low, high), max_size=high), **options}
