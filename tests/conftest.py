@@ -19,6 +19,11 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "chest_xray"
 
 # Ray's token authentication, as the README and the cluster configs use it: one random token for the session's
 # clusters, drivers and `ray job submit` calls, inherited by every process the tests start.
+if "ray" in sys.modules and "RAY_AUTH_MODE" not in os.environ:
+    # Ray reads RAY_AUTH_MODE once, when it is imported, and pytest imported it before this file ran (pyproject's
+    # filterwarnings names RayDeprecationWarning): this process is without auth, so every process of the session is.
+    # scripts/test.sh (the README's command) exports RAY_AUTH_MODE=token first: the suite runs with token auth there.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
