@@ -51,12 +51,20 @@ def ray_cluster():
     # Started from the project's venv: a submitted job's `python` is then the venv's.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     env.pop("RAY_ADDRESS", None)
+    proc = start_head(["--num-cpus=2", f"--port={port}"], dashboard, env)
+    SESSION_CLUSTER["running"] = True
+    yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}"}
+    SESSION_CLUSTER["running"] = False
+    stop_head(proc)
+
+
+def start_head(args: list[str], dashboard: int, env: dict[str, str]) -> subprocess.Popen:
+    """`ray start --head --block ARGS` in its own process group, returned once its dashboard answers."""
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--num-cpus=2",
-         f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", *args, f"--dashboard-port={dashboard}",
+         "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    gcs = f"127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
         try:
@@ -65,9 +73,11 @@ def ray_cluster():
         except OSError:
             assert proc.poll() is None, "ray start --head exited"
             time.sleep(0.5)
-    SESSION_CLUSTER["running"] = True
-    yield {"address": gcs, "dashboard": f"http://127.0.0.1:{dashboard}"}
-    SESSION_CLUSTER["running"] = False
+    return proc
+
+
+def stop_head(proc: subprocess.Popen) -> None:
+    """Stop a `start_head` cluster: its process group, killed when it does not end within 10 s."""
     import signal
 
     os.killpg(proc.pid, signal.SIGTERM)

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SESSION_CLUSTER, free_port
+from conftest import REPO, SESSION_CLUSTER, free_port, start_head, stop_head
 
 RAY = str(Path(sys.executable).with_name("ray"))
 HEAD_PORT = 6379  # the fake provider's worker nodes join the head here
@@ -59,26 +57,10 @@ def autoscaling_cluster(tmp_path_factory):
     config = tmp_path_factory.mktemp("autoscaler") / "cluster.json"
     config.write_text(json.dumps(cluster_config()))
     dashboard = free_port()
-    proc = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--num-cpus=0", f"--port={HEAD_PORT}", f"--dashboard-port={dashboard}",
-         "--dashboard-host=127.0.0.1", f"--autoscaling-config={config}", "--disable-usage-stats"],
-        env={**env(), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", dashboard), timeout=0.5).close()
-            break
-        except OSError:
-            assert proc.poll() is None, "ray start --head exited"
-            time.sleep(0.5)
+    proc = start_head(["--num-cpus=0", f"--port={HEAD_PORT}", f"--autoscaling-config={config}"], dashboard,
+                      {**env(), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
     yield {"address": f"127.0.0.1:{HEAD_PORT}", "dashboard": f"http://127.0.0.1:{dashboard}"}
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_head(proc)
     # The fake worker nodes were started by the autoscaler, outside the head's process group.
     subprocess.run([RAY, "stop", "--force"], env=env(), capture_output=True, timeout=60)
 
