@@ -20,6 +20,9 @@ CONNECT_TIMEOUT_S = 10.0
 # autoscaler, so what its nodes hold now is all it will ever hold.
 _started_local = False
 
+# What ray.init answered in this process (its dashboard URL and session folder), or None.
+_context: Any = None
+
 
 def _state_api_for_this_cluster() -> dict[str, Any]:
     """ray.init arguments (and one environment variable) that point Ray's state API at the cluster we start.
@@ -89,7 +92,7 @@ def cluster_is_fixed() -> bool:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, progress_bars: bool = False) -> Any:
-    global _started_local
+    global _started_local, _context
     import ray
 
     if not ray.is_initialized():
@@ -105,10 +108,34 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, progress_b
             kwargs.update(_state_api_for_this_cluster())
             if num_cpus:
                 kwargs["num_cpus"] = num_cpus
-        ray.init(**kwargs)
+        _context = ray.init(**kwargs)
         _started_local = not target
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress_bars
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ray
+
+
+def ray_links() -> list[str]:
+    """Lines naming the dashboard and the folder of Ray's own logs, when this process started or joined Ray."""
+    if _context is None:
+        return []
+    lines = []
+    if getattr(_context, "dashboard_url", None):
+        url = _context.dashboard_url
+        lines.append(f"dashboard: {url if '://' in url else 'http://' + url}")
+    session = (getattr(_context, "address_info", None) or {}).get("session_dir")
+    if session:
+        lines.append(f"Ray's own logs: {os.path.join(session, 'logs')}")
+    return lines
+
+
+def stop_local_ray() -> None:
+    """Shut down the local Ray this process started (a joined cluster is left running)."""
+    global _started_local, _context
+    if _started_local:
+        import ray
+
+        ray.shutdown()
+        _started_local, _context = False, None

@@ -46,6 +46,7 @@ def test_full_study_job_on_s3(ray_cluster, s3_server, s3_bucket):
     ]
     proc = submit(cmd)
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
+    assert_a_quiet_console(proc.stdout + proc.stderr)
 
     client = boto3_client(s3_server)
     keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket) for o in page.get("Contents", [])}
@@ -173,6 +174,23 @@ def dry_run(*args: str) -> str:
                           text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
     assert proc.returncode == 0 and "Ray not started" in proc.stdout, proc.stdout + proc.stderr
     return proc.stdout
+
+
+def assert_a_quiet_console(out: str) -> None:
+    """Issue 18: the study's console is its stage lines, the dashboard, the log's path and the closing table; what
+    Ray's workers and internals print is in the log file it names."""
+    for noise in ("RayTrainWorker", "TrainController", "core_worker.cc", "does not have any available CPUs",
+                  "Progress bars disabled", "Checkpoint successfully created"):
+        assert noise not in out, noise
+    assert re.search(r"^dashboard: http", out, re.M) and "Ray's own logs: " in out
+    for stage in STAGES:
+        assert re.search(rf"^\[{stage}\] done in \d+ s$", out, re.M), stage
+        assert re.search(rf"^{stage} +ran +\d+$", out, re.M), stage  # the closing table
+    assert re.search(r"^report: s3://.+/report\.html$", out, re.M)
+    assert len(out.splitlines()) < 40 + 3 * len(STAGES), len(out.splitlines())  # was 600+ lines
+    log = Path(re.search(r"^log: (\S+)", out, re.M).group(1))
+    text = log.read_text()
+    assert "RayTrainWorker" in text and "[train] done in" in text  # everything, in the file the console names
 
 
 def submit(cmd: list[str]) -> subprocess.CompletedProcess:

@@ -86,6 +86,9 @@ STUDY_OPTIONS: tuple[StudyOption, ...] = (
     StudyOption("--dry-run", bool, "print the plan from the study's manifest (each stage: run, resume or skip, and why) "
                 "without starting Ray"),
     StudyOption("--overwrite", bool, "redo every stage"),
+    StudyOption("--verbose", bool, "print every line (stage detail, Ray's worker and internal logs) here; by default "
+                "they go to the study's log file (ROOT/logs/, named on the console) and the console shows one line "
+                "per stage start and end"),
     StudyOption("--s3-endpoint", str, "S3-compatible endpoint URL (else CXR_RAY_S3_ENDPOINT / AWS_ENDPOINT_URL)"),
     StudyOption("--s3-region", str, "S3 region (else AWS_REGION)"),
     StudyOption("--address", str, "Ray address (else RAY_ADDRESS, else a local Ray)"),

@@ -18,6 +18,7 @@ from cxr_ray.manifest import Manifest
 from cxr_ray.storage import S3Settings
 from cxr_ray.study import plan, stages
 from cxr_ray.study.concurrency import Timeline, cpu_share, slots
+from cxr_ray.study.console import PlainConsole
 from cxr_ray.study.layout import StudyLayout
 from cxr_ray.study.profile import Profile, StudyOptions, resolve_profile
 
@@ -48,10 +49,15 @@ def run_study(
     s3: S3Settings | None = None,
     log: Callable[[str], None] = print,
     address: str | None = None,
+    console: PlainConsole | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) every stage of the study; returns its root and the report's URIs."""
-    from cxr_ray.runtime import init_ray
+    """Run (or resume) every stage of the study; returns its root and the report's URIs.
 
+    `console` says what the user sees (cxr_ray/study/console.py); without one every line goes through `log`.
+    """
+    from cxr_ray.runtime import init_ray, ray_links
+
+    console = console or PlainConsole(log)
     profile = resolve_profile(options.profile)
     layout = StudyLayout.at(options.storage)
     plan.check_stages(profile, layout)
@@ -64,17 +70,21 @@ def run_study(
     declared = plan.declared(profile)
     width = 1 if options.sequential else slots(ray, profile.workers, declared)
     ctx = stages.StudyContext(
-        profile=profile, layout=layout, manifest=manifest, s3=s3, log=log, timeline=Timeline(), width=width,
-        cpu_share=None if declared else cpu_share(ray, profile.workers, width), address=address,
+        profile=profile, layout=layout, manifest=manifest, s3=s3, log=console.detail, timeline=Timeline(), width=width,
+        cpu_share=None if declared else cpu_share(ray, profile.workers, width), address=address, console=console,
     )
     t_study = time.time()
-    log(f"study {profile.name}: data {profile.data} -> {layout.root}; up to {width} trainings at once")
+    console.say(f"study {profile.name}: data {profile.data} -> {layout.root}; up to {width} trainings at once")
+    for line in ray_links():
+        console.say(line)
+    if console.log_path:
+        console.say(f"log: {console.log_path} (every line; --verbose prints them here)")
 
     results: dict[str, stages.StageResult] = {}
     for name, stage, inputs in stages.PIPELINE:
         results[name] = stage(ctx, *(results[i] for i in inputs))
     report = stages.report(ctx, t_study)
-    log(f"study finished in {time.time() - t_study:.0f} s; report: {report['html']}")
+    console.summary(time.time() - t_study, report["html"])
     return {"root": layout.root, "report": report}
 
 
@@ -94,7 +104,20 @@ def run_study_cli(argv: Sequence[str] | None = None) -> int:
             options = study_options(args)
             guarded(lambda: print(format_plan(dry_run(options, s3=s3), StudyLayout.at(options.storage).root)))
         else:
-            guarded(lambda: run_study(study_options(args), s3=s3, address=args.address))
+            guarded(lambda: _run_in_console(study_options(args), s3, args.address, args.verbose))
     except typer.Exit as exc:
         return exc.exit_code
     return 0
+
+
+def _run_in_console(options: StudyOptions, s3: S3Settings, address: str | None, verbose: bool) -> dict[str, Any]:
+    """The study behind its console; a local Ray this process started is stopped inside it, so Ray's shutdown
+    messages go to the log too. An error leaves the console first, so its one line reaches the terminal."""
+    from cxr_ray.runtime import stop_local_ray
+    from cxr_ray.study.console import study_console
+
+    with study_console(StudyLayout.at(options.storage).root, verbose) as console:
+        try:
+            return run_study(options, s3=s3, address=address, console=console)
+        finally:
+            stop_local_ray()

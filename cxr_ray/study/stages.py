@@ -22,6 +22,7 @@ from cxr_ray.manifest import Manifest, stage_hash
 from cxr_ray.storage import S3Settings
 from cxr_ray.study import plan
 from cxr_ray.study.concurrency import Timeline, parallel
+from cxr_ray.study.console import PlainConsole
 from cxr_ray.study.layout import TIMELINE, StudyLayout
 from cxr_ray.study.profile import Profile
 
@@ -39,20 +40,29 @@ class StudyContext:
     width: int  # trainings at once
     cpu_share: float | None  # CPUs per training worker when trainings share a CPU-only cluster
     address: str | None = None  # Ray address (the driver has joined it already)
+    console: PlainConsole | None = None  # stage lines and the closing table (None: every line through `log`)
 
     def stage(self, name: str, digest: str, fn: Callable[[], dict[str, Any]]) -> StageResult:
-        """Run `fn` as stage `name` through the manifest; when it runs, say what it asks of the cluster and ask the
-        autoscaler for that shape until it ends."""
+        """Run `fn` as stage `name` through the manifest; when it runs, say what it asks of the cluster (its start
+        line), ask the autoscaler for that shape until it ends, and say how it ended."""
         from cxr_ray.resources import requested
         from cxr_ray.study.asks import stage_ask
 
+        console = self.console or PlainConsole(self.log)
+        ran = False
+
         def run() -> dict[str, Any]:
+            nonlocal ran
+            ran = True
             ask = stage_ask(name, self.profile, plan.declared(self.profile), self.width, self.cpu_share)
-            self.log(f"[{name}] asks for {ask.text}")
-            with requested(ask.bundles, self.log):
+            console.say(f"[{name}] asks for {ask.text}")
+            with console.stage(name), requested(ask.bundles, self.log):
                 return fn()
 
-        return StageResult(digest, self.manifest.run(name, digest, run, self.log))
+        outputs = self.manifest.run(name, digest, run, console.say)
+        if not ran:
+            console.skipped(name)
+        return StageResult(digest, outputs)
 
     def timed(self, stage: str, name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
         """`fn` as a job whose start and end go into the timeline."""
