@@ -24,11 +24,11 @@ from cxr_ray.cli.common import (
 EPILOG_EVALUATE = (
     "Examples:\n\n"
     "  cxr-ray evaluate --runs runs/train --real runs/study/data/real-64 --fakes runs/study/data/fake-archive-64 "
-    "--out runs/study/eval\n\n"
+    "--out runs/eval\n\n"
     "  cxr-ray evaluate --runs s3://bucket/runs --real s3://bucket/study/data/real-64 --fakes s3://bucket/study/data/fake-archive-64 "
     "--out s3://bucket/study/eval --perturbation none --perturbation jpeg50 --perturbation blur1 --overwrite\n\n"
     "  cxr-ray evaluate --runs runs/train --real runs/study/data/real-64 --fakes runs/study/data/fake-archive-64 "
-    "--raw-fakes runs/study/data/fake-raw-64 --benign runs/study/data/benign-64 --out runs/study/eval\n\n"
+    "--raw-fakes runs/study/data/fake-raw-64 --benign runs/study/data/benign-64 --out runs/eval\n\n"
     "Perturbations: none, jpeg95, jpeg75, jpeg50, jpeg30, blur1, resize0.5, noise5 (default: all)."
 )
 
@@ -37,7 +37,7 @@ EPILOG_TRANSFER = (
     "  cxr-ray transfer --runs runs/train --real runs/study/data/real-64 --fakes runs/study/data/fake-archive-64 "
     "--out runs/study/transfer\n\n"
     "  cxr-ray transfer --runs runs/train/pneumonia-cnn-real-1a2b3c --runs runs/train/pneumonia-cnn-fake-4d5e6f "
-    "--real runs/study/data/real-64 --fakes runs/study/data/fake-archive-64 --out runs/study/transfer-cnn --n-boot 2000"
+    "--real runs/study/data/real-64 --fakes runs/study/data/fake-archive-64 --out runs/transfer-cnn --n-boot 2000"
 )
 
 EPILOG_SCAN = (
