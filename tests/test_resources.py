@@ -115,6 +115,36 @@ def test_declared_actor_pools_are_elastic_and_ask_what_they_declare(ray_local):
     assert custom["resources"] == {"accel": 1.0} and (custom["compute"].min_size, pool_size(custom)) == (2, 4)
 
 
+@pytest.mark.parametrize("free, actors, cpus, threads", [(2, 1, 1.0, "2"), (4, 3, 1.0, None), (8, 7, 1.0, None),
+                                                         (1, 1, 0.5, None), (0.5, 1, 0.5, None)])
+def test_an_auto_cpu_pool_leaves_a_cpu_to_ray_data_and_its_actors_use_every_free_core(free, actors, cpus, threads):
+    from cxr_ray.resources import auto_cpu_pool
+
+    high, options = auto_cpu_pool(free)
+    assert (high, options["num_cpus"]) == (actors, cpus)
+    assert options.get("runtime_env", {}).get("env_vars", {}).get("OMP_NUM_THREADS") == threads
+
+
+def test_a_lone_auto_actor_scores_with_both_cores_of_a_two_cpu_node(ray_local):
+    """Ray gives an actor of 1 CPU one PyTorch thread; the runtime env's OMP_NUM_THREADS is what the actor sees (the
+    job's own env vars still reach it: Ray merges them; the S3 job study's actors read S3 with the job's keys)."""
+    import os
+
+    import ray
+
+    from cxr_ray.resources import auto_cpu_pool
+
+    class Threads:
+        def __call__(self, batch):
+            import torch
+
+            return {"threads": [torch.get_num_threads()] * len(batch["id"]), "omp": [os.environ.get("OMP_NUM_THREADS")] * len(batch["id"])}
+
+    _, options = auto_cpu_pool(2.0)
+    rows = ray.data.range(4).map_batches(Threads, compute=ray.data.ActorPoolStrategy(size=1), **options).take_all()
+    assert {(r["threads"], r["omp"]) for r in rows} == {(2, "2")}
+
+
 def test_a_training_asking_for_a_resource_no_node_has_fails_in_seconds_naming_it(ray_local):
     from cxr_ray.train.launch import LaunchSpec, check_resources
 
