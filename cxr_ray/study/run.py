@@ -116,7 +116,9 @@ def _run_in_console(options: StudyOptions, s3: S3Settings, address: str | None, 
     from cxr_ray.runtime import stop_local_ray
     from cxr_ray.study.console import study_console
 
-    with study_console(StudyLayout.at(options.storage).root, verbose) as console:
+    layout = StudyLayout.at(options.storage)
+    plan.check_stages(resolve_profile(options.profile), layout)  # bad input: one line, and no log file for it
+    with study_console(layout.root, verbose) as console:
         try:
             return run_study(options, s3=s3, address=address, console=console)
         finally:
