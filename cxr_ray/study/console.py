@@ -172,6 +172,9 @@ def study_console(root: str, verbose: bool) -> Iterator[PlainConsole]:
         warnings.showwarning = _warning_printer(console, shown)
         try:
             yield console
+        except BaseException:
+            console.say(f"log: {log_path} (what the study and Ray printed before it stopped)")
+            raise
         finally:
             warnings.showwarning = shown
             for logger in loggers:
