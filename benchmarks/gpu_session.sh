@@ -80,4 +80,6 @@ fi
 [ -n "${DEADLINE:-}" ] && STUDY_LIMIT=$((DEADLINE - $(date +%s) - 20))
 step "study-$STUDY_PROFILE" "${STUDY_LIMIT:-300}" "$PY" "${STUDY[@]}" ${STUDY_ARGS:-}
 cp /tmp/cxr-study/manifest.json "$OUT/study_manifest.json" 2>/dev/null
+# The study's console (in session.log) is a line per stage; everything else it and Ray printed is in its log file.
+cp /tmp/cxr-study/logs/study-*.log "$OUT/" 2>/dev/null
 echo "=== done $(date +%T)" | tee -a "$LOG"
