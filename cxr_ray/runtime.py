@@ -96,6 +96,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, progress_b
     import ray
 
     if not ray.is_initialized():
+        _context = None
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
         target = cluster_to_join(address)
         if target:
@@ -119,7 +120,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, progress_b
 
 def ray_links() -> list[str]:
     """Lines naming the dashboard and the folder of Ray's own logs, when this process started or joined Ray."""
-    if _context is None:
+    import ray
+
+    if _context is None or not ray.is_initialized():
         return []
     lines = []
     if getattr(_context, "dashboard_url", None):
@@ -131,11 +134,10 @@ def ray_links() -> list[str]:
     return lines
 
 
-def stop_local_ray() -> None:
-    """Shut down the local Ray this process started (a joined cluster is left running)."""
+def stop_ray() -> None:
+    """Stop the local Ray this process started, or leave (only disconnect from) the cluster it joined."""
     global _started_local, _context
-    if _started_local:
-        import ray
+    import ray
 
-        ray.shutdown()
-        _started_local, _context = False, None
+    ray.shutdown()
+    _started_local, _context = False, None

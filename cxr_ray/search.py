@@ -197,7 +197,7 @@ def warn_about_tune_pickles(root: str, s3: S3Settings | None, log: Callable[[str
     pickle_uri = storage.join(root, "tuner.pkl")
     if storage.exists(pickle_uri, s3):
         log(
-            f"[search] ignoring {pickle_uri}: searches resume from their plain-data records "
+            f"[search] warning: ignoring {pickle_uri}: searches resume from their plain-data records "
             f"({RECORDS_DIR}/*.json), never from Tune's pickled state"
         )
 

@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -37,13 +36,28 @@ def doc_examples() -> list[tuple[str, str]]:
     """(where, command line) for each `cxr-ray` command in a fenced shell block of README.md and docs/*.md."""
     found = []
     for doc in DOCS:
-        blocks = re.findall(r"```(?:bash|sh|shell)?\n(.*?)```", doc.read_text(), re.S)
-        for block in blocks:
+        for block in shell_blocks(doc.read_text()):
             for command in block.replace("\\\n", " ").splitlines():
                 command = command.strip()
                 if command.startswith("cxr-ray "):
                     found.append((doc.name, command))
     return found
+
+
+def shell_blocks(text: str) -> list[str]:
+    """The bodies of a Markdown file's fenced blocks tagged bash, sh, shell or nothing, read fence by fence."""
+    blocks, body, tag = [], None, ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            if body is None:
+                body, tag = [], line.lstrip()[3:].strip()
+            else:
+                if tag in ("", "bash", "sh", "shell"):
+                    blocks.append("\n".join(body) + "\n")
+                body = None
+        elif body is not None:
+            body.append(line)
+    return blocks
 
 
 EXAMPLES = help_examples() + doc_examples()

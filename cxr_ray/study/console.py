@@ -4,22 +4,22 @@ Quiet by default (`study_console`): everything else the study and Ray print
 (the study's per-stage detail, worker logs Ray forwards to the driver, Ray's
 Python and C++ logs) goes to the study's log file. The redirection is at the
 file-descriptor level, so output from Ray's C++ core and from processes the
-driver starts lands there too. Warnings the user can act on (a cxr_ray
-warning, a Ray warning that is not on the list below) still reach the
-terminal. `--verbose` (`PlainConsole`) leaves the console as Ray has it.
+driver starts lands there too. Warnings the user can act on (a stage's own
+"warning:" line, a Ray warning that is not on the list below) still reach
+the terminal. `--verbose` (`PlainConsole`) leaves the console as Ray has it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 # Ray warnings that are not true of, or not actionable in, the study: the study
 # holds the CPUs with its own trainings on purpose, and switches progress bars
@@ -88,28 +88,44 @@ class PlainConsole:
             self.say(line)
 
 
+# A stage's own line the user can act on (the project writes them as "...: warning: ..."): the terminal too.
+ACTIONABLE = re.compile(r"\bwarning:", re.IGNORECASE)
+
+
 class QuietConsole(PlainConsole):
-    """Stage lines and the summary to the terminal (and the log); detail to the log only."""
+    """Stage lines and the summary to the terminal (and the log); detail to the log only, warnings to both."""
 
     def __init__(self, terminal: TextIO, log_path: str) -> None:
         super().__init__(print)  # print goes to the log file while the study's output is redirected
         self.terminal = terminal
         self.log_path = log_path
-        self._progress = None
-        self._task = None
+        self._progress: Any = None
+        self._task: Any = None
+        self._running = ""
+        self._closed = False
 
     def say(self, line: str) -> None:
         print(line, flush=True)
-        if self._progress is not None:
-            self._progress.console.print(line, markup=False, highlight=False)
-        else:
+        progress = self._progress  # read once: Ray's logging threads may call this as a stage ends
+        if progress is not None:
+            progress.console.print(line, markup=False, highlight=False)
+        elif not self._closed:
             self.terminal.write(line + "\n")
             self.terminal.flush()
 
     def detail(self, line: str) -> None:
+        if ACTIONABLE.search(line):
+            self.say(line)
+            return
         print(line, flush=True)
-        if self._progress is not None and line.strip():
-            self._progress.update(self._task, description=f"{self._running}: {line.strip()[:100]}")
+        progress, task = self._progress, self._task
+        last = next((part.strip() for part in reversed(line.splitlines()) if part.strip()), "")
+        if progress is not None and task is not None and last:
+            progress.update(task, description=f"{self._running}: {last[:100]}")
+
+    def close(self) -> None:
+        """No more writes to the terminal stream (it is about to be closed)."""
+        self._closed = True
 
     @contextmanager
     def _live(self, name: str) -> Iterator[None]:
@@ -126,7 +142,8 @@ class QuietConsole(PlainConsole):
                             console=Console(file=self.terminal), transient=True, redirect_stdout=False,
                             redirect_stderr=False)
         with progress:
-            self._progress, self._task = progress, progress.add_task(self._running, total=None)
+            self._task = progress.add_task(self._running, total=None)
+            self._progress = progress
             try:
                 yield
             finally:
@@ -155,59 +172,68 @@ class _ToTerminal(logging.Handler):
 
 
 @contextmanager
-def study_console(root: str, verbose: bool) -> Iterator[PlainConsole]:
-    """The console a study run prints through; quiet unless `verbose`."""
+def study_console(root: str, verbose: bool, s3: Any = None) -> Iterator[PlainConsole]:
+    """The console a study run prints through; quiet unless `verbose`. A study on S3 gets its log copied to
+    ROOT/logs/ there when it ends (the driver's temp folder goes with a cluster that is torn down)."""
     if verbose:
         yield PlainConsole(print)
         return
     log_path = log_path_for(root)
     with _redirected(log_path) as terminal:
         console = QuietConsole(terminal, log_path)
+        console.say(f"log: {log_path} (every line; --verbose prints them here)")
+        # Ray Data replaces its logger's handlers when first imported: import it first, then listen.
+        import ray.data  # noqa: F401
+
         handler = _ToTerminal(console)
-        # Ray Data's logger does not pass its records on to Ray's, so it gets the handler too.
         loggers = [logging.getLogger(name) for name in ("ray", "ray.data", "cxr_ray")]
         for logger in loggers:
             logger.addHandler(handler)
-        shown = warnings.showwarning
-        warnings.showwarning = _warning_printer(console, shown)
         try:
             yield console
         except BaseException:
             console.say(f"log: {log_path} (what the study and Ray printed before it stopped)")
             raise
         finally:
-            warnings.showwarning = shown
             for logger in loggers:
                 logger.removeHandler(handler)
+            console.close()
+    if "://" in root:
+        _copy_log(log_path, root, s3)
 
 
-def _warning_printer(console: QuietConsole, to_file: Callable[..., None]) -> Callable[..., None]:
-    """Python warnings raised by cxr_ray to the terminal in one line; every warning to the log file."""
+def _copy_log(log_path: str, root: str, s3: Any) -> None:
+    """The log beside the study's results on S3 (best effort: the study itself has finished)."""
+    from cxr_ray import storage
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 (warnings' own)
-        to_file(message, category, filename, lineno, file, line)
-        if f"{os.sep}cxr_ray{os.sep}" in filename:
-            console.say(f"warning: {message}")
-
-    return show
+    try:
+        with open(log_path, "rb") as f:
+            storage.write_bytes_atomic(storage.join(root, "logs", os.path.basename(log_path)), f.read(), s3)
+    except OSError as exc:
+        print(f"could not copy the log to {root}/logs: {exc}", file=sys.stderr)
 
 
 @contextmanager
 def _redirected(log_path: str) -> Iterator[TextIO]:
     """File descriptors 1 and 2 point at the log file inside; yields a stream to the terminal that was there."""
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
     saved_out, saved_err = os.dup(1), os.dup(2)
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
+    buffered = getattr(sys.stdout, "line_buffering", True)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # a killed driver loses no forwarded worker line
     try:
         yield terminal
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        if hasattr(sys.stdout, "reconfigure"):
+            sys.stdout.reconfigure(line_buffering=buffered)
         os.dup2(saved_out, 1)
         os.dup2(saved_err, 2)
         os.close(saved_out)

@@ -77,8 +77,6 @@ def run_study(
     console.say(f"study {profile.name}: data {profile.data} -> {layout.root}; up to {width} trainings at once")
     for line in ray_links():
         console.say(line)
-    if console.log_path:
-        console.say(f"log: {console.log_path} (every line; --verbose prints them here)")
 
     results: dict[str, stages.StageResult] = {}
     for name, stage, inputs in stages.PIPELINE:
@@ -111,15 +109,19 @@ def run_study_cli(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_in_console(options: StudyOptions, s3: S3Settings, address: str | None, verbose: bool) -> dict[str, Any]:
-    """The study behind its console; a local Ray this process started is stopped inside it, so Ray's shutdown
-    messages go to the log too. An error leaves the console first, so its one line reaches the terminal."""
-    from cxr_ray.runtime import stop_local_ray
+    """The study behind its console; the Ray this run started or joined is let go inside it. An error leaves the
+    console first, so its one line reaches the terminal."""
+    import ray
+
+    from cxr_ray.runtime import stop_ray
     from cxr_ray.study.console import study_console
 
     layout = StudyLayout.at(options.storage)
     plan.check_stages(resolve_profile(options.profile), layout)  # bad input: one line, and no log file for it
-    with study_console(layout.root, verbose) as console:
+    ours = not ray.is_initialized()
+    with study_console(layout.root, verbose, s3) as console:
         try:
             return run_study(options, s3=s3, address=address, console=console)
         finally:
-            stop_local_ray()
+            if ours:
+                stop_ray()  # inside the console: Ray's shutdown messages go to the log too

@@ -64,6 +64,10 @@ class StudyContext:
             console.skipped(name)
         return StageResult(digest, outputs)
 
+    def say(self, line: str) -> None:
+        """A line the user sees on the console (not only in the log)."""
+        (self.console or PlainConsole(self.log)).say(line)
+
     def timed(self, stage: str, name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
         """`fn` as a job whose start and end go into the timeline."""
         return lambda: self.timeline.run(stage, name, fn)
@@ -90,7 +94,7 @@ def ingest(ctx: StudyContext) -> StageResult:
 
     cfg = plan.ingest_config(ctx.profile, ctx.layout)
     source = fingerprint.source_fingerprint(cfg.src, ctx.s3)
-    ctx.log(f"[ingest] {cfg.src}: {source['files']} files, content fingerprint {source['digest']}")
+    ctx.say(f"[ingest] {cfg.src}: {source['files']} files, content fingerprint {source['digest']}")  # which data
 
     def run() -> dict[str, Any]:
         summary = run_ingest(cfg, **ctx.stage_args())
