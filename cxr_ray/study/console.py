@@ -153,7 +153,9 @@ class QuietConsole(PlainConsole):
 def log_path_for(root: str) -> str:
     """Where a study's log goes: beside its results when they are local, else the machine's temp folder."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = os.path.join(tempfile.gettempdir(), "cxr-ray-logs") if "://" in root else os.path.join(root, "logs")
+    from cxr_ray.storage import is_s3
+
+    folder = os.path.join(tempfile.gettempdir(), "cxr-ray-logs") if is_s3(root) else os.path.join(root, "logs")
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, f"study-{stamp}.log")
 
@@ -198,7 +200,9 @@ def study_console(root: str, verbose: bool, s3: Any = None) -> Iterator[PlainCon
             for logger in loggers:
                 logger.removeHandler(handler)
             console.close()
-    if "://" in root:
+    from cxr_ray.storage import is_s3
+
+    if is_s3(root):
         _copy_log(log_path, root, s3)
 
 
