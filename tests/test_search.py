@@ -105,7 +105,7 @@ def test_search_on_s3_ignores_a_planted_tuner_pickle(sample64, s3_server, s3_buc
     messages = []
     out = run_search(cfg, s3=s3_server, log=messages.append)
     assert [m for m in messages if "tuner.pkl" in m] == [
-        f"[search] ignoring s3://{s3_bucket}/tune/evil/tuner.pkl: searches resume from their plain-data records "
+        f"[search] warning: ignoring s3://{s3_bucket}/tune/evil/tuner.pkl: searches resume from their plain-data records "
         "(records/*.json), never from Tune's pickled state"
     ]
     assert not marker.exists() and out["trials"] == 1
