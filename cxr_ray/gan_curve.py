@@ -3,7 +3,7 @@
 A run keeps only its last checkpoints, but it writes an 8 x 8 grid of the
 same 64 noise vectors every epoch (`samples/epoch_NNN.png`, epoch 0 = the
 untrained generator). Cut back into its 64 tiles, each grid is a fixed-size
-set of fakes in the pipeline's pixel format (`make_grid`'s [-1, 1] -> [0, 255]
+set of fakes in the pipeline's pixel format (`cxr_ray.grids`' [-1, 1] -> [0, 255]
 mapping equals `pixels.to_uint8` up to rounding), so the metric of
 `cxr_ray.gan_quality` can be followed epoch by epoch without re-training.
 64 fakes are fewer than the 128 feature dimensions: the Fréchet distance is
@@ -25,9 +25,9 @@ from cxr_ray import storage
 from cxr_ray.config import ConfigError
 from cxr_ray.filenames import GAN_CONFIG_FILE, SAMPLES_DIR
 from cxr_ray.gan_state import GRID_SIDE
+from cxr_ray.grids import GRID_PADDING
 from cxr_ray.storage import S3Settings
 
-GRID_PADDING = 2  # cxr_ray.train.gan.grid_png: make_grid(padding=2)
 CURVE_FILE = "quality_curve.json"
 CURVE_PLOT = "quality_curve.png"
 

@@ -45,6 +45,23 @@ def quiet(_message: str) -> None:
 # ---------------------------------------------------------------- no Ray
 
 
+def test_sample_grids_tile_as_torchvision_make_grid_does_without_importing_it():
+    """cxr_ray.grids draws the per-epoch grids (torchvision's import costs every GAN worker ~3 s); same pixels."""
+    from torchvision.utils import make_grid
+
+    from cxr_ray import grids
+
+    images = torch.rand(13, 1, 9, 7, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2  # some outside [-1, 1]
+    for nrow in (8, 13, 20):
+        expected = make_grid(images, nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
+        expected = (expected[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        assert (grids.tile(images, nrow) == expected).all()
+    assert Image.open(io.BytesIO(grids.png(images, 8))).size == (8 * 9 + 2, 2 * 11 + 2)
+    code = "import sys, cxr_ray.models, cxr_ray.train.gan, cxr_ray.grids; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # building the cnn or a generator never imports torchvision
+
+
 def test_config_refuses_bad_values_and_names_runs_stably():
     with pytest.raises(ConfigError, match="class_name"):
         GanConfig(data="t", class_name="COVID")

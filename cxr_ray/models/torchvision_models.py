@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn as nn
-from torchvision import models as tv
-from torchvision.models import MobileNet_V2_Weights, ResNet18_Weights, ResNet50_Weights
-from torchvision.models._api import WeightsEnum
 
 from cxr_ray import storage
 from cxr_ray.models.registry import register_model
+
+# torchvision is imported by the builders, not here: importing it imports torch._dynamo (about 3 s of CPU, as much
+# as torch itself), which every training worker, scoring task and Ray Data actor that only builds the cnn or a
+# generator would pay on start-up (issue 18: a training's fixed cost is processes starting).
+if TYPE_CHECKING:
+    from torchvision.models._api import WeightsEnum
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -188,8 +191,10 @@ def build_resnet18(
     *, num_classes: int, in_channels: int, image_size: int, pretrained: bool, weights_path: str | None
 ) -> nn.Module:
     """torchvision ResNet-18; ImageNet weights ``ResNet18_Weights.IMAGENET1K_V1``."""
+    from torchvision.models import ResNet18_Weights, resnet18
+
     return _resnet(
-        tv.resnet18,
+        resnet18,
         ResNet18_Weights.IMAGENET1K_V1,
         num_classes=num_classes,
         in_channels=in_channels,
@@ -203,8 +208,10 @@ def build_resnet50(
     *, num_classes: int, in_channels: int, image_size: int, pretrained: bool, weights_path: str | None
 ) -> nn.Module:
     """torchvision ResNet-50; ImageNet weights ``ResNet50_Weights.IMAGENET1K_V1``."""
+    from torchvision.models import ResNet50_Weights, resnet50
+
     return _resnet(
-        tv.resnet50,
+        resnet50,
         ResNet50_Weights.IMAGENET1K_V1,
         num_classes=num_classes,
         in_channels=in_channels,
@@ -218,8 +225,10 @@ def build_mobilenet_v2(
     *, num_classes: int, in_channels: int, image_size: int, pretrained: bool, weights_path: str | None
 ) -> nn.Module:
     """torchvision MobileNetV2; ImageNet weights ``MobileNet_V2_Weights.IMAGENET1K_V1``."""
+    from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+
     return _build(
-        tv.mobilenet_v2,
+        mobilenet_v2,
         MobileNet_V2_Weights.IMAGENET1K_V1,
         get_stem=lambda m: m.features[0][0],
         set_stem=lambda m, conv: m.features[0].__setitem__(0, conv),

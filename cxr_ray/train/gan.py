@@ -52,7 +52,6 @@ DDP and BatchNorm -- the decisions, and why:
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import time
 from dataclasses import dataclass, replace
@@ -184,14 +183,9 @@ def sample(generator: nn.Module, noise: torch.Tensor, labels: torch.Tensor | Non
 
 def grid_png(images: torch.Tensor) -> bytes:
     """(64, 1, H, W) images in [-1, 1] -> an 8x8 grayscale PNG with 2 px gaps."""
-    from PIL import Image
-    from torchvision.utils import make_grid
+    from cxr_ray import grids
 
-    grid = make_grid(images.float().cpu(), nrow=GRID_SIDE, padding=2, normalize=True, value_range=(-1, 1))
-    pixels = (grid[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
+    return grids.png(images, nrow=GRID_SIDE)
 
 
 def make_optimizers(cfg: GanConfig, generator: nn.Module, discriminator: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:

@@ -24,7 +24,6 @@ under the same name continues from it.
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from dataclasses import dataclass, replace
@@ -275,8 +274,7 @@ def validate(inpainter: torch.nn.Module, val: TamperShard, masks: torch.Tensor, 
 @torch.no_grad()
 def grid_png(inpainter: torch.nn.Module, val: TamperShard, masks: torch.Tensor) -> bytes:
     """Rows: validation images, the masked region (shown black), the edit to the other class."""
-    from PIL import Image
-    from torchvision.utils import make_grid
+    from cxr_ray import grids
 
     n = min(GRID_IMAGES, len(val.images))
     x, m, y = to_input(val.images[:n]), masks[:n], val.labels[:n]
@@ -284,10 +282,7 @@ def grid_png(inpainter: torch.nn.Module, val: TamperShard, masks: torch.Tensor) 
     edited = inpainter(x, m, 1 - y).float()
     inpainter.train()
     rows = torch.cat([x, x * (1 - m) - m, edited])
-    grid = make_grid(rows.cpu(), nrow=n, padding=2, normalize=True, value_range=(-1, 1))
-    buffer = io.BytesIO()
-    Image.fromarray((grid[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy(), mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
+    return grids.png(rows, nrow=n)
 
 
 def tamper_worker(config: dict[str, Any]) -> None:
