@@ -27,6 +27,13 @@ if "ray" in sys.modules and "RAY_AUTH_MODE" not in os.environ:
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
+# Ray Train's own switches, set before any cluster starts so its controllers and workers inherit them. A training's
+# fixed cost here is Python processes starting on two cores (docs/performance.md): the preemption watcher is one more
+# per training, and no node of a cluster on this one machine is ever drained or preempted; the controller polls its
+# workers every 2 s by default, a wait at each start and end of a run that takes seconds.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
 
 # Set while the session's `ray_cluster` runs: a test that needs the machine's only Ray instance to itself (the
 # autoscaling cluster) runs before it or not at all.

@@ -21,6 +21,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SESSION_CLUSTER, free_port, start_head, stop_head
 
+# Slow (CXR_RAY_SLOW=1 bash scripts/test.sh): about 12 minutes on 2 CPUs, where every fake node's raylet, its
+# prestarted workers and each stage's Train and Data processes share two cores.
+pytestmark = pytest.mark.slow
+
 RAY = str(Path(sys.executable).with_name("ray"))
 HEAD_PORT = 6379  # the fake provider's worker nodes join the head here
 IDLE_S = 15

@@ -206,7 +206,7 @@ def pair(sample64, tmp_path_factory) -> dict[str, str]:
     blurred_fakes(real, fakes)
     runs = {}
     for source in ("fake", "real"):
-        cfg = ClassifierConfig(data=real, fakes=fakes, source=source, train_per_class=16, epochs=1, batch_size=8,
+        cfg = ClassifierConfig(data=real, fakes=fakes, source=source, train_per_class=16, epochs=1, batch_size=8, num_workers=1,
                                storage=str(root / "runs"), n_boot=20)
         runs[source] = str(root / "runs" / train_classifier(cfg, log=quiet)["run"])
     return {"root": str(root), "real": real, "fakes": fakes, "fake_run": runs["fake"], "real_run": runs["real"]}
@@ -234,7 +234,7 @@ def test_run_claim_writes_both_readings(pair):
     record = json.loads((Path(dest) / "claim.json").read_text())
     (design,) = record["pairs"]
     assert design["train_images"] == {"fake": 32, "real": 32} and design["matched_size"]
-    assert design["total_steps"]["fake"] == design["total_steps"]["real"] == 2  # 32 images / 2 workers / batch 8
+    assert design["total_steps"]["fake"] == design["total_steps"]["real"] == 4  # 32 images / 1 worker / batch 8
     table = pq.read_table(Path(dest) / "claim.parquet")
     assert tuple(table.column_names) == CLAIM_COLUMNS
     rows = table.to_pylist()

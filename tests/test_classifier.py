@@ -111,7 +111,7 @@ def test_rerun_with_same_name_resumes_interrupted_run(sample64, tmp_path):
 
     runs = tmp_path / "runs"
     crash = ClassifierConfig(
-        data=sample64, epochs=2, batch_size=32, storage=str(runs), n_boot=100, max_failures=0, name="resume-me",
+        data=sample64, epochs=2, batch_size=32, storage=str(runs), n_boot=100, max_failures=0, name="resume-me", num_workers=1,
         inject_failure={"epoch": 1, "rank": 0, "marker": str(tmp_path / "crash")},
     )
     with pytest.raises(TrainingFailedError):
@@ -123,7 +123,8 @@ def test_rerun_with_same_name_resumes_interrupted_run(sample64, tmp_path):
         del legacy["format"]
         save_state(legacy, str(path))
 
-    out = train_classifier(ClassifierConfig(data=sample64, epochs=2, batch_size=32, storage=str(runs), n_boot=100, name="resume-me"), log=lambda m: None)
+    again = ClassifierConfig(data=sample64, epochs=2, batch_size=32, storage=str(runs), n_boot=100, name="resume-me", num_workers=1)
+    out = train_classifier(again, log=lambda m: None)
     history = json.loads((runs / "resume-me" / HISTORY_FILE).read_text())
     assert [h["epoch"] for h in history] == [0, 1]
     # Epoch 0 was not retrained: its record is the one from the interrupted attempt.
@@ -136,7 +137,7 @@ def test_deepfake_detector_on_s3_storage(sample64, s3_server, s3_bucket, tmp_pat
     blurred_fakes(sample64, fakes, s3_server)
     cfg = ClassifierConfig(
         data=sample64, fakes=fakes, task="deepfake", model="cnn", epochs=1, batch_size=32,
-        storage=f"s3://{s3_bucket}/runs", n_boot=100, robust_aug=0.5,  # blur/JPEG-augmented (robust) detector
+        storage=f"s3://{s3_bucket}/runs", n_boot=100, num_workers=1, robust_aug=0.5,  # blur/JPEG-augmented (robust) detector
         input_filter="npr", real_novelty=True,  # that sees neighbouring-pixel residuals and models the reals (issue 15)
         resample_fakes=0.3, resample_stored=True,  # and upsampled reals stored in the archive's format (read from S3)
     )

@@ -83,7 +83,7 @@ def study(sample64, tmp_path_factory) -> dict[str, str]:
     runs = str(root / "runs")
     names = {}
     for key, extra in (("real", {"source": "real"}), ("fake", {"source": "fake"}), ("detector", {"task": "deepfake"})):
-        cfg = ClassifierConfig(data=real, fakes=fakes, epochs=1, batch_size=32, storage=runs, n_boot=100, **extra)
+        cfg = ClassifierConfig(data=real, fakes=fakes, epochs=1, batch_size=32, storage=runs, n_boot=100, num_workers=1, **extra)
         names[key] = train_classifier(cfg, log=quiet)["run"]
     return {"root": str(root), "real": real, "fakes": fakes, "runs": runs, **{f"run_{k}": v for k, v in names.items()}}
 

@@ -120,7 +120,8 @@ def sentinel_run(ray_local, ray_cluster, s3_server, tmp_path_factory):
         fakes = str(root / "fakes-64")
         run_generate(GenerateConfig(generators=gans, dest=fakes, train_seeds=(0, 48), test_seeds=(10**6, 10**6 + 10), val_fraction=0.25), s3=s3, log=quiet)
         detector = train_classifier(
-            ClassifierConfig(data=real, fakes=fakes, task="deepfake", epochs=1, batch_size=32, storage=f"s3://{bucket}/runs", n_boot=50),
+            ClassifierConfig(data=real, fakes=fakes, task="deepfake", epochs=1, batch_size=32, storage=f"s3://{bucket}/runs", n_boot=50,
+                             num_workers=1),
             s3=s3, log=quiet,
         )
         search = run_search(SearchConfig(data=real, num_samples=1, max_epochs=1, batch_sizes=(32,), storage=f"s3://{bucket}/tune"), s3=s3, log=quiet)

@@ -138,7 +138,7 @@ def localiser_run(sample64, edits, tmp_path_factory):
     benign = str(root / "benign")  # the re-saved control among the conditions: edits are stored that way too
     run_benign(BenignConfig(real=sample64, dest=benign, conditions=("ingest", "resave", "jpeg85"), splits=("test",)), log=lambda m: None)
     loc = LocaliserConfig(data=sample64, tampered=edits[0], storage=str(root / "runs"), epochs=2, batch_size=32, width=8,
-                          n_boot=50, benign=benign)  # fmt: skip
+                          n_boot=50, benign=benign, num_workers=1)  # fmt: skip
     return loc, train_localiser(loc, log=lambda m: None)
 
 
@@ -214,7 +214,7 @@ def test_attack_success_scores_edits_and_originals_with_each_classifier(edits, s
 
     edits = edits[0]
     train_classifier(ClassifierConfig(data=sample64, model="cnn", epochs=1, batch_size=32, storage=str(tmp_path / "runs"),
-                                      n_boot=50), log=lambda m: None)  # fmt: skip
+                                      n_boot=50, num_workers=1), log=lambda m: None)  # fmt: skip
     summary = run_attack(AttackConfig(tampered=edits, real=sample64, runs=(str(tmp_path / "runs"),), dest=str(tmp_path / "attack"),
                                       n_boot=100), log=lambda m: None)  # fmt: skip
     real = pq.read_table(Path(sample64) / "images", columns=["split", "label"]).to_pylist()
@@ -293,7 +293,7 @@ def test_scan_shows_where_it_suspects_an_edit(sample64, edits, localiser_run, tm
     from cxr_ray.train.classifier import ClassifierConfig, train_classifier
 
     detector = ClassifierConfig(data=sample64, fakes=edits[0], task="deepfake", model="cnn", epochs=1, batch_size=32,
-                                storage=str(tmp_path / "det"), n_boot=50)  # fmt: skip
+                                storage=str(tmp_path / "det"), n_boot=50, num_workers=1)  # fmt: skip
     out = train_classifier(detector, log=lambda m: None)  # a whole-image detector, trained on the same edits
     folder = tmp_path / "archive"
     folder.mkdir()
