@@ -212,6 +212,7 @@ def pair(sample64, tmp_path_factory) -> dict[str, str]:
     return {"root": str(root), "real": real, "fakes": fakes, "fake_run": runs["fake"], "real_run": runs["real"]}
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1 (the default run keeps the claim's tables and verdicts without Ray)
 def test_read_split_cuts_the_train_rows_only(pair):
     from cxr_ray.data.datasets import read_split
 
@@ -223,6 +224,7 @@ def test_read_split_cuts_the_train_rows_only(pair):
     assert trained["config"]["train_per_class"] == 16  # recorded with the run
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1 (the default run keeps the claim's tables and verdicts without Ray)
 def test_run_claim_writes_both_readings(pair):
     from cxr_ray.claim import run_claim
 

@@ -105,6 +105,7 @@ def test_ddp_training_survives_a_killed_worker_selects_on_val_and_tests_once(sam
     assert json.dumps(again, sort_keys=True) == json.dumps(out, sort_keys=True)
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1 (the default run keeps the killed-worker resume above)
 def test_rerun_with_same_name_resumes_interrupted_run(sample64, tmp_path):
     """Also from a checkpoint written before the format tag: a study root trained by older code is reused."""
     from ray.train import TrainingFailedError

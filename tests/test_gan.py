@@ -191,6 +191,7 @@ def assert_replicas_identical(history: list[dict]) -> None:
                 assert len(digests) == 2 and digests[0] == digests[1], (entry["epoch"], net, kind, digests)
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1 (the default run keeps the DCGAN trained on S3 by the S3 study job)
 def test_two_workers_stay_identical_survive_a_killed_worker_and_resume(sample64, tmp_path):
     marker = tmp_path / "killed-once"
     cfg = GanConfig(
@@ -233,6 +234,7 @@ def test_two_workers_stay_identical_survive_a_killed_worker_and_resume(sample64,
     assert again["checkpoint"] == longer["checkpoint"] and time.perf_counter() - t0 < 10
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1 (the default run keeps the DCGAN trained on S3 by the S3 study job)
 def test_conditional_gan_writes_checkpoints_and_grids_to_s3(sample64, s3_server, s3_bucket):
     storage_uri = f"s3://{s3_bucket}/gan"
     cfg = GanConfig(data=sample64, storage=storage_uri, class_name="all", conditional=True, epochs=1, **TINY)

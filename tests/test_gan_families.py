@@ -234,6 +234,7 @@ def test_cli_takes_the_family_and_refuses_an_unknown_one():
 # ---------------------------------------------------------------- Ray Train + generation
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1 (the default run keeps every family's epoch without Ray)
 def test_sngan_and_vae_train_on_ray_and_their_checkpoints_generate_fakes(sample64, tmp_path):
     from cxr_ray.generate import GenerateConfig, run_generate
 

@@ -79,6 +79,7 @@ def families(sample64, tmp_path_factory) -> dict[str, str]:
     return {"root": str(root), "real": real, "benign": benign, **tables}
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1 (the default run keeps the designs' configs and tables without Ray)
 def test_leave_one_family_out_end_to_end(families):
     root = Path(families["root"])
     cfg = GeneraliseConfig(

@@ -24,11 +24,12 @@ from cxr_ray.study.layout import STAGES
 # Every knob is overridable: small studies that still run every stage they plan, on S3. Each training costs about
 # 20-30 s of fixed cost here, so trainings that only repeat another's path on S3 are left out: the search
 # (tests/test_tune.py, tests/test_search.py on S3), the blur/JPEG-trained and raw-fake detectors (the same trainer with
-# other inputs: tests/test_evaluate_scan.py) and the claim's pair (tests/test_claim.py).
+# other inputs: tests/test_evaluate_scan.py) and the claim's pair (tests/test_claim.py); and every perturbation of the
+# evaluation but one scores the same models again (test_evaluate_scan.py has them all).
 SMALL_S3_STUDY = [
     "--models", "cnn", "--tune-models", "", "--robust-models", "", "--raw-models", "", "--claim-models", "",
     "--gan-epochs", "1", "--gan-width", "8", "--fakes-per-class", "16", "--test-fakes-per-class", "8",
-    "--benign-conditions", "ingest,resave,jpeg85", "--n-boot", "20",
+    "--benign-conditions", "ingest,resave,jpeg85", "--perturbations", "none,jpeg75", "--n-boot", "20",
 ]
 # The default run's study: the DCGAN's path alone (no second family, so no leave-one-family-out, and no tampering;
 # those stages have their own tests on local storage and in the slow variant below).

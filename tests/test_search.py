@@ -77,6 +77,7 @@ def test_a_tune_pickle_is_named_once_and_never_read(tmp_path):
 # ---------------------------------------------------------------- the commands, on a local Ray
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1 (the default run keeps the same refusal on S3)
 def test_cli_tune_ignores_a_planted_tuner_pickle(ray_cluster, sample64, tmp_path):
     storage, marker = tmp_path / "tune", tmp_path / "pwned"
     (storage / "evil").mkdir(parents=True)

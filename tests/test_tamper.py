@@ -86,6 +86,7 @@ def tamper_run(sample64, tmp_path_factory):
     return cfg, train_tamper_model(cfg, log=lambda m: None), marker
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1: the tamper model, its edits and the localiser train once for these (~7 min)
 def test_the_tamper_model_trains_with_ddp_resumes_after_a_failure_and_edits_only_the_mask(tamper_run, tmp_path):
     import json
 
@@ -142,6 +143,7 @@ def localiser_run(sample64, edits, tmp_path_factory):
     return loc, train_localiser(loc, log=lambda m: None)
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1: the tamper model, its edits and the localiser train once for these (~7 min)
 def test_the_tamper_job_edits_inside_the_lungs_both_ways_and_leaves_the_originals(tamper_run, edits, sample64, tmp_path):
     import pyarrow.parquet as pq
 
@@ -206,6 +208,7 @@ def test_attack_rows_count_flips_of_images_called_right_with_patient_intervals()
     assert none == 0.0 and low == 0.0 and 0.05 < high < 0.07  # no hits: the exact one-sided bound, not [0, 0]
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1: the tamper model, its edits and the localiser train once for these (~7 min)
 def test_attack_success_scores_edits_and_originals_with_each_classifier(edits, sample64, tmp_path):
     import pyarrow.parquet as pq
 
@@ -243,6 +246,7 @@ def test_localiser_rows_keep_their_split_and_iou_counts_overlap():
     assert iou(a, b).tolist() == [0.5, 1.0]  # both empty: a perfect match
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1: the tamper model, its edits and the localiser train once for these (~7 min)
 def test_the_localiser_trains_on_train_edits_and_is_scored_once_on_test(localiser_run):
     import torch
 
@@ -270,6 +274,7 @@ def test_the_localiser_trains_on_train_edits_and_is_scored_once_on_test(localise
     assert again["test"]["threshold"] == t["threshold"] and again["test"]["benign_identity"] != t["benign_identity"]
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1: the tamper model, its edits and the localiser train once for these (~7 min)
 def test_a_localiser_needs_edits_of_every_split(tamper_run, sample64, tmp_path):
     from cxr_ray.config import ConfigError
     from cxr_ray.tamper.job import TamperConfig, run_tamper
@@ -283,6 +288,7 @@ def test_a_localiser_needs_edits_of_every_split(tamper_run, sample64, tmp_path):
         train_localiser(LocaliserConfig(data=sample64, tampered=only_test, storage=str(tmp_path / "runs")), log=lambda m: None)
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1: the tamper model, its edits and the localiser train once for these (~7 min)
 def test_scan_shows_where_it_suspects_an_edit(sample64, edits, localiser_run, tmp_path):
     """A folder of edited and original images: every image gets an edited-probability and a box; each one called
     edited or fake an overlay PNG, at the path the results table names."""
@@ -316,6 +322,7 @@ def test_scan_shows_where_it_suspects_an_edit(sample64, edits, localiser_run, tm
     assert summary["overlays"] == sum(r["overlay"] is not None for r in results)
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1: the tamper model, its edits and the localiser train once for these (~7 min)
 def test_the_report_shows_test_edits_beside_their_originals_masks_and_maps(sample64, edits, localiser_run, tmp_path):
     """The tamper stage's examples (plain arrays, loaded without pickle) and the report section drawn from them."""
     from PIL import Image

@@ -20,6 +20,7 @@ def records(root: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((root / "records").glob("*.json"))}
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1 (the default run keeps the search on S3 in test_search)
 def test_a_search_killed_mid_way_resumes_from_its_records_and_writes_trials_and_best_config(ray_local, sample64, tmp_path):
     """One search (3 trials, ASHA, 2 epochs) whose driver is killed after its first trial, then run again to the end."""
     storage = tmp_path / "tune"
@@ -76,6 +77,7 @@ def test_a_search_killed_mid_way_resumes_from_its_records_and_writes_trials_and_
     assert best["best_trial"] in set(table["trial_id"])
 
 
+@pytest.mark.slow  # CXR_RAY_SLOW=1 (the default run keeps the search on S3 in test_search)
 def test_small_dcgan_search_scores_trials_on_validation_fd(sample64, tmp_path):
     from cxr_ray.tune_gan import GanSearchConfig, run_gan_search
 
