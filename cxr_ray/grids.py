@@ -1,8 +1,9 @@
 """Sample grids: a batch of images in [-1, 1] tiled into one grayscale PNG, the layout of torchvision's `make_grid`
 (2 px black gaps, the batch mapped from [-1, 1] to [0, 255]), which `cxr_ray.gan_curve.grid_tiles` reads back.
 
-Written here rather than through torchvision: importing torchvision imports torch._dynamo, about 3 s of CPU in every
-GAN and tamper-model worker that draws one grid per epoch (issue 18: a training's fixed cost is processes starting).
+Written here rather than through torchvision, so that importing the GAN and tamper-model code does not import
+torchvision (which imports torch._dynamo, about 3 s of CPU): a Ray Data actor that loads a generator to write fakes
+no longer pays it. A training worker still imports torch._dynamo through torch.optim's first call.
 """
 
 from __future__ import annotations

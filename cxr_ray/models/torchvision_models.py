@@ -20,8 +20,8 @@ from cxr_ray import storage
 from cxr_ray.models.registry import register_model
 
 # torchvision is imported by the builders, not here: importing it imports torch._dynamo (about 3 s of CPU, as much
-# as torch itself), which every training worker, scoring task and Ray Data actor that only builds the cnn or a
-# generator would pay on start-up (issue 18: a training's fixed cost is processes starting).
+# as torch itself), which every scoring task and Ray Data actor that only builds the cnn or a generator would pay on
+# start-up (issue 18). Training workers import torch._dynamo anyway, through torch.optim's first call.
 if TYPE_CHECKING:
     from torchvision.models._api import WeightsEnum
 
